@@ -1,0 +1,335 @@
+"""Turn validated request bodies into rows, enforcing the cross-object rules Octavia enforces.
+
+Used by the single-object POSTs and by the single-call tree create, so both apply the same rules.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cohort import secrets
+from cohort.api.errors import Conflict, InvalidInput
+from cohort.api.schemas import lbaas as s
+from cohort.api.schemas.common import given
+from cohort.db import models as m
+from cohort.drivers.network.base import NetworkDriver
+
+LISTENER_POOL_PROTOCOLS = {
+    "TCP": {"HTTP", "HTTPS", "PROXY", "PROXYV2", "TCP"},
+    "HTTP": {"HTTP", "PROXY", "PROXYV2"},
+    "HTTPS": {"HTTPS", "PROXY", "PROXYV2", "TCP"},
+    "TERMINATED_HTTPS": {"HTTP", "PROXY", "PROXYV2"},
+    "UDP": {"UDP"},
+    "SCTP": {"SCTP"},
+    "PROMETHEUS": set(),
+}
+UNSUPPORTED_PROTOCOLS = {"UDP", "SCTP"}
+L7_LISTENER_PROTOCOLS = {"HTTP", "TERMINATED_HTTPS"}
+DN_FIELDS = {"C", "ST", "L", "O", "OU", "CN", "emailAddress", "SN", "GN", "DC", "UID"}
+TLS_LISTENER_FIELDS = ("default_tls_container_ref", "sni_container_refs", "client_ca_tls_container_ref",
+                       "client_crl_container_ref", "tls_ciphers", "tls_versions", "alpn_protocols",
+                       "hsts_max_age")
+
+
+LISTENER_REFS = {"default_tls_container_ref": "certificate", "sni_container_refs": "certificate",
+                 "client_ca_tls_container_ref": "ca", "client_crl_container_ref": "crl"}
+POOL_REFS = {"tls_container_ref": "certificate", "ca_tls_container_ref": "ca", "crl_container_ref": "crl"}
+
+
+def check_tls_refs(session: Session, project_id: str, fields: dict[str, Any], kinds: dict[str, str]) -> None:
+    """Every referenced secret must exist in the project and be of the kind the field needs."""
+    for name, kind in kinds.items():
+        value = fields.get(name)
+        for ref in (value if isinstance(value, list) else [value] if value else []):
+            row = secrets.lookup(session, project_id, ref)
+            if row is None:
+                raise InvalidInput(f"Could not retrieve certificate: {ref} (field {name}) not found.")
+            if row.kind != kind:
+                raise InvalidInput(f"Invalid input for field/attribute {name}: secret {ref} is a {row.kind}, "
+                                   f"a {kind} is required.")
+
+
+def _live(row: Any) -> bool:
+    return bool(row.provisioning_status != "PENDING_DELETE")
+
+
+def pending_create(project_id: str) -> dict[str, Any]:
+    return {"project_id": project_id, "provisioning_status": "PENDING_CREATE", "operating_status": "OFFLINE"}
+
+
+def reject_unsupported_protocol(protocol: str) -> None:
+    if protocol in UNSUPPORTED_PROTOCOLS:
+        raise InvalidInput(
+            f"Invalid input for field/attribute protocol. Value: '{protocol}'. Cohort's amphorae run HAProxy, "
+            f"which cannot serve {protocol}; use TCP, HTTP, HTTPS, TERMINATED_HTTPS or PROMETHEUS."
+        )
+
+
+def validate_listener_fields(protocol: str, fields: dict[str, Any]) -> None:
+    if protocol == "TERMINATED_HTTPS":
+        if not fields.get("default_tls_container_ref") and not fields.get("sni_container_refs"):
+            raise InvalidInput("An SNI or default certificate container reference must be provided for "
+                               "TERMINATED_HTTPS listeners.")
+    else:
+        for name in TLS_LISTENER_FIELDS:
+            if fields.get(name):
+                raise InvalidInput(f"Invalid input for field/attribute {name}: only TERMINATED_HTTPS listeners "
+                                   "take TLS settings.")
+    if fields.get("client_authentication", "NONE") != "NONE" and not fields.get("client_ca_tls_container_ref"):
+        raise InvalidInput("client_authentication requires a client_ca_tls_container_ref.")
+    if fields.get("client_crl_container_ref") and not fields.get("client_ca_tls_container_ref"):
+        raise InvalidInput("A client authentication CA reference is required to specify a client "
+                           "authentication revocation list.")
+    if fields.get("insert_headers") and protocol not in L7_LISTENER_PROTOCOLS:
+        raise InvalidInput(f"insert_headers are only allowed on HTTP and TERMINATED_HTTPS listeners, not {protocol}.")
+    if protocol == "PROMETHEUS" and fields.get("default_pool_id"):
+        raise InvalidInput("PROMETHEUS listeners cannot have a default pool.")
+
+
+def check_listener_pool(listener_protocol: str, pool_protocol: str) -> None:
+    if pool_protocol not in LISTENER_POOL_PROTOCOLS[listener_protocol]:
+        raise InvalidInput(f"The pool protocol '{pool_protocol}' is invalid while the listener protocol is "
+                           f"'{listener_protocol}'.")
+
+
+def build_listener(session: Session, lb: m.LoadBalancer, body: s.ListenerTree,
+                   network: NetworkDriver | None = None) -> m.Listener:
+    reject_unsupported_protocol(body.protocol)
+    fields = given(body)
+    for nested in ("default_pool", "l7policies", "loadbalancer_id", "project_id"):
+        fields.pop(nested, None)
+    validate_listener_fields(body.protocol, fields)
+    check_tls_refs(session, lb.project_id, fields, LISTENER_REFS)
+    for other in lb.listeners:
+        if _live(other) and other.protocol_port == body.protocol_port:
+            raise Conflict(f"Another Listener on this Load Balancer is already using protocol_port "
+                           f"{body.protocol_port}")
+    if body.default_pool_id:
+        pool = session.get(m.Pool, body.default_pool_id)
+        if pool is None or pool.load_balancer_id != lb.id or not _live(pool):
+            raise InvalidInput(f"Pool {body.default_pool_id} not found on load balancer {lb.id}.")
+        check_listener_pool(body.protocol, pool.protocol)
+    listener = m.Listener(load_balancer=lb, **pending_create(lb.project_id), **_listener_defaults(fields))
+    session.add(listener)
+    session.flush()
+    if body.default_pool is not None:
+        build_pool(session, lb, body.default_pool, listener=listener, network=network)
+    for policy in body.l7policies or []:
+        build_l7policy(session, listener, policy)
+    return listener
+
+
+def _listener_defaults(fields: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def build_pool(session: Session, lb: m.LoadBalancer, body: s.PoolTree, listener: m.Listener | None = None,
+               network: NetworkDriver | None = None) -> m.Pool:
+    reject_unsupported_protocol(body.protocol)
+    if listener is not None:
+        check_listener_pool(listener.protocol, body.protocol)
+        if listener.default_pool_id:
+            raise Conflict(f"Listener {listener.id} is already using default pool {listener.default_pool_id}")
+    validate_pool_fields(body.protocol, given(body))
+    check_tls_refs(session, lb.project_id, given(body), POOL_REFS)
+    fields = {k: v for k, v in given(body).items()
+              if k not in ("healthmonitor", "members", "session_persistence", "listener_id", "loadbalancer_id",
+                           "project_id") and v is not None}
+    pool = m.Pool(load_balancer=lb, **pending_create(lb.project_id), **fields)
+    if body.session_persistence is not None:
+        pool.session_persistence = m.SessionPersistence(**body.session_persistence.model_dump())
+    session.add(pool)
+    session.flush()
+    if listener is not None:
+        listener.default_pool_id = pool.id
+    if body.healthmonitor is not None:
+        build_health_monitor(session, pool, body.healthmonitor)
+    for member in body.members or []:
+        build_member(session, pool, member, network)
+    return pool
+
+
+def validate_pool_fields(protocol: str, fields: dict[str, Any]) -> None:
+    persistence = fields.get("session_persistence")
+    if persistence and persistence.get("type") in ("HTTP_COOKIE", "APP_COOKIE") and protocol not in (
+            "HTTP", "HTTPS", "PROXY", "PROXYV2"):
+        raise InvalidInput(f"Cookie session persistence is not valid for {protocol} pools.")
+    if fields.get("tls_enabled") and protocol not in ("HTTP", "TCP", "PROXY", "PROXYV2"):
+        raise InvalidInput(f"tls_enabled is not valid for {protocol} pools.")
+
+
+def resolve_subnet(network: NetworkDriver | None, subnet: str | None) -> str | None:
+    if subnet is None or network is None:
+        return subnet
+    found = network.get_subnet(subnet)
+    if found is None:
+        raise InvalidInput(f"Subnet {subnet} not found.")
+    return found.id
+
+
+def build_member(session: Session, pool: m.Pool, body: s.MemberCreate, network: NetworkDriver | None) -> m.Member:
+    for other in pool.members:
+        if _live(other) and other.address == body.address and other.protocol_port == body.protocol_port:
+            raise Conflict(f"Another member on this pool is already using ip {body.address} on protocol_port "
+                           f"{body.protocol_port}")
+    fields = {k: v for k, v in given(body).items() if k != "project_id" and v is not None}
+    fields["subnet_id"] = resolve_subnet(network, body.subnet_id)
+    member = m.Member(pool=pool, **pending_create(pool.project_id), **fields)
+    member.operating_status = "OFFLINE" if pool.health_monitor is not None else "NO_MONITOR"
+    session.add(member)
+    return member
+
+
+HTTP_MONITORS = ("HTTP", "HTTPS")
+
+
+def monitor_fields(monitor_type: str, fields: dict[str, Any],
+                   existing: m.HealthMonitor | None = None) -> dict[str, Any]:
+    merged = {**({} if existing is None else {
+        "delay": existing.delay, "timeout": existing.timeout}), **fields}
+    if merged.get("delay") is not None and merged.get("timeout") is not None and merged["delay"] < merged["timeout"]:
+        raise InvalidInput("The delay value must be greater than or equal to the timeout value.")
+    http_only = ("http_method", "url_path", "expected_codes", "http_version", "domain_name")
+    if monitor_type not in HTTP_MONITORS:
+        for name in http_only:
+            if fields.get(name) is not None:
+                raise InvalidInput(f"{name} is only valid for HTTP and HTTPS health monitors, not {monitor_type}.")
+    if fields.get("domain_name") and (fields.get("http_version") or (existing and existing.http_version)) != 1.1:
+        raise InvalidInput("domain_name requires http_version 1.1.")
+    if existing is None and monitor_type in HTTP_MONITORS:
+        fields.setdefault("http_method", "GET")
+        fields.setdefault("url_path", "/")
+        fields.setdefault("expected_codes", "200")
+    if existing is None:
+        fields.setdefault("max_retries_down", 3)
+    return {k: v for k, v in fields.items() if v is not None or existing is not None}
+
+
+def build_health_monitor(session: Session, pool: m.Pool, body: s.HealthMonitorTree) -> m.HealthMonitor:
+    if pool.health_monitor is not None and _live(pool.health_monitor):
+        raise Conflict(f"Pool {pool.id} already has a health monitor.")
+    if pool.health_monitor is not None:
+        raise Conflict(f"Pool {pool.id}'s previous health monitor is still being deleted.")
+    if body.type in ("UDP-CONNECT", "SCTP"):
+        raise InvalidInput(f"Health monitor type {body.type} needs a UDP or SCTP pool, which Cohort does not serve.")
+    fields = {k: v for k, v in given(body).items() if k not in ("pool_id", "project_id")}
+    fields = monitor_fields(body.type, fields)
+    monitor = m.HealthMonitor(pool=pool, **pending_create(pool.project_id), **fields)
+    session.add(monitor)
+    for member in pool.members:
+        if member.operating_status == "NO_MONITOR":
+            member.operating_status = "OFFLINE"
+    return monitor
+
+
+def validate_policy(session: Session, listener: m.Listener, fields: dict[str, Any]) -> None:
+    if listener.protocol not in L7_LISTENER_PROTOCOLS:
+        raise InvalidInput(f"L7 policies are only valid on HTTP and TERMINATED_HTTPS listeners, "
+                           f"not {listener.protocol}.")
+    action = fields.get("action")
+    needs = {"REDIRECT_TO_POOL": "redirect_pool_id", "REDIRECT_TO_URL": "redirect_url",
+             "REDIRECT_PREFIX": "redirect_prefix"}
+    if action in needs and not fields.get(needs[action]):
+        raise InvalidInput(f"{needs[action]} is required for action {action}.")
+    for other_action, name in needs.items():
+        if action != other_action and fields.get(name):
+            raise InvalidInput(f"{name} is not valid for action {action}.")
+    if fields.get("redirect_http_code") and action not in ("REDIRECT_TO_URL", "REDIRECT_PREFIX"):
+        raise InvalidInput(f"redirect_http_code is not valid for action {action}.")
+    pool_id = fields.get("redirect_pool_id")
+    if pool_id:
+        pool = session.get(m.Pool, pool_id)
+        if pool is None or pool.load_balancer_id != listener.load_balancer_id or not _live(pool):
+            raise InvalidInput(f"Pool {pool_id} not found on this listener's load balancer.")
+        check_listener_pool(listener.protocol, pool.protocol)
+
+
+def place_policy(listener: m.Listener, policy: m.L7Policy, position: int | None) -> None:
+    """Insert at ``position`` (1-based; past the end appends) and renumber, as Octavia does."""
+    others = [p for p in listener.l7policies if p is not policy and _live(p)]
+    others.sort(key=lambda p: p.position)
+    index = len(others) if position is None else max(0, min(position - 1, len(others)))
+    others.insert(index, policy)
+    for number, item in enumerate(others, start=1):
+        item.position = number
+
+
+def build_l7policy(session: Session, listener: m.Listener, body: s.L7PolicyTree | s.L7PolicyCreate) -> m.L7Policy:
+    fields = given(body)
+    redirect_pool = fields.pop("redirect_pool", None)
+    if isinstance(body, s.L7PolicyTree) and body.redirect_pool is not None and redirect_pool is not None:
+        pool = build_pool(session, listener.load_balancer, body.redirect_pool)
+        fields["redirect_pool_id"] = pool.id
+    validate_policy(session, listener, fields)
+    fields.pop("rules", None)
+    position = fields.pop("position", None)
+    for key in ("listener_id", "project_id"):
+        fields.pop(key, None)
+    if fields.get("action") in ("REDIRECT_TO_URL", "REDIRECT_PREFIX"):
+        fields.setdefault("redirect_http_code", 302)
+    policy = m.L7Policy(listener=listener, **pending_create(listener.project_id), **fields)
+    session.add(policy)
+    place_policy(listener, policy, position)
+    for rule in body.rules or []:
+        build_l7rule(session, policy, rule)
+    return policy
+
+
+def validate_rule(fields: dict[str, Any]) -> None:
+    rule_type, compare, key, value = (fields.get("type"), fields.get("compare_type"), fields.get("key"),
+                                      fields.get("value"))
+    if rule_type in ("HEADER", "COOKIE", "SSL_DN_FIELD") and not key:
+        raise InvalidInput(f"key is required for L7 rules of type {rule_type}.")
+    if rule_type in ("HOST_NAME", "PATH", "FILE_TYPE", "SSL_CONN_HAS_CERT", "SSL_VERIFY_RESULT") and key:
+        raise InvalidInput(f"key is not valid for L7 rules of type {rule_type}.")
+    if rule_type == "SSL_DN_FIELD" and key not in DN_FIELDS:
+        raise InvalidInput(f"Invalid L7 rule key {key!r} for SSL_DN_FIELD: one of {', '.join(sorted(DN_FIELDS))}.")
+    if rule_type == "FILE_TYPE" and compare not in ("EQUAL_TO", "REGEX"):
+        raise InvalidInput("FILE_TYPE rules take compare_type EQUAL_TO or REGEX.")
+    if rule_type == "SSL_CONN_HAS_CERT" and (compare != "EQUAL_TO" or str(value).lower() != "true"):
+        raise InvalidInput("SSL_CONN_HAS_CERT rules take compare_type EQUAL_TO and value 'True'.")
+    if rule_type == "SSL_VERIFY_RESULT" and (compare != "EQUAL_TO" or not str(value).isdigit()):
+        raise InvalidInput("SSL_VERIFY_RESULT rules take compare_type EQUAL_TO and a numeric value.")
+    if compare == "REGEX":
+        try:
+            re.compile(str(value))
+        except re.error as exc:
+            raise InvalidInput(f"Invalid input for field/attribute value: not a valid regex ({exc}).") from exc
+    elif value is not None and re.search(r"\s", str(value)) and rule_type not in ("HEADER", "COOKIE"):
+        raise InvalidInput("Invalid input for field/attribute value: whitespace is not allowed.")
+
+
+def build_l7rule(session: Session, policy: m.L7Policy, body: s.L7RuleCreate) -> m.L7Rule:
+    fields = {k: v for k, v in given(body).items() if k != "project_id" and v is not None}
+    validate_rule(fields)
+    rule = m.L7Rule(l7policy=policy, **pending_create(policy.project_id), **fields)
+    session.add(rule)
+    return rule
+
+
+def listeners_using_pool(session: Session, pool_id: str) -> list[str]:
+    default = session.scalars(select(m.Listener.id).where(m.Listener.default_pool_id == pool_id)).all()
+    redirect = session.scalars(
+        select(m.L7Policy.listener_id).where(m.L7Policy.redirect_pool_id == pool_id)).all()
+    return list(dict.fromkeys([*default, *redirect]))
+
+
+def apply_changes(row: Any, changes: dict[str, Any]) -> None:
+    """Set each sent attribute; an explicit null resets it to its default, as Octavia's ``unset`` expects."""
+    columns = row.__table__.columns
+    for key, value in changes.items():
+        if value is None and key in columns:
+            default = columns[key].default
+            if default is None:
+                value = None
+            elif callable(default.arg):
+                value = default.arg(None)
+            else:
+                value = default.arg
+        setattr(row, key, value)
+    if row.provisioning_status == "ACTIVE" or row.provisioning_status == "ERROR":
+        row.provisioning_status = "PENDING_UPDATE"

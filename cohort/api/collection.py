@@ -1,0 +1,40 @@
+"""The one list endpoint body every collection shares (scoping, options, links, fields)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from cohort.api.auth import RequestContext
+from cohort.api.listing import apply_options, page_links, parse_options, select_fields
+from cohort.db.base import Base
+
+
+def list_collection(
+    request: Request,
+    session: Session,
+    ctx: RequestContext,
+    model: type[Base],
+    collection: str,
+    view: Callable[[Any], dict[str, Any]],
+    query: Select[Any] | None = None,
+    aliases: dict[str, str] | None = None,
+    scoped: bool = True,
+    max_limit: int = 1000,
+    id_column: str = "id",
+) -> dict[str, Any]:
+    options = parse_options(list(request.query_params.multi_items()), max_limit)
+    query = query if query is not None else select(model)
+    if scoped and not ctx.is_admin:
+        query = query.where(model.project_id == ctx.project_id)  # type: ignore[attr-defined]
+    rows, has_next, has_previous = apply_options(session, query, model, options, aliases, id_column)
+    base_url = str(request.url).split("?", 1)[0]
+    links = page_links(base_url, options, rows, has_next, has_previous, lambda row: getattr(row, id_column))
+    return {
+        collection: [select_fields(view(row), options.fields) for row in rows],
+        f"{collection}_links": links,
+    }

@@ -1,0 +1,251 @@
+"""``/v2/lbaas/loadbalancers``: create (also as a whole tree), read, update, delete, status, stats, failover."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from cohort.api import views
+from cohort.api.builders import build_listener, build_pool
+from cohort.api.collection import list_collection
+from cohort.api.deps import DB, AppState, Ctx, RawBody, State
+from cohort.api.errors import InvalidInput
+from cohort.api.guards import check_quota, lock_load_balancer, visible
+from cohort.api.listing import parse_options, select_fields
+from cohort.api.schemas import lbaas as s
+from cohort.api.schemas.common import given, unwrap
+from cohort.api.stats import stats_body, sum_listener_stats
+from cohort.db import models as m
+
+router = APIRouter(prefix="/lbaas/loadbalancers")
+
+PROVIDERS = {"amphora", "octavia"}
+
+
+def _load(session: Session, lb_id: str) -> m.LoadBalancer:
+    return session.scalars(
+        select(m.LoadBalancer).where(m.LoadBalancer.id == lb_id)
+        .options(selectinload(m.LoadBalancer.listeners), selectinload(m.LoadBalancer.pools))
+    ).one()
+
+
+def resolve_flavor(session: Session, flavor_id: str | None) -> dict[str, Any]:
+    if flavor_id is None:
+        return {}
+    flavor = session.get(m.Flavor, flavor_id)
+    if flavor is None:
+        raise InvalidInput(f"Flavor {flavor_id} not found.")
+    if not flavor.enabled:
+        raise InvalidInput(f"The selected flavor is not allowed: Flavor {flavor_id} is disabled.")
+    profile = session.get(m.FlavorProfile, flavor.flavor_profile_id)
+    data: dict[str, Any] = json.loads(profile.flavor_data) if profile else {}
+    return data
+
+
+def _vip(state: AppState, body: s.LoadBalancerCreate) -> tuple[str, str]:
+    subnet = None
+    if body.vip_port_id:
+        raise InvalidInput(f"Port {body.vip_port_id} not found: Cohort allocates VIP ports itself; "
+                           "give vip_subnet_id or vip_network_id.")
+    if body.vip_subnet_id:
+        subnet = state.network.get_subnet(body.vip_subnet_id)
+        if subnet is None:
+            raise InvalidInput(f"Subnet {body.vip_subnet_id} not found.")
+        if body.vip_network_id and body.vip_network_id != subnet.network_id:
+            raise InvalidInput(f"Subnet {subnet.id} is not on network {body.vip_network_id}.")
+    elif body.vip_network_id:
+        candidates = [sub for sub in state.network.list_subnets() if sub.network_id == body.vip_network_id]
+        if body.vip_address:
+            candidates = [c for c in candidates if ipaddress.ip_address(body.vip_address) in
+                          ipaddress.ip_network(c.cidr)]
+        if not candidates:
+            raise InvalidInput(f"Network {body.vip_network_id} not found or has no usable subnet.")
+        subnet = candidates[0]
+    assert subnet is not None
+    if body.vip_address and ipaddress.ip_address(body.vip_address) not in ipaddress.ip_network(subnet.cidr):
+        raise InvalidInput(f"VIP address {body.vip_address} is not in subnet {subnet.id} ({subnet.cidr}).")
+    return subnet.id, subnet.network_id
+
+
+def _topology(state: AppState, flavor: dict[str, Any]) -> str:
+    return str(flavor.get("loadbalancer_topology") or state.settings.default_topology)
+
+
+@router.post("", status_code=201)
+def create(raw: RawBody, request: Request, session: DB, ctx: Ctx, state: State) -> dict[str, Any]:
+    body = unwrap(raw, "loadbalancer", s.LoadBalancerCreate)
+    project_id = ctx.owning_project(body.project_id)
+    provider = body.provider or state.settings.default_provider
+    if provider not in PROVIDERS:
+        raise InvalidInput(f"Provider '{provider}' is not enabled.")
+    flavor = resolve_flavor(session, body.flavor_id)
+    if body.availability_zone:
+        zone = session.get(m.AvailabilityZone, body.availability_zone)
+        if zone is None or not zone.enabled:
+            raise InvalidInput(f"Availability zone {body.availability_zone} not found or disabled.")
+    subnet_id, network_id = _vip(state, body)
+    check_quota(session, state.settings, project_id, m.LoadBalancer)
+    fields = {k: v for k, v in given(body).items()
+              if k not in ("listeners", "pools", "project_id", "provider", "vip_subnet_id", "vip_network_id",
+                           "vip_port_id") and v is not None}
+    lb = m.LoadBalancer(
+        project_id=project_id, provisioning_status="PENDING_CREATE", operating_status="OFFLINE",
+        provider=provider, vip_subnet_id=subnet_id, vip_network_id=network_id,
+        topology=_topology(state, flavor), listeners=[], pools=[], **fields,
+    )
+    session.add(lb)
+    session.flush()
+    if lb.topology == "ACTIVE_ACTIVE":
+        session.add(m.AmphoraCluster(
+            load_balancer_id=lb.id, cluster_name=f"cluster-{lb.id[:8]}",
+            desired_size=int(flavor.get("amp_cluster_size", 3)), min_size=int(flavor.get("amp_cluster_min_size", 2)),
+            cooldown=int(flavor.get("amp_cluster_cooldown", 30)),
+            cluster_type=str(flavor.get("distributor_type", "L2")),
+        ))
+    _build_tree(session, state, lb, body)
+    session.commit()
+    state.on_change()
+    return {"loadbalancer": views.load_balancer(_load(session, lb.id))}
+
+
+def _build_tree(session: Session, state: AppState, lb: m.LoadBalancer, body: s.LoadBalancerCreate) -> None:
+    """The single-call create: every quota is checked for the whole tree before anything is built."""
+    for model, adding in _tree_counts(body).items():
+        if adding:
+            check_quota(session, state.settings, lb.project_id, model, adding)
+    for pool_body in body.pools or []:
+        build_pool(session, lb, pool_body, network=state.network)
+    for listener_body in body.listeners or []:
+        build_listener(session, lb, listener_body, network=state.network)
+
+
+def _tree_counts(body: s.LoadBalancerCreate) -> dict[type[Any], int]:
+    counts: dict[type[Any], int] = {m.Listener: len(body.listeners or []), m.Pool: 0, m.Member: 0,
+                                    m.HealthMonitor: 0, m.L7Policy: 0, m.L7Rule: 0}
+    pools = list(body.pools or []) + [lst.default_pool for lst in body.listeners or [] if lst.default_pool]
+    counts[m.Pool] = len(pools)
+    for pool in pools:
+        counts[m.Member] += len(pool.members or [])
+        counts[m.HealthMonitor] += 1 if pool.healthmonitor else 0
+    for listener in body.listeners or []:
+        for policy in listener.l7policies or []:
+            counts[m.L7Policy] += 1
+            counts[m.L7Rule] += len(policy.rules or [])
+    return counts
+
+
+@router.get("")
+def list_(request: Request, session: DB, ctx: Ctx, state: State) -> dict[str, Any]:
+    query = select(m.LoadBalancer).options(selectinload(m.LoadBalancer.listeners),
+                                           selectinload(m.LoadBalancer.pools))
+    return list_collection(request, session, ctx, m.LoadBalancer, "loadbalancers", views.load_balancer, query,
+                           max_limit=state.settings.api_max_page)
+
+
+@router.get("/{lb_id}")
+def show(lb_id: str, request: Request, session: DB, ctx: Ctx) -> dict[str, Any]:
+    visible(session, ctx, m.LoadBalancer, lb_id)
+    fields = parse_options(list(request.query_params.multi_items()), 1).fields
+    return {"loadbalancer": select_fields(views.load_balancer(_load(session, lb_id)), fields)}
+
+
+@router.put("/{lb_id}")
+def update(raw: RawBody, lb_id: str, request: Request, session: DB, ctx: Ctx, state: State) -> dict[str, Any]:
+    body = unwrap(raw, "loadbalancer", s.LoadBalancerUpdate)
+    lb = visible(session, ctx, m.LoadBalancer, lb_id)
+    lock_load_balancer(session, lb_id)
+    for key, value in given(body).items():
+        setattr(lb, key, value if value is not None or key not in ("name", "description") else "")
+    session.commit()
+    state.on_change()
+    return {"loadbalancer": views.load_balancer(_load(session, lb_id))}
+
+
+@router.delete("/{lb_id}", status_code=204)
+def delete(lb_id: str, request: Request, session: DB, ctx: Ctx, state: State) -> Response:
+    lb = visible(session, ctx, m.LoadBalancer, lb_id)
+    cascade = request.query_params.get("cascade", "false").lower() in ("true", "1", "yes")
+    children: list[Any] = [*lb.listeners, *lb.pools]
+    if not cascade and any(o.provisioning_status != "PENDING_DELETE" for o in children):
+        raise InvalidInput(f"Cannot delete Load Balancer {lb_id} - it has children")
+    lock_load_balancer(session, lb_id, "PENDING_DELETE")
+    if cascade:
+        mark_tree_deleted(session, lb)
+    session.commit()
+    state.on_change()
+    return Response(status_code=204)
+
+
+def mark_tree_deleted(session: Session, lb: m.LoadBalancer) -> None:
+    for listener in lb.listeners:
+        listener.provisioning_status = "PENDING_DELETE"
+        for policy in listener.l7policies:
+            policy.provisioning_status = "PENDING_DELETE"
+            for rule in policy.rules:
+                rule.provisioning_status = "PENDING_DELETE"
+    for pool in lb.pools:
+        pool.provisioning_status = "PENDING_DELETE"
+        if pool.health_monitor is not None:
+            pool.health_monitor.provisioning_status = "PENDING_DELETE"
+        for member in pool.members:
+            member.provisioning_status = "PENDING_DELETE"
+
+
+@router.get("/{lb_id}/status")
+@router.get("/{lb_id}/statuses")
+def status_tree(lb_id: str, session: DB, ctx: Ctx) -> dict[str, Any]:
+    lb = visible(session, ctx, m.LoadBalancer, lb_id)
+
+    def status(row: Any) -> dict[str, Any]:
+        return {"id": row.id, "name": row.name, "provisioning_status": row.provisioning_status,
+                "operating_status": row.operating_status}
+
+    def pool_status(pool: m.Pool) -> dict[str, Any]:
+        body = status(pool)
+        if pool.health_monitor is not None:
+            body["health_monitor"] = {**status(pool.health_monitor), "type": pool.health_monitor.type}
+        body["members"] = [{**status(member), "address": member.address, "protocol_port": member.protocol_port}
+                           for member in pool.members]
+        return body
+
+    listeners = []
+    for listener in lb.listeners:
+        pool_ids = [listener.default_pool_id] + [p.redirect_pool_id for p in listener.l7policies]
+        pools = [pool for pool in lb.pools if pool.id in pool_ids]
+        listeners.append({**status(listener), "pools": [pool_status(pool) for pool in pools]})
+    return {"statuses": {"loadbalancer": {**status(lb), "listeners": listeners}}}
+
+
+@router.get("/{lb_id}/stats")
+def stats(lb_id: str, session: DB, ctx: Ctx) -> dict[str, Any]:
+    lb = visible(session, ctx, m.LoadBalancer, lb_id)
+    return stats_body(sum_listener_stats(session, [listener.id for listener in lb.listeners]))
+
+
+@router.put("/{lb_id}/failover", status_code=202)
+def failover(lb_id: str, session: DB, ctx: Ctx, state: State) -> Response:
+    ctx.require_admin()
+    visible(session, ctx, m.LoadBalancer, lb_id)
+    lock_load_balancer(session, lb_id)
+    request_amphora_replacement(session, lb_id)
+    session.commit()
+    state.on_change()
+    return Response(status_code=202)
+
+
+def request_amphora_replacement(session: Session, lb_id: str, amphora_id: str | None = None) -> int:
+    """Flag amphorae for the reconciler to rebuild (a replacement comes up before the old one goes)."""
+    query = select(m.Amphora).where(m.Amphora.load_balancer_id == lb_id, m.Amphora.status != "DELETED")
+    if amphora_id is not None:
+        query = query.where(m.Amphora.id == amphora_id)
+    count = 0
+    for amphora in session.scalars(query):
+        amphora.status = "PENDING_DELETE"
+        count += 1
+    return count
+

@@ -1,0 +1,1 @@
+"""Request bodies, validated with pydantic and refused in Octavia's fault format."""

@@ -1,0 +1,92 @@
+"""Cohort's one typed settings object: defaults, an optional TOML file, then COHORT_* variables.
+
+Precedence (lowest first): built-in defaults, ``cohort.toml`` (path from ``--config`` or
+``COHORT_CONFIG``), environment variables ``COHORT_<FIELD>`` for scalar fields.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+Topology = Literal["SINGLE", "ACTIVE_STANDBY", "ACTIVE_ACTIVE"]
+
+
+class TokenEntry(BaseModel):
+    """A static API token of the ``token`` auth strategy."""
+
+    project_id: str
+    roles: list[str] = Field(default_factory=lambda: ["member"])
+
+
+class QuotaDefaults(BaseModel):
+    """Per-project defaults; -1 means unlimited, as in Octavia."""
+
+    loadbalancer: int = -1
+    listener: int = -1
+    member: int = -1
+    pool: int = -1
+    healthmonitor: int = -1
+    l7policy: int = -1
+    l7rule: int = -1
+
+
+def _default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/cohort")
+    return Path.home() / ".local" / "state" / "cohort"
+
+
+class Settings(BaseModel):
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    database_url: str | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = 9876
+    auth_strategy: Literal["noauth", "token"] = "noauth"
+    tokens: dict[str, TokenEntry] = Field(default_factory=dict)
+    noauth_project_id: str = "admin"
+    drivers: Literal["noop", "local"] = "noop"
+    default_topology: Topology = "SINGLE"
+    default_provider: str = "amphora"
+    quotas: QuotaDefaults = Field(default_factory=QuotaDefaults)
+    reconcile_interval: float = 0.1
+    reconcile_workers: int = 4
+    reconcile_timeout: float = 600.0
+    heartbeat_bind: str = "198.18.0.1:5555"
+    heartbeat_key: str = ""
+    heartbeat_interval: float = 1.0
+    heartbeat_stale_after: float = 5.0
+    agent_port: int = 9443
+    lab_prefix: str = "cohort"
+    api_max_page: int = 1000
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'cohort.db'}"
+
+
+_SCALAR_TYPES = (str, int, float, bool, Path)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from the TOML file, the environment and explicit overrides."""
+    data: dict[str, Any] = {}
+    path = config_file or (Path(os.environ["COHORT_CONFIG"]) if "COHORT_CONFIG" in os.environ else None)
+    if path is not None:
+        with path.open("rb") as handle:
+            data.update(tomllib.load(handle))
+    for name in Settings.model_fields:
+        env_value = os.environ.get(f"COHORT_{name.upper()}")
+        if env_value is not None:
+            data[name] = env_value
+    data.update({key: value for key, value in overrides.items() if value is not None})
+    return Settings.model_validate(data)

@@ -1,0 +1,199 @@
+"""Bring a load balancer's amphorae to what its topology asks for, step by idempotent step.
+
+Every step records its result in the database before the next one starts, and every driver
+call is idempotent, so a controller killed at any point resumes where it stopped: an amphora
+row is written before its compute instance is built (the instance is named after the row),
+and a half-plugged amphora is simply plugged again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from cohort import datamodel as d
+from cohort.controller import desired
+from cohort.controller.wiring import Drivers
+from cohort.db import models as m
+from cohort.db.session import transaction
+from cohort.drivers.network.base import VipPort
+
+log = logging.getLogger(__name__)
+
+SERVING = ("ALLOCATED", "READY")
+AGENT_READY_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Slot:
+    role: str
+    vrrp_priority: int | None = None
+
+
+def wanted_slots(topology: d.Topology) -> list[Slot]:
+    if topology.name == "ACTIVE_STANDBY":
+        return [Slot("MASTER", 100), Slot("BACKUP", 90)]
+    if topology.name == "ACTIVE_ACTIVE":
+        return [Slot("IN_CLUSTER")] * topology.amp_cluster_size
+    return [Slot("STANDALONE")]
+
+
+def vip_mode(topology: d.Topology) -> str:
+    return {"ACTIVE_STANDBY": "keepalived", "ACTIVE_ACTIVE": "loopback"}.get(topology.name, "interface")
+
+
+def vrrp_id_for(lb_id: str) -> int:
+    return int(lb_id.replace("-", "")[:8], 16) % 255 + 1
+
+
+class AmphoraManager:
+    def __init__(self, sessions: sessionmaker[Session], drivers: Drivers,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.sessions = sessions
+        self.drivers = drivers
+        self.progress = progress or (lambda _message: None)
+
+    def ensure_vip(self, lb_id: str) -> VipPort:
+        with transaction(self.sessions) as session:
+            lb = session.get(m.LoadBalancer, lb_id)
+            assert lb is not None and lb.vip_subnet_id is not None
+            vip = self.drivers.network.allocate_vip(lb.id, lb.vip_subnet_id, lb.vip_address)
+            lb.vip_address, lb.vip_port_id, lb.vip_network_id = vip.address, vip.port_id, vip.network_id
+            return vip
+
+    def live_amphorae(self, session: Session, lb_id: str) -> list[m.Amphora]:
+        return list(session.scalars(select(m.Amphora).where(
+            m.Amphora.load_balancer_id == lb_id, m.Amphora.status != "DELETED").order_by(m.Amphora.created_at)))
+
+    def plan(self, lb_id: str, topology: d.Topology) -> list[str]:
+        """Create rows for missing amphorae (also replacements of failed ones); return the ids to serve."""
+        with transaction(self.sessions) as session:
+            rows = self.live_amphorae(session, lb_id)
+            keep = [row for row in rows if row.status != "PENDING_DELETE"]
+            lb = session.get(m.LoadBalancer, lb_id)
+            assert lb is not None
+            slots = wanted_slots(topology)
+            cluster = session.scalar(select(m.AmphoraCluster).where(m.AmphoraCluster.load_balancer_id == lb_id))
+            for slot in slots:
+                taken = [row for row in keep if row.role == slot.role]
+                if len(taken) >= slots.count(slot):
+                    continue
+                row = m.Amphora(
+                    load_balancer_id=lb_id, role=slot.role, status="PENDING_CREATE", vrrp_priority=slot.vrrp_priority,
+                    vrrp_id=vrrp_id_for(lb_id) if slot.role in ("MASTER", "BACKUP") else None,
+                    cluster_id=cluster.id if cluster else None, compute_flavor=topology.compute_flavor,
+                    ha_ip=lb.vip_address,
+                )
+                session.add(row)
+                keep.append(row)
+            # Scale-in: the newest surplus amphorae of a role go first.
+            for slot in {s.role: s for s in slots}.values():
+                same = [row for row in keep if row.role == slot.role]
+                for surplus in same[slots.count(slot):]:
+                    surplus.status = "PENDING_DELETE"
+                    keep.remove(surplus)
+            session.flush()
+            return [row.id for row in keep]
+
+    def build(self, amphora_id: str, lb: d.LoadBalancer, vip: VipPort) -> None:
+        """Compute, agent, ports and addresses for one amphora; each step skipped once recorded."""
+        with transaction(self.sessions) as session:
+            row = session.get(m.Amphora, amphora_id)
+            assert row is not None
+            status, compute_id = row.status, row.compute_id
+        if status == "PENDING_CREATE" or compute_id is None:
+            self.progress(f"building amphora {amphora_id[:8]}")
+            instance = self.drivers.compute.build(amphora_id, "amphora", lb.topology.compute_flavor)
+            with transaction(self.sessions) as session:
+                row = session.get(m.Amphora, amphora_id)
+                assert row is not None
+                row.compute_id, row.lb_network_ip, row.status = instance.compute_id, instance.lb_network_ip, "BOOTING"
+                row.cert_expiration = self.drivers.cert_expiration(amphora_id)
+        amp = self._snapshot(amphora_id)
+        if status != "ALLOCATED":
+            self.drivers.amphora.wait_ready(amp, AGENT_READY_TIMEOUT)
+            port = self.drivers.network.plug_port(amp.compute_id or "", vip.subnet_id, lb.project_id)
+            self.drivers.amphora.post_vip_plug(amp, port, vip.address, vip_mode(lb.topology))
+            with transaction(self.sessions) as session:
+                row = session.get(m.Amphora, amphora_id)
+                assert row is not None
+                row.vrrp_ip = row.frontend_ip = port.address
+                row.vrrp_port_id = row.frontend_port_id = port.port_id
+                row.frontend_mac = port.mac_address
+                row.ha_ip, row.ha_port_id = vip.address, vip.port_id
+                row.vrrp_interface = "fe0"
+                row.status = "ALLOCATED"
+                row.plugged_subnets = []
+        self.plug_member_networks(amphora_id, lb)
+
+    def plug_member_networks(self, amphora_id: str, lb: d.LoadBalancer) -> None:
+        with transaction(self.sessions) as session:
+            row = session.get(m.Amphora, amphora_id)
+            assert row is not None
+            plugged = set(row.plugged_subnets or [])
+        missing = [s for s in desired.member_subnets(lb) if s not in plugged]
+        if not missing:
+            return
+        amp = self._snapshot(amphora_id)
+        for subnet_id in missing:
+            port = self.drivers.network.plug_port(amp.compute_id or "", subnet_id, lb.project_id)
+            self.drivers.amphora.post_network_plug(amp, port)
+            plugged.add(subnet_id)
+        with transaction(self.sessions) as session:
+            row = session.get(m.Amphora, amphora_id)
+            assert row is not None
+            row.plugged_subnets = sorted(plugged)
+
+    def _snapshot(self, amphora_id: str) -> d.Amphora:
+        with self.sessions() as session:
+            row = session.get(m.Amphora, amphora_id)
+            assert row is not None
+            return desired.amphora(row)
+
+    def snapshots(self, ids: list[str]) -> list[d.Amphora]:
+        return [self._snapshot(ident) for ident in ids]
+
+    def configure(self, lb: d.LoadBalancer, ids: list[str], generation: int,
+                  certificates: dict[str, bytes]) -> None:
+        peers = self.snapshots(ids)
+        for amp in peers:
+            with self.sessions() as session:
+                row = session.get(m.Amphora, amp.id)
+                applied = row.applied_generation if row else 0
+            if applied >= generation:
+                continue
+            self.drivers.amphora.update(amp, lb, peers, certificates)
+            with transaction(self.sessions) as session:
+                row = session.get(m.Amphora, amp.id)
+                assert row is not None
+                row.applied_generation = generation
+
+    def retire(self, lb_id: str, keep: list[str]) -> None:
+        """Delete amphorae no longer wanted (replaced or scaled in); the survivors already serve."""
+        with self.sessions() as session:
+            doomed = [(row.id, row.compute_id) for row in self.live_amphorae(session, lb_id) if row.id not in keep]
+        for amphora_id, compute_id in doomed:
+            self.destroy(amphora_id, compute_id)
+
+    def destroy(self, amphora_id: str, compute_id: str | None) -> None:
+        if compute_id:
+            self.drivers.network.unplug_all(compute_id)
+            self.drivers.compute.delete(compute_id)
+        with transaction(self.sessions) as session:
+            row = session.get(m.Amphora, amphora_id)
+            if row is not None:
+                row.status = "DELETED"
+            health = session.get(m.AmphoraHealth, amphora_id)
+            if health is not None:
+                session.delete(health)
+            session.execute(delete(m.ListenerStatistics).where(m.ListenerStatistics.amphora_id == amphora_id))
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return text if len(text) < 2000 else text[:1997] + "..."
+

@@ -1,0 +1,177 @@
+"""The level-triggered reconciler: load balancers in PENDING_* converge to ACTIVE, or ERROR with a reason.
+
+Each pass claims one load balancer with a lease (so several controllers can share a
+database), applies the whole desired state through idempotent driver calls, then finalises
+the objects in one transaction. A pass interrupted anywhere (crash, kill) is simply run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from cohort.config import Settings
+from cohort.controller import desired
+from cohort.controller.amphorae import AmphoraManager, describe
+from cohort.controller.finalize import finalize_active, finalize_deleted, finalize_error
+from cohort.controller.wiring import Drivers
+from cohort.db import models as m
+from cohort.drivers.errors import DriverError, PermanentDriverError
+
+log = logging.getLogger(__name__)
+
+PENDING = ("PENDING_CREATE", "PENDING_UPDATE", "PENDING_DELETE")
+LEASE_SECONDS = 120.0
+CertificateSource = Callable[[Session, str], dict[str, bytes]]
+
+
+def controller_id() -> str:
+    return socket.gethostname()
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], drivers: Drivers,
+                 certificates: CertificateSource | None = None, owner: str | None = None) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.drivers = drivers
+        self.amphorae = AmphoraManager(sessions, drivers)
+        self.certificates = certificates or (lambda _session, _lb_id: {})
+        self.owner = owner or controller_id()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._busy: set[str] = set()
+        self._busy_lock = threading.Lock()
+
+    # Loop ---------------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        with ThreadPoolExecutor(max_workers=self.settings.reconcile_workers, thread_name_prefix="reconcile") as pool:
+            while not self._stop.is_set():
+                for lb_id in self.due():
+                    with self._busy_lock:
+                        if lb_id in self._busy:
+                            continue
+                        self._busy.add(lb_id)
+                    pool.submit(self._guarded, lb_id)
+                self._wake.wait(self.settings.reconcile_interval)
+                self._wake.clear()
+
+    def run_until_idle(self, timeout: float = 30.0) -> None:
+        """Reconcile in the calling thread until nothing is due (tests and one-shot tools)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            due = self.due(ignore_backoff=True)
+            if not due:
+                return
+            for lb_id in due:
+                self.reconcile(lb_id)
+        raise TimeoutError("reconciler did not become idle")
+
+    def _guarded(self, lb_id: str) -> None:
+        try:
+            self.reconcile(lb_id)
+        except Exception:  # noqa: BLE001 - one load balancer must never stop the loop
+            log.exception("reconcile of %s failed", lb_id)
+        finally:
+            with self._busy_lock:
+                self._busy.discard(lb_id)
+            self._wake.set()
+
+    def due(self, ignore_backoff: bool = False) -> list[str]:
+        now = time.time()
+        with self.sessions() as session:
+            query = select(m.LoadBalancer.id).where(
+                m.LoadBalancer.provisioning_status.in_(PENDING),
+                or_(m.LoadBalancer.lease_expires.is_(None), m.LoadBalancer.lease_expires < now,
+                    m.LoadBalancer.lease_owner == self.owner),
+            )
+            if not ignore_backoff:
+                query = query.where(m.LoadBalancer.next_attempt <= now)
+            return list(session.scalars(query.order_by(m.LoadBalancer.next_attempt).limit(100)))
+
+    def _claim(self, lb_id: str) -> bool:
+        now = time.time()
+        with self.sessions() as session, session.begin():
+            result = session.execute(
+                update(m.LoadBalancer).where(
+                    m.LoadBalancer.id == lb_id, m.LoadBalancer.provisioning_status.in_(PENDING),
+                    or_(m.LoadBalancer.lease_expires.is_(None), m.LoadBalancer.lease_expires < now,
+                        m.LoadBalancer.lease_owner == self.owner),
+                ).values(lease_owner=self.owner, lease_expires=now + LEASE_SECONDS)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    # One pass -----------------------------------------------------------------------------------
+
+    def reconcile(self, lb_id: str) -> None:
+        if not self._claim(lb_id):
+            return
+        with self.sessions() as session:
+            lb_row = session.get(m.LoadBalancer, lb_id)
+            if lb_row is None:
+                return
+            status, generation = lb_row.provisioning_status, lb_row.generation
+        try:
+            if status == "PENDING_DELETE":
+                self._delete(lb_id)
+                finalize_deleted(self.sessions, lb_id)
+            else:
+                self._apply(lb_id, generation)
+                finalize_active(self.sessions, lb_id, generation)
+        except PermanentDriverError as exc:
+            log.warning("load balancer %s: %s", lb_id, exc)
+            finalize_error(self.sessions, lb_id, describe(exc))
+        except DriverError as exc:
+            self._retry_later(lb_id, exc)
+
+    def _retry_later(self, lb_id: str, exc: Exception) -> None:
+        with self.sessions() as session, session.begin():
+            lb = session.get(m.LoadBalancer, lb_id)
+            if lb is None:
+                return
+            lb.attempts += 1
+            started = lb.updated_at or lb.created_at
+            age = time.time() - started.timestamp() if started else 0.0
+            if age > self.settings.reconcile_timeout and lb.attempts > 3:
+                session.rollback()
+                finalize_error(self.sessions, lb_id, f"gave up after {lb.attempts} attempts: {describe(exc)}")
+                return
+            lb.next_attempt = time.time() + min(0.5 * 2 ** min(lb.attempts, 6), 30.0)
+            lb.lease_expires = None
+            lb.status_reason = f"retrying: {describe(exc)}"
+        log.info("load balancer %s: will retry (%s)", lb_id, exc)
+
+    def _apply(self, lb_id: str, generation: int) -> None:
+        vip = self.amphorae.ensure_vip(lb_id)
+        with self.sessions() as session:
+            lb_row = session.get(m.LoadBalancer, lb_id)
+            assert lb_row is not None
+            lb = desired.load_balancer(session, self.settings, lb_row)
+            certificates = self.certificates(session, lb_id)
+        ids = self.amphorae.plan(lb_id, lb.topology)
+        for amphora_id in ids:
+            self.amphorae.build(amphora_id, lb, vip)
+        self.amphorae.configure(lb, ids, generation, certificates)
+        self.amphorae.retire(lb_id, ids)
+
+    def _delete(self, lb_id: str) -> None:
+        with self.sessions() as session:
+            amphorae = [(row.id, row.compute_id) for row in self.amphorae.live_amphorae(session, lb_id)]
+        for amphora_id, compute_id in amphorae:
+            self.amphorae.destroy(amphora_id, compute_id)
+        self.drivers.network.deallocate_vip(lb_id)

@@ -1,0 +1,87 @@
+"""Choose and build the driver set (``noop`` or ``local``) from the settings."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from cohort.config import Settings
+from cohort.drivers.amphora.base import AmphoraDriver
+from cohort.drivers.compute.base import ComputeDriver
+from cohort.drivers.network.base import NetworkDriver
+
+
+@dataclass
+class Drivers:
+    compute: ComputeDriver
+    network: NetworkDriver
+    amphora: AmphoraDriver
+    cert_expiration: Callable[[str], datetime | None] = field(default=lambda _amphora_id: None)
+
+
+def heartbeat_key(settings: Settings) -> bytes:
+    """The HMAC key shared with agents: from the settings, else generated once into the state dir."""
+    if settings.heartbeat_key:
+        return settings.heartbeat_key.encode()
+    path = key_file(settings)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def key_file(settings: Settings) -> Path:
+    return settings.state_dir / "heartbeat.key"
+
+
+def make_drivers(settings: Settings) -> Drivers:
+    if settings.drivers == "noop":
+        from cohort.drivers.amphora.noop import NoopAmphoraDriver
+
+        from cohort.drivers.compute.noop import NoopComputeDriver
+        from cohort.drivers.network.noop import NoopNetworkDriver
+
+        return Drivers(NoopComputeDriver(prefix=settings.lab_prefix), NoopNetworkDriver(prefix=settings.lab_prefix),
+                       NoopAmphoraDriver())
+    return _local_drivers(settings)
+
+
+def _local_drivers(settings: Settings) -> Drivers:
+    from cohort.drivers.amphora.rest import RestAmphoraDriver
+
+    from cohort.drivers.compute.local import LocalComputeDriver
+    from cohort.drivers.network.local import LocalNetworkDriver
+    from cohort.lab import Lab
+    from cohort.pki import CertificateAuthority, not_after
+
+    ca = CertificateAuthority(settings.state_dir / "pki")
+    heartbeat_key(settings)
+    lab = Lab(settings.state_dir / "lab", prefix=settings.lab_prefix)
+
+    def agent_command(instance_id: str, kind: str, mgmt_ip: str) -> list[str]:
+        paths = ca.issue_server(f"{kind}-{instance_id}", [mgmt_ip])
+        module = "cohort.agents.amphora" if kind == "amphora" else "cohort.agents.distributor"
+        return [
+            sys.executable, "-m", module, f"--{kind}-id", instance_id,
+            "--bind", f"{mgmt_ip}:{settings.agent_port}",
+            "--cert", str(paths.cert), "--key", str(paths.key), "--ca", str(paths.ca),
+            "--state-dir", str(settings.state_dir / "instances" / instance_id / "agent"),
+            "--heartbeat-to", settings.heartbeat_bind, "--heartbeat-key-file", str(key_file(settings)),
+            "--heartbeat-interval", str(settings.heartbeat_interval),
+        ]
+
+    def cert_expiration(amphora_id: str) -> datetime | None:
+        path = ca.directory / f"amphora-{amphora_id}.crt"
+        return not_after(path).replace(tzinfo=None) if path.exists() else None
+
+    return Drivers(
+        compute=LocalComputeDriver(lab, agent_command),
+        network=LocalNetworkDriver(lab),
+        amphora=RestAmphoraDriver(ca.issue_client("controller"), port=settings.agent_port),
+        cert_expiration=cert_expiration,
+    )

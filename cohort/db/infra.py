@@ -1,0 +1,123 @@
+"""Operator-side objects: amphorae, clusters, distributors, registrations and BGP profiles."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from cohort.db.base import Base, IdMixin, TimestampMixin
+
+
+class Amphora(IdMixin, TimestampMixin, Base):
+    __tablename__ = "amphora"
+
+    load_balancer_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    cluster_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    compute_id: Mapped[str | None] = mapped_column(String(64))
+    lb_network_ip: Mapped[str | None] = mapped_column(String(64))
+    vrrp_ip: Mapped[str | None] = mapped_column(String(64))
+    ha_ip: Mapped[str | None] = mapped_column(String(64))
+    vrrp_port_id: Mapped[str | None] = mapped_column(String(36))
+    ha_port_id: Mapped[str | None] = mapped_column(String(36))
+    frontend_ip: Mapped[str | None] = mapped_column(String(64))
+    frontend_port_id: Mapped[str | None] = mapped_column(String(36))
+    frontend_mac: Mapped[str | None] = mapped_column(String(17))
+    cert_expiration: Mapped[datetime | None] = mapped_column(DateTime)
+    cert_busy: Mapped[bool] = mapped_column(Boolean, default=False)
+    role: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(36), default="PENDING_CREATE", index=True)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    vrrp_interface: Mapped[str | None] = mapped_column(String(16))
+    vrrp_id: Mapped[int | None] = mapped_column(Integer)
+    vrrp_priority: Mapped[int | None] = mapped_column(Integer)
+    cached_zone: Mapped[str | None] = mapped_column(String(255))
+    image_id: Mapped[str | None] = mapped_column(String(36))
+    compute_flavor: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    applied_generation: Mapped[int] = mapped_column(Integer, default=0)
+    plugged_subnets: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class AmphoraHealth(Base):
+    __tablename__ = "amphora_health"
+
+    amphora_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    last_update: Mapped[float] = mapped_column(Float)
+    busy: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AmphoraCluster(IdMixin, TimestampMixin, Base):
+    __tablename__ = "amphora_cluster"
+
+    cluster_name: Mapped[str] = mapped_column(String(255), default="")
+    load_balancer_id: Mapped[str] = mapped_column(String(36), unique=True)
+    distributor_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    desired_size: Mapped[int] = mapped_column(Integer, default=3)
+    min_size: Mapped[int] = mapped_column(Integer, default=2)
+    cooldown: Mapped[int] = mapped_column(Integer, default=30)
+    provisioning_status: Mapped[str] = mapped_column(String(16), default="PENDING_CREATE")
+    operating_status: Mapped[str] = mapped_column(String(16), default="OFFLINE")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    cluster_type: Mapped[str] = mapped_column(String(16), default="L2")
+    last_scaled_at: Mapped[float | None] = mapped_column(Float)
+
+
+class Distributor(IdMixin, TimestampMixin, Base):
+    __tablename__ = "distributor"
+
+    name: Mapped[str] = mapped_column(String(255), default="")
+    distributor_type: Mapped[str] = mapped_column(String(16), default="L2")
+    compute_id: Mapped[str | None] = mapped_column(String(64))
+    lb_network_ip: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(36), default="PENDING_CREATE")
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    vip_port_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class DistributorHealth(Base):
+    __tablename__ = "distributor_health"
+
+    distributor_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    last_update: Mapped[float] = mapped_column(Float)
+    busy: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AmphoraRegistration(Base):
+    """An amphora's place in a distributor's table for one load balancer."""
+
+    __tablename__ = "amphora_registration"
+    __table_args__ = (UniqueConstraint("load_balancer_id", "position", name="uq_registration_position"),)
+
+    load_balancer_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    amphora_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    distributor_id: Mapped[str] = mapped_column(ForeignKey("distributor.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="ACTIVE")  # ACTIVE | DRAINING
+    weight: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class BgpSpeaker(IdMixin, TimestampMixin, Base):
+    __tablename__ = "bgp_speaker"
+
+    name: Mapped[str] = mapped_column(String(255), default="")
+    local_as: Mapped[int] = mapped_column(Integer)
+    ip_version: Mapped[int] = mapped_column(Integer, default=4)
+
+
+class BgpPeer(IdMixin, TimestampMixin, Base):
+    __tablename__ = "bgp_peer"
+
+    name: Mapped[str] = mapped_column(String(255), default="")
+    bgp_speaker_id: Mapped[str | None] = mapped_column(ForeignKey("bgp_speaker.id", ondelete="CASCADE"))
+    peer_ip: Mapped[str] = mapped_column(String(64))
+    remote_as: Mapped[int] = mapped_column(Integer)
+    auth_type: Mapped[str | None] = mapped_column(String(16))
+    md5_password: Mapped[str | None] = mapped_column(String(255))
+    ttl_hops: Mapped[int] = mapped_column(Integer, default=1)
+    hold_time: Mapped[int] = mapped_column(Integer, default=90)
+    keepalive_interval: Mapped[int] = mapped_column(Integer, default=30)
+    bfd_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    bfd_min_rx: Mapped[int] = mapped_column(Integer, default=300)
+    bfd_min_tx: Mapped[int] = mapped_column(Integer, default=300)
+    bfd_multiplier: Mapped[int] = mapped_column(Integer, default=3)

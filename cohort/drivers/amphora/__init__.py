@@ -1,0 +1,1 @@
+"""Amphora seam: the controller's client of the agent inside each amphora."""

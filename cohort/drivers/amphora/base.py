@@ -1,0 +1,50 @@
+"""The amphora seam: configure and query the load-balancing engine inside an amphora."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from cohort.datamodel import Amphora, LoadBalancer
+from cohort.drivers.network.base import PluggedPort
+
+
+class AmphoraDriver(Protocol):
+    def wait_ready(self, amphora: Amphora, timeout: float) -> dict[str, Any]:
+        """Wait until the agent answers; return its info (version, haproxy version...)."""
+        ...
+
+    def post_vip_plug(self, amphora: Amphora, port: PluggedPort, vip: str, vip_mode: str) -> None:
+        """Configure the front-end port and the VIP inside the amphora.
+
+        ``vip_mode``: ``interface`` (SINGLE: VIP on the port, answers ARP), ``keepalived``
+        (ACTIVE_STANDBY: keepalived owns the VIP) or ``loopback`` (ACTIVE_ACTIVE: VIP on lo,
+        never answers ARP).
+        """
+        ...
+
+    def post_network_plug(self, amphora: Amphora, port: PluggedPort) -> None:
+        """Configure a member-network port inside the amphora."""
+        ...
+
+    def update(
+        self,
+        amphora: Amphora,
+        lb: LoadBalancer,
+        peers: Sequence[Amphora],
+        certificates: Mapping[str, bytes],
+    ) -> None:
+        """Render and push the load balancer's configuration, then reload without dropping connections.
+
+        ``peers`` are all amphorae of the load balancer (VRRP peers for ACTIVE_STANDBY).
+        ``certificates`` maps container refs used by ``lb`` to PEM bundles.
+        A configuration the engine rejects raises PermanentDriverError and leaves the running one.
+        """
+        ...
+
+    def remove_lb(self, amphora: Amphora, lb_id: str) -> None:
+        """Stop serving the load balancer and delete its configuration; idempotent."""
+        ...
+
+    def get_config(self, amphora: Amphora, lb_id: str) -> str:
+        ...

@@ -1,0 +1,1 @@
+"""Compute seam: where an amphora or distributor runs."""

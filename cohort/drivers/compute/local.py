@@ -1,0 +1,149 @@
+"""Local compute: an amphora or distributor is a network namespace, a cgroup and its agent process.
+
+An instance ``X`` of kind amphora (distributor) is the namespace ``{prefix}-a-{8 hex of X}``
+(``-d-``), which is also its compute_id. It gets a management port ``mgmt0`` on the lab's
+management bridge with the next free management address, cgroup v1 groups
+``cohort/{namespace}`` under cpu and memory sized by the compute flavor (``cpu``: fraction of
+one CPU, ``memory_mb``), and one agent process started inside both, with a raised file
+limit; everything the agent forks inherits the cgroup, which is how delete() finds it.
+
+Management ports are bridge ports with ``isolated on``: agents reach the host (controller)
+but never each other, whatever tenant they serve.
+
+Records live in the lab state (``instances``, keyed by instance id) so a restarted
+controller finds its instances and their agents (pid + start time, to survive pid reuse).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cohort import netns
+from cohort.drivers.compute.base import ComputeInstance
+from cohort.drivers.errors import DriverError, PermanentDriverError
+from cohort.lab import (
+    MGMT_RANGE,
+    NOFILE,
+    AddressError,
+    Lab,
+    address_mac,
+    allocate_address,
+    release_address,
+)
+
+AgentCommand = Callable[[str, str, str], list[str]]
+KINDS = ("amphora", "distributor")
+
+
+def parse_flavor(flavor: dict[str, Any]) -> tuple[float | None, int | None]:
+    """(cpu fraction, memory MiB) from a compute flavor; PermanentDriverError on nonsense."""
+    cpu, memory = flavor.get("cpu"), flavor.get("memory_mb")
+    try:
+        cpu_f = None if cpu is None else float(cpu)
+        mem_i = None if memory is None else int(memory)
+    except (TypeError, ValueError) as exc:
+        raise PermanentDriverError(f"bad compute flavor {flavor!r}") from exc
+    if (cpu_f is not None and not 0 < cpu_f <= 64) or (mem_i is not None and mem_i < 16):
+        raise PermanentDriverError(f"bad compute flavor {flavor!r}: cpu in (0, 64], memory_mb >= 16")
+    return cpu_f, mem_i
+
+
+class LocalComputeDriver:
+    def __init__(self, lab: Lab, agent_command: AgentCommand) -> None:
+        self.lab = lab
+        self.agent_command = agent_command
+
+    def _mgmt_link(self, ns: str) -> str:
+        # The switch-side name: kind letter + 8 hex + 'm', unique in the switch namespace.
+        kind, hexid = ns.rsplit("-", 2)[-2:]
+        return f"{kind}{hexid}m"
+
+    def build(self, instance_id: str, kind: str, compute_flavor: dict[str, Any]) -> ComputeInstance:
+        if kind not in KINDS:
+            raise PermanentDriverError(f"unknown instance kind {kind!r}")
+        cpu, memory_mb = parse_flavor(compute_flavor)
+        ns = self.lab.instance_ns(instance_id, kind)
+        if not self.lab.is_instance_ns(ns):
+            raise PermanentDriverError(f"instance id {instance_id!r} must start with 8 hex digits")
+        with self.lab.transaction() as st:
+            if not netns.netns_exists(self.lab.sw_ns):
+                raise DriverError(f"lab {self.lab.prefix} is not up")
+            instances = st.setdefault("instances", {})
+            rec = instances.get(instance_id)
+            if rec is not None and rec["compute_id"] != ns:
+                raise PermanentDriverError(f"instance {instance_id} exists as {rec['compute_id']}")
+            clash = [i for i, r in instances.items() if r["compute_id"] == ns and i != instance_id]
+            if clash:
+                raise PermanentDriverError(f"instance {instance_id} would reuse namespace {ns} of {clash[0]}")
+            if rec is not None and rec.get("pid") and netns.netns_exists(ns):
+                return ComputeInstance(ns, rec["mgmt_ip"], self._status(rec))
+            try:
+                mgmt_ip = allocate_address(
+                    st, "mgmt", self.lab.mgmt_cidr, f"instance:{ns}", first=MGMT_RANGE[0], last=MGMT_RANGE[1]
+                )
+            except AddressError as exc:
+                raise DriverError(str(exc)) from exc
+            if rec is not None and netns.pid_alive(rec.get("pid"), rec.get("starttime")):
+                netns.kill_pids([rec["pid"]])  # its namespace vanished under it; start afresh
+            rec = {"compute_id": ns, "kind": kind, "mgmt_ip": mgmt_ip, "pid": None, "starttime": None}
+            rec["flavor"] = {"cpu": cpu, "memory_mb": memory_mb}
+            instances[instance_id] = rec
+            self._plumb(ns, mgmt_ip)
+            cgroup = self.lab.instance_cgroup(ns)
+            netns.cgroup_create(cgroup, cpu=cpu, memory_mb=memory_mb)
+            cmd = self.agent_command(instance_id, kind, mgmt_ip)
+            log = self.lab.state_dir / "instances" / instance_id / "agent.log"
+            rec["pid"], rec["starttime"] = netns.spawn(ns, cmd, log, cgroup=cgroup, nofile=NOFILE)
+            return ComputeInstance(ns, mgmt_ip, self._status(rec))
+
+    def _plumb(self, ns: str, mgmt_ip: str) -> None:
+        sw, outer = self.lab.sw_ns, self._mgmt_link(ns)
+        netns.add_netns(ns)
+        netns.add_veth("mgmt0", ns, outer, sw, mac=address_mac("mgmt", mgmt_ip))
+        netns.set_link(outer, sw, master=self.lab.network("mgmt").bridge, isolated=True)
+        netns.add_addr("mgmt0", ns, f"{mgmt_ip}/24")
+        netns.set_link("mgmt0", ns)
+
+    def _status(self, rec: dict[str, Any]) -> str:
+        if not netns.netns_exists(rec["compute_id"]):
+            return "ERROR"
+        if not rec.get("pid"):
+            return "BUILDING"
+        return "ACTIVE" if netns.pid_alive(rec["pid"], rec.get("starttime")) else "ERROR"
+
+    def _find(self, st: dict[str, Any], compute_id: str) -> tuple[str, dict[str, Any]] | None:
+        return next(
+            ((i, r) for i, r in st.get("instances", {}).items() if r["compute_id"] == compute_id), None
+        )
+
+    def status(self, compute_id: str) -> str:
+        with self.lab.transaction() as st:
+            found = self._find(st, compute_id)
+            if found is None:
+                # An unrecorded namespace of ours is debris of a crash: ERROR gets it deleted.
+                ours = self.lab.is_instance_ns(compute_id) and netns.netns_exists(compute_id)
+                return "ERROR" if ours else "DELETED"
+            return self._status(found[1])
+
+    def agent_pid(self, compute_id: str) -> int | None:
+        with self.lab.transaction() as st:
+            found = self._find(st, compute_id)
+            return None if found is None else found[1].get("pid")
+
+    def delete(self, compute_id: str) -> None:
+        if not self.lab.is_instance_ns(compute_id):
+            return  # never touch a namespace this lab did not make
+        with self.lab.transaction() as st:
+            found = self._find(st, compute_id)
+            cgroup = self.lab.instance_cgroup(compute_id)
+            pids = netns.cgroup_pids(cgroup) | netns.netns_pids(compute_id)
+            if found is not None and netns.pid_alive(found[1].get("pid"), found[1].get("starttime")):
+                pids.add(found[1]["pid"])
+            netns.kill_pids(pids)
+            netns.del_link(self._mgmt_link(compute_id), self.lab.sw_ns)
+            netns.del_netns(compute_id)
+            netns.cgroup_remove(cgroup)
+            release_address(st, "mgmt", f"instance:{compute_id}")
+            if found is not None:
+                del st["instances"][found[0]]

@@ -1,0 +1,1 @@
+"""Distributor seam: spreads a VIP's flows over the amphorae of its cluster."""

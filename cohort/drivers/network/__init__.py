@@ -1,0 +1,1 @@
+"""Network seam: subnets, VIP ports and the plugging of amphorae into them."""

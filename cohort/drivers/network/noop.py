@@ -1,0 +1,113 @@
+"""In-memory network for unit tests: the lab's subnets and address plan, without any kernel objects.
+
+It has the default-prefix lab's ``public-subnet`` (203.0.113.0/24, gateway .1) and
+``private-subnet`` (192.0.2.0/24) with the same ids, hands out VIPs from .100 up and
+instance ports from the same ranges as the local driver, with the same stable port ids and
+MACs (derived from the address), so the API and the controller behave the same with either
+driver. Project isolation has nothing to enforce here; each port's project is recorded.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from cohort.drivers.errors import DriverError, PermanentDriverError
+from cohort.drivers.network.base import PluggedPort, Subnet, VipPort
+from cohort.lab import (
+    DEFAULT_PREFIX,
+    PORT_RANGES,
+    VIP_FIRST,
+    AddressError,
+    address_mac,
+    check_address,
+    lab_subnets,
+    pick_address,
+    stable_id,
+)
+
+
+@dataclass(frozen=True)
+class _Port:
+    compute_id: str
+    project_id: str
+    port: PluggedPort
+
+
+class NoopNetworkDriver:
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix
+        self.subnets = lab_subnets(prefix)
+        self.vips: dict[str, VipPort] = {}  # by lb_id
+        self.ports: dict[str, _Port] = {}  # by port_id
+        self._lock = threading.Lock()
+
+    def get_subnet(self, name_or_id: str) -> Subnet | None:
+        return next((s for s in self.subnets if name_or_id in (s.id, s.name)), None)
+
+    def list_subnets(self) -> list[Subnet]:
+        return list(self.subnets)
+
+    def _subnet(self, subnet_id: str) -> Subnet:
+        subnet = self.get_subnet(subnet_id)
+        if subnet is None:
+            raise PermanentDriverError(f"subnet {subnet_id} not found")
+        return subnet
+
+    def _taken(self, subnet: Subnet) -> set[str]:
+        taken = {v.address for v in self.vips.values() if v.subnet_id == subnet.id}
+        taken |= {p.port.address for p in self.ports.values() if p.port.subnet_id == subnet.id}
+        return taken | ({subnet.gateway_ip} if subnet.gateway_ip else set())
+
+    def allocate_vip(self, lb_id: str, subnet_id: str, address: str | None) -> VipPort:
+        subnet = self._subnet(subnet_id)
+        with self._lock:
+            existing = self.vips.get(lb_id)
+            if existing is not None:
+                if existing.subnet_id != subnet.id or address not in (None, existing.address):
+                    raise PermanentDriverError(f"load balancer {lb_id} already has VIP {existing.address}")
+                return existing
+            try:
+                if address is None:
+                    vip = pick_address(subnet.cidr, self._taken(subnet), VIP_FIRST, 254)
+                else:
+                    vip = check_address(subnet.cidr, address)
+                    if vip in self._taken(subnet):
+                        raise AddressError(f"{vip} is already in use")
+            except AddressError as exc:
+                raise PermanentDriverError(f"VIP address: {exc}") from exc
+            port = VipPort(stable_id(self.prefix, "vip", lb_id), vip, subnet.id, subnet.network_id)
+            self.vips[lb_id] = port
+            return port
+
+    def deallocate_vip(self, lb_id: str) -> None:
+        with self._lock:
+            self.vips.pop(lb_id, None)
+
+    def plug_port(self, compute_id: str, subnet_id: str, project_id: str) -> PluggedPort:
+        subnet = self._subnet(subnet_id)
+        port_id = stable_id(self.prefix, "port", f"{compute_id}/{subnet.id}")
+        with self._lock:
+            existing = self.ports.get(port_id)
+            if existing is not None:
+                if existing.project_id != project_id:
+                    raise PermanentDriverError(f"port {port_id} belongs to project {existing.project_id!r}")
+                return existing.port
+            first, last = PORT_RANGES[subnet.name]
+            try:
+                address = pick_address(subnet.cidr, self._taken(subnet), first, last)
+            except AddressError as exc:
+                raise DriverError(str(exc)) from exc
+            mac = address_mac("public" if subnet.name == "public-subnet" else "private", address)
+            port = PluggedPort(port_id, mac, address, subnet.id, subnet.cidr, subnet.gateway_ip)
+            self.ports[port_id] = _Port(compute_id, project_id, port)
+            return port
+
+    def unplug_all(self, compute_id: str) -> None:
+        with self._lock:
+            for port_id in [pid for pid, p in self.ports.items() if p.compute_id == compute_id]:
+                del self.ports[port_id]
+
+    def ports_of(self, compute_id: str) -> list[PluggedPort]:
+        with self._lock:
+            return [p.port for p in self.ports.values() if p.compute_id == compute_id]

@@ -1,0 +1,89 @@
+"""Assemble and run Cohort's processes: API, reconciler and health manager, together or apart."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from cohort.api.app import create_app
+from cohort.api.deps import AppState
+from cohort.config import Settings
+from cohort.controller.health import HealthManager
+from cohort.controller.reconciler import Reconciler
+from cohort.controller.wiring import Drivers, heartbeat_key, make_drivers
+from cohort.db.session import make_engine, make_sessionmaker, upgrade
+from cohort.secrets import certificates_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Cohort:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    drivers: Drivers
+    reconciler: Reconciler
+    health: HealthManager
+    app: FastAPI
+
+
+def build(settings: Settings) -> Cohort:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    sessions = make_sessionmaker(engine)
+    drivers = make_drivers(settings)
+    reconciler = Reconciler(settings, sessions, drivers,
+                            certificates=lambda session, lb_id: certificates_for(session, settings, lb_id))
+    app = create_app(AppState(settings, sessions, drivers.network, on_change=reconciler.wake,
+                              read_sessions=make_sessionmaker(engine, writer=False)))
+    return Cohort(settings, engine, sessions, drivers, reconciler, HealthManager(sessions), app)
+
+
+async def _heartbeats(cohort: Cohort) -> Any:
+    from cohort.health.heartbeat import HeartbeatReceiver, HeartbeatVerifier
+
+    host, _, port = cohort.settings.heartbeat_bind.rpartition(":")
+    receiver = HeartbeatReceiver((host, int(port)), HeartbeatVerifier(heartbeat_key(cohort.settings)),
+                                 lambda payload: asyncio.to_thread(cohort.health.on_heartbeat, payload))
+    await receiver.start()
+    return receiver
+
+
+async def serve(cohort: Cohort, api: bool = True, controller: bool = True,
+                ready: threading.Event | None = None) -> None:
+    """Run the selected parts until cancelled; the reconciler runs in its own thread."""
+    worker: threading.Thread | None = None
+    receiver = None
+    if controller:
+        worker = threading.Thread(target=cohort.reconciler.run, name="reconciler", daemon=True)
+        worker.start()
+        if cohort.settings.drivers == "local":
+            receiver = await _heartbeats(cohort)
+    try:
+        if api:
+            config = uvicorn.Config(cohort.app, host=cohort.settings.api_host, port=cohort.settings.api_port,
+                                    log_level="warning", access_log=False, lifespan="off")
+            server = uvicorn.Server(config)
+            if ready is not None:
+                asyncio.get_running_loop().call_later(0.5, ready.set)
+            await server.serve()
+        else:
+            if ready is not None:
+                ready.set()
+            await asyncio.Event().wait()
+    finally:
+        cohort.reconciler.stop()
+        if receiver is not None:
+            receiver.close()
+        if worker is not None:
+            worker.join(timeout=10)

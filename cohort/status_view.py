@@ -1,0 +1,52 @@
+"""`cohort status`: rich tables of load balancers, clusters and amphorae straight from the database."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+
+from cohort.config import Settings
+from cohort.db import models as m
+from cohort.db.session import make_engine, make_sessionmaker
+
+COLOURS = {"ACTIVE": "green", "ONLINE": "green", "ALLOCATED": "green", "ERROR": "red", "DEGRADED": "yellow",
+           "OFFLINE": "dim"}
+
+
+def _c(value: str | None) -> str:
+    text = value or "-"
+    colour = COLOURS.get(text, "cyan" if text.startswith("PENDING") else "white")
+    return f"[{colour}]{text}[/{colour}]"
+
+
+def render_status(settings: Settings, console: Console) -> None:
+    engine = make_engine(settings.db_url)
+    sessions = make_sessionmaker(engine)
+    with sessions() as session:
+        lbs = Table(title="Load balancers")
+        for column in ("id", "name", "project", "topology", "vip", "provisioning", "operating", "listeners",
+                       "reason"):
+            lbs.add_column(column)
+        for lb in session.scalars(select(m.LoadBalancer).order_by(m.LoadBalancer.created_at)):
+            lbs.add_row(lb.id[:8], lb.name, lb.project_id, lb.topology, lb.vip_address or "-",
+                        _c(lb.provisioning_status), _c(lb.operating_status), str(len(lb.listeners)),
+                        (lb.status_reason or "")[:60])
+        console.print(lbs)
+        clusters = Table(title="Amphora clusters")
+        for column in ("id", "load balancer", "desired", "min", "cooldown", "type", "provisioning", "operating"):
+            clusters.add_column(column)
+        for cluster in session.scalars(select(m.AmphoraCluster)):
+            clusters.add_row(cluster.id[:8], cluster.load_balancer_id[:8], str(cluster.desired_size),
+                             str(cluster.min_size), str(cluster.cooldown), cluster.cluster_type,
+                             _c(cluster.provisioning_status), _c(cluster.operating_status))
+        console.print(clusters)
+        amphorae = Table(title="Amphorae")
+        for column in ("id", "load balancer", "role", "status", "management ip", "front-end ip", "compute"):
+            amphorae.add_column(column)
+        for amp in session.scalars(select(m.Amphora).where(m.Amphora.status != "DELETED")
+                                   .order_by(m.Amphora.created_at)):
+            amphorae.add_row(amp.id[:8], (amp.load_balancer_id or "-")[:8], amp.role or "-", _c(amp.status),
+                             amp.lb_network_ip or "-", amp.frontend_ip or "-", amp.compute_id or "-")
+        console.print(amphorae)
+    engine.dispose()

@@ -1,0 +1,70 @@
+"""Fixtures for root tests: labs with a unique prefix and management /24, always torn down.
+
+Each lab is named ``cohort-t{6 hex}`` and takes a management /24 in 198.19.0.0/16 that no
+host interface uses yet, so labs of concurrent test runs (and the default ``cohort`` lab)
+coexist. Teardown calls ``Lab.down()``, which removes only what that lab made.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cohort import netns
+from cohort.lab import Lab
+
+IS_ROOT = os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip = pytest.mark.skip(reason="needs root (network namespaces)")
+    for item in items:
+        if "root" in item.keywords and not IS_ROOT:
+            item.add_marker(skip)
+
+
+def free_mgmt_cidr() -> str:
+    used = {cidr.split(".")[2] for _, cidr in netns.addresses() if cidr.startswith("198.19.")}
+    choices = [str(n) for n in range(1, 255) if str(n) not in used]
+    return f"198.19.{random.choice(choices)}.0/24"
+
+
+def new_lab(state_dir: Path) -> Lab:
+    return Lab(state_dir, prefix=f"cohort-t{secrets.token_hex(3)}", mgmt_cidr=free_mgmt_cidr())
+
+
+@pytest.fixture
+def lab_factory(tmp_path: Path) -> Iterator[Callable[[], Lab]]:
+    """Makes (not yet up) labs with unique names; downs every one of them afterwards."""
+    if not IS_ROOT:
+        pytest.skip("needs root (network namespaces)")
+    made: list[Lab] = []
+
+    def make() -> Lab:
+        lab = new_lab(tmp_path / f"lab{len(made)}")
+        made.append(lab)
+        return lab
+
+    try:
+        yield make
+    finally:
+        for lab in made:
+            lab.down()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A lab that is up for the whole test module."""
+    if not IS_ROOT:
+        pytest.skip("needs root (network namespaces)")
+    the_lab = new_lab(tmp_path_factory.mktemp("lab"))
+    try:
+        the_lab.up()
+        yield the_lab
+    finally:
+        the_lab.down()

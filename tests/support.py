@@ -1,0 +1,109 @@
+"""Test helpers shared by unit, functional and end-to-end tests: a real Cohort server in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cohort.config import Settings
+from cohort.service import Cohort, build, serve
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_cohort(state_dir: Path, **overrides: Any) -> Iterator[tuple[Cohort, str]]:
+    """Start API + reconciler on a free port; yield (cohort, base_url); stop on exit."""
+    settings = Settings(state_dir=state_dir, api_port=free_port(), **overrides)
+    cohort = build(settings)
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+    task_box: dict[str, asyncio.Task[None]] = {}
+
+    def runner() -> None:
+        asyncio.set_event_loop(loop)
+        task_box["task"] = loop.create_task(serve(cohort, ready=ready))
+        with suppress(asyncio.CancelledError):
+            loop.run_until_complete(task_box["task"])
+
+    thread = threading.Thread(target=runner, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{settings.api_port}"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(base + "/", timeout=1)
+            break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    try:
+        yield cohort, base
+    finally:
+        loop.call_soon_threadsafe(task_box["task"].cancel)
+        thread.join(timeout=15)
+        cohort.engine.dispose()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+class Api:
+    """A thin client for tests: JSON in, (status, JSON) out."""
+
+    def __init__(self, base: str, headers: dict[str, str] | None = None) -> None:
+        self.base = base.rstrip("/")
+        self.client = httpx.Client(base_url=self.base, headers=headers or {}, timeout=30)
+
+    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        if raw is not None:
+            response = self.client.request(method, path, content=raw, headers={
+                "Content-Type": "application/json", **(headers or {})})
+        else:
+            response = self.client.request(method, path, json=body, headers=headers)
+        try:
+            data = response.json() if response.content else None
+        except ValueError:
+            data = response.text
+        return response.status_code, data
+
+    def get(self, path: str, **kw: Any) -> tuple[int, Any]:
+        return self.call("GET", path, **kw)
+
+    def post(self, path: str, body: Any, **kw: Any) -> tuple[int, Any]:
+        return self.call("POST", path, body, **kw)
+
+    def put(self, path: str, body: Any, **kw: Any) -> tuple[int, Any]:
+        return self.call("PUT", path, body, **kw)
+
+    def delete(self, path: str, **kw: Any) -> tuple[int, Any]:
+        return self.call("DELETE", path, **kw)
+
+    def wait_active(self, path: str, key: str, timeout: float = 15.0) -> dict[str, Any]:
+        def done() -> dict[str, Any] | None:
+            status, body = self.get(path)
+            if status == 200 and body[key]["provisioning_status"] in ("ACTIVE", "ERROR"):
+                return dict(body[key])
+            return None
+
+        return dict(wait_for(done, timeout))
