@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -52,22 +53,40 @@ def _run(settings: Settings, api: bool, controller: bool) -> None:
 def up(config: ConfigOpt = None, drivers: DriversOpt = None, db: DbOpt = None, host: HostOpt = None,
        port: PortOpt = None, state_dir: StateOpt = None,
        demo: Annotated[bool, typer.Option(help="Create the demo load balancer once running.")] = False,
+       detach: Annotated[bool, typer.Option(help="Run in the background; `cohort down` stops it.")] = False,
        verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    """Run API, reconciler and health manager in one process (Ctrl-C stops; see also `cohort down`)."""
+    """Run API, reconciler and health manager in one process. Ctrl-C (or `cohort down`) removes what it made."""
     settings = _settings(config, db, host, port, state_dir, drivers)
     _logging(verbose)
+    if detach:
+        from cohort.demo import run_demo, start_detached
+
+        argv = ["up", "--state-dir", str(settings.state_dir), "--drivers", settings.drivers,
+                "--host", settings.api_host, "--port", str(settings.api_port)]
+        argv += ["--config", str(config)] if config else []
+        argv += ["--db", db] if db else []
+        start_detached(settings, argv, console)
+        if demo:
+            run_demo(settings, console)
+        return
     if settings.drivers == "local":
         from cohort.lab import Lab
 
-        console.print("[bold]Building the lab network[/bold] (namespaces cohort-*)...")
-        Lab(settings.state_dir / "lab", prefix=settings.lab_prefix).up()
+        with console.status("Building the lab network (namespaces cohort-*)..."):
+            Lab(settings.state_dir / "lab", prefix=settings.lab_prefix).up()
     console.print(f"[bold green]Cohort[/bold green] API on http://{settings.api_host}:{settings.api_port} "
                   f"(drivers: {settings.drivers}, database: {settings.db_url})")
     if demo:
         from cohort.demo import run_demo_in_background
 
         run_demo_in_background(settings, console)
-    _run(settings, api=True, controller=True)
+    try:
+        _run(settings, api=True, controller=True)
+    finally:
+        if settings.drivers == "local" and not os.environ.get("COHORT_KEEP_ON_EXIT"):
+            from cohort.demo import remove_data_plane
+
+            remove_data_plane(settings, console)
 
 
 @app.command()
@@ -119,3 +138,7 @@ def down(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

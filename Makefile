@@ -1,0 +1,41 @@
+# Cohort: the two commands are `make up` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install system-deps up down test test-unit lint bench clean
+
+install: system-deps $(STAMP)
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip >/dev/null
+	@$(BIN)/pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+up: install
+	@$(BIN)/cohort up --drivers local --demo --detach
+
+down:
+	@$(BIN)/cohort down
+
+test: install
+	@$(BIN)/pytest -q -p no:cacheprovider tests
+
+test-unit: install
+	@$(BIN)/pytest -q tests/unit
+
+lint: install
+	@$(BIN)/ruff check cohort tests bench
+	@$(BIN)/mypy cohort
+
+bench: install
+	@$(BIN)/python bench/api.py
+	@$(BIN)/python bench/amphora.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache

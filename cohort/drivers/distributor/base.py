@@ -1,0 +1,59 @@
+"""The distributor seam: spread a VIP's flows over the amphorae of its cluster, with flow affinity.
+
+Calls are level-triggered where they can be: ``set_amphorae`` states the whole membership of a
+VIP (with positions, weights and DRAINING marks), so a retried or replayed call is harmless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cohort.drivers.network.base import PluggedPort
+
+
+@dataclass(frozen=True)
+class DistributorRef:
+    id: str
+    lb_network_ip: str  # where its agent listens
+
+
+@dataclass(frozen=True)
+class ClusterMember:
+    """One amphora as the distributor sees it: where to forward, and its place in the table."""
+
+    amphora_id: str
+    mac_address: str
+    frontend_ip: str
+    position: int
+    weight: int = 1
+    state: str = "ACTIVE"  # ACTIVE: gets new flows | DRAINING: keeps its open flows only
+
+
+@dataclass(frozen=True)
+class DistributorVip:
+    lb_id: str
+    vip_address: str
+    port: PluggedPort  # the distributor's own interface on this load balancer's front-end network
+    affinity: str = "SOURCE_IP"  # SOURCE_IP | SOURCE_IP_PORT
+    health_port: int = 8008  # amphora front-end port the distributor probes
+
+
+class DistributorDriver(Protocol):
+    def wait_ready(self, distributor: DistributorRef, timeout: float) -> dict[str, Any]:
+        ...
+
+    def add_vip(self, distributor: DistributorRef, vip: DistributorVip) -> None:
+        """Plug the VIP: own its ARP on ``vip.port`` and prepare its (empty) table. Idempotent."""
+        ...
+
+    def remove_vip(self, distributor: DistributorRef, lb_id: str) -> None:
+        ...
+
+    def set_amphorae(self, distributor: DistributorRef, lb_id: str, members: list[ClusterMember]) -> None:
+        """Make ``members`` the VIP's whole membership; absent amphorae are unregistered."""
+        ...
+
+    def status(self, distributor: DistributorRef) -> dict[str, Any]:
+        """Per VIP: members with probe health, open flows and counters."""
+        ...
