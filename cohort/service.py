@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cohort.api.app import create_app
 from cohort.api.deps import AppState
 from cohort.config import Settings
+from cohort.controller.failover import FailoverWatcher
 from cohort.controller.health import HealthManager
 from cohort.controller.reconciler import Reconciler
 from cohort.controller.wiring import Drivers, heartbeat_key, make_drivers
@@ -33,6 +34,7 @@ class Cohort:
     drivers: Drivers
     reconciler: Reconciler
     health: HealthManager
+    failover: FailoverWatcher
     app: FastAPI
 
 
@@ -46,7 +48,8 @@ def build(settings: Settings) -> Cohort:
                             certificates=lambda session, lb_id: certificates_for(session, settings, lb_id))
     app = create_app(AppState(settings, sessions, drivers.network, on_change=reconciler.wake,
                               read_sessions=make_sessionmaker(engine, writer=False)))
-    return Cohort(settings, engine, sessions, drivers, reconciler, HealthManager(sessions), app)
+    failover = FailoverWatcher(settings, sessions, drivers, on_change=reconciler.wake)
+    return Cohort(settings, engine, sessions, drivers, reconciler, HealthManager(sessions), failover, app)
 
 
 async def _heartbeats(cohort: Cohort) -> Any:
@@ -62,11 +65,13 @@ async def _heartbeats(cohort: Cohort) -> Any:
 async def serve(cohort: Cohort, api: bool = True, controller: bool = True,
                 ready: threading.Event | None = None) -> None:
     """Run the selected parts until cancelled; the reconciler runs in its own thread."""
-    worker: threading.Thread | None = None
+    workers: list[threading.Thread] = []
     receiver = None
     if controller:
-        worker = threading.Thread(target=cohort.reconciler.run, name="reconciler", daemon=True)
-        worker.start()
+        workers = [threading.Thread(target=cohort.reconciler.run, name="reconciler", daemon=True),
+                   threading.Thread(target=cohort.failover.run, name="failover", daemon=True)]
+        for worker in workers:
+            worker.start()
         if cohort.settings.drivers == "local":
             receiver = await _heartbeats(cohort)
     try:
@@ -83,7 +88,8 @@ async def serve(cohort: Cohort, api: bool = True, controller: bool = True,
             await asyncio.Event().wait()
     finally:
         cohort.reconciler.stop()
+        cohort.failover.stop()
         if receiver is not None:
             receiver.close()
-        if worker is not None:
+        for worker in workers:
             worker.join(timeout=10)

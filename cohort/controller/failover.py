@@ -1,0 +1,89 @@
+"""Notice dead amphorae and have the reconciler replace them (Octavia's health-manager failover, N+1).
+
+An amphora is dead when its compute instance reports ERROR (a process crashed) or when it has
+heartbeated before and then stayed silent longer than ``heartbeat_stale_after``. Its load
+balancer is taken with the same lock the API uses, so a failover never races a tenant change;
+a load balancer that is busy is simply looked at again on the next scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from cohort.api.errors import Immutable
+from cohort.api.guards import lock_load_balancer
+from cohort.config import Settings
+from cohort.controller.wiring import Drivers
+from cohort.db import models as m
+
+log = logging.getLogger(__name__)
+
+
+class FailoverWatcher:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], drivers: Drivers,
+                 on_change: Callable[[], None], interval: float = 0.5) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.drivers = drivers
+        self.on_change = on_change
+        self.interval = interval
+        self.failovers = 0
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.scan()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad scan
+                log.exception("failover scan failed")
+
+    def dead(self, session: Session) -> list[tuple[m.Amphora, str]]:
+        now = time.time()
+        found = []
+        rows = session.scalars(select(m.Amphora).where(m.Amphora.status == "ALLOCATED")).all()
+        for amphora in rows:
+            if amphora.compute_id and self.drivers.compute.status(amphora.compute_id) in ("ERROR", "DELETED"):
+                found.append((amphora, "its compute instance failed"))
+                continue
+            health = session.get(m.AmphoraHealth, amphora.id)
+            stale_after = self.settings.heartbeat_stale_after
+            if health is not None and not health.busy and now - health.last_update > stale_after:
+                found.append((amphora, f"no heartbeat for {now - health.last_update:.1f}s"))
+        return found
+
+    def scan(self) -> int:
+        started = 0
+        with self.sessions() as session:
+            candidates = [(a.id, a.load_balancer_id, reason) for a, reason in self.dead(session)]
+        for amphora_id, lb_id, reason in candidates:
+            if lb_id is None:
+                continue
+            with self.sessions() as session, session.begin():
+                amphora = session.get(m.Amphora, amphora_id)
+                if amphora is None or amphora.status != "ALLOCATED":
+                    continue
+                try:
+                    lock_load_balancer(session, lb_id)
+                except Immutable:
+                    session.rollback()
+                    continue
+                amphora.status = "PENDING_DELETE"
+                amphora.status_reason = reason
+                lb = session.get(m.LoadBalancer, lb_id)
+                if lb is not None:
+                    lb.status_reason = f"failover of amphora {amphora_id[:8]}: {reason}"
+            log.warning("amphora %s of load balancer %s: %s; replacing it", amphora_id, lb_id, reason)
+            started += 1
+        if started:
+            self.failovers += started
+            self.on_change()
+        return started

@@ -1,0 +1,175 @@
+"""Render the HAProxy configuration of one load balancer on one amphora.
+
+One HAProxy process serves one load balancer. The agent relies on these names:
+
+- ``{state_dir}/{lb.id}.sock``: admin stats socket (``expose-fd listeners`` for
+  seamless reloads); ``{state_dir}/{lb.id}.pid``: the master's pid file, which
+  keepalived's track script watches.
+- ``{state_dir}/{lb.id}.state``: server state file; the agent saves
+  ``show servers state`` there before each reload so members found down stay
+  down across it (HAProxy warns, harmlessly, while the file does not exist).
+- frontend = listener id, backend = pool id, server = member id.
+- TLS material at ``{cert_dir}/{cert_filename(ref)}`` (see haproxy_tls).
+- PING monitors run ``{state_dir}/ping-wrapper.sh`` (see haproxy_backend);
+  PROMETHEUS listeners use two unix sockets (see haproxy_prometheus).
+
+Non-local VIP: when the topology is ACTIVE_STANDBY or ACTIVE_ACTIVE, binds
+carry ``transparent`` (IP_TRANSPARENT/IP_FREEBIND), so HAProxy starts before
+the VIP is local, or on a standby that never holds it; no sysctl is needed.
+
+No global ``maxconn``: HAProxy derives it from the RLIMIT_NOFILE it starts
+with (two descriptors per proxied connection plus listeners and checks), about
+50000 under the agent's 100000. An explicit value above what the limit allows
+makes HAProxy refuse to start, and the controller cannot know the amphora's
+limit. Listeners without a connection_limit inherit the global value.
+
+UDP and SCTP need a different engine: they raise ValueError here.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable
+
+from cohort.datamodel import Amphora, Listener, LoadBalancer, Pool
+from cohort.drivers.amphora import haproxy_backend, haproxy_frontend, haproxy_prometheus
+from cohort.drivers.amphora import haproxy_values as v
+from cohort.drivers.amphora.haproxy_prometheus import rename_prometheus_metrics
+from cohort.drivers.amphora.haproxy_tls import cert_filename
+
+__all__ = ["cert_filename", "rename_prometheus_metrics", "render_haproxy"]
+
+DEFAULT_STATE_DIR = "/var/lib/cohort-amphora"
+_UNSUPPORTED = frozenset({"UDP", "SCTP"})
+# Octavia's listener -> pool protocol compatibility.
+_POOL_PROTOCOLS = {
+    "TCP": {"HTTP", "HTTPS", "PROXY", "PROXYV2", "TCP"},
+    "HTTP": {"HTTP", "PROXY", "PROXYV2"},
+    "HTTPS": {"HTTPS", "PROXY", "PROXYV2", "TCP"},
+    "TERMINATED_HTTPS": {"HTTP", "PROXY", "PROXYV2"},
+    "PROMETHEUS": set(),
+}
+_POOL_MODES = {"HTTP": "http", "HTTPS": "tcp", "TCP": "tcp"}
+
+
+def _check_protocols(lb: LoadBalancer) -> None:
+    ports: set[int] = set()
+    for listener in lb.listeners:
+        if listener.protocol in _UNSUPPORTED:
+            raise ValueError(
+                f"listener {listener.id}: {listener.protocol} listeners are not supported by the HAProxy amphora driver"
+            )
+        if listener.protocol not in _POOL_PROTOCOLS:
+            raise ValueError(f"listener {listener.id}: unknown protocol {listener.protocol!r}")
+        if listener.protocol_port in ports:
+            raise ValueError(f"two listeners use port {listener.protocol_port}")
+        ports.add(listener.protocol_port)
+
+
+def _routed_pool_ids(listener: Listener) -> list[str]:
+    ids = [listener.default_pool_id] if listener.default_pool_id else []
+    ids += [
+        p.redirect_pool_id
+        for p in sorted(listener.l7policies, key=lambda p: (p.position, p.id))
+        if p.admin_state_up and p.action == "REDIRECT_TO_POOL" and p.redirect_pool_id
+    ]
+    return ids
+
+
+def _pool_users(lb: LoadBalancer) -> dict[str, list[Listener]]:
+    """Enabled pools routed to by at least one listener, with those listeners (default pool first)."""
+    users: dict[str, list[Listener]] = {}
+    for listener in lb.listeners:
+        for pool_id in _routed_pool_ids(listener):
+            pool = lb.pool(pool_id)
+            if pool is None:
+                raise ValueError(f"listener {listener.id} routes to unknown pool {pool_id}")
+            if pool.protocol not in _POOL_PROTOCOLS[listener.protocol]:
+                raise ValueError(
+                    f"listener {listener.id} ({listener.protocol}) cannot use pool {pool.id} ({pool.protocol})"
+                )
+            if pool.admin_state_up and listener not in users.setdefault(pool_id, []):
+                users[pool_id].append(listener)
+    for pool_id, listeners in users.items():
+        listeners.sort(key=lambda li: li.default_pool_id != pool_id)
+    return users
+
+
+def _backend_settings(pool: Pool, listeners: list[Listener], ipv6: bool) -> haproxy_backend.BackendSettings:
+    modes = {haproxy_frontend.MODES[li.protocol] for li in listeners}
+    # An HTTP frontend cannot hand over to a TCP backend; the reverse upgrades.
+    mode = _POOL_MODES.get(pool.protocol, "http" if "http" in modes else "tcp")
+    owner = listeners[0]
+    return haproxy_backend.BackendSettings(
+        mode=mode,
+        timeout_connect_ms=owner.timeout_member_connect,
+        timeout_server_ms=owner.timeout_member_data,
+        ipv6=ipv6,
+    )
+
+
+def _global_lines(lb: LoadBalancer, state_dir: str, pools: Iterable[Pool]) -> list[str]:
+    path = posixpath.join(state_dir, lb.id)
+    lines = [
+        "global",
+        "    master-worker",
+        f"    pidfile {path}.pid",
+        f"    stats socket {path}.sock mode 600 level admin expose-fd listeners",
+        "    stats timeout 2m",
+        f"    server-state-file {path}.state",
+        "    tune.ssl.default-dh-param 2048",
+    ]
+    if any(haproxy_backend.uses_ping(pool) for pool in pools):
+        lines += ["    external-check", "    insecure-fork-wanted"]
+    return lines + [
+        "",
+        "defaults",
+        "    mode tcp",
+        "    no log",
+        "    load-server-state-from-file global",
+        "    retries 3",
+        "    option redispatch",
+        "    timeout connect 5s",
+        "    timeout client 50s",
+        "    timeout server 50s",
+    ]
+
+
+def _maxconn(listener: Listener) -> int | None:
+    # Octavia treats -1 (and 0) as unlimited.
+    if listener.connection_limit is None or listener.connection_limit <= 0:
+        return None
+    return listener.connection_limit
+
+
+def render_haproxy(lb: LoadBalancer, amphora: Amphora, cert_dir: str, state_dir: str = DEFAULT_STATE_DIR) -> str:
+    """The complete haproxy.cfg text for ``lb`` as served by ``amphora``."""
+    v.name(lb.id, "load balancer id")
+    v.name(amphora.id, "amphora id")
+    if not lb.vip_address:
+        raise ValueError(f"load balancer {lb.id} has no VIP address")
+    vip = v.ip(lb.vip_address, "VIP")
+    _check_protocols(lb)
+    users = _pool_users(lb)
+    pools = [pool for pool in lb.pools if pool.id in users]
+    backends = frozenset(users)
+
+    sections = [_global_lines(lb, state_dir, pools)]
+    for listener in lb.listeners:
+        settings = haproxy_frontend.FrontendSettings(
+            vip_address=vip.compressed,
+            transparent=lb.topology.name in ("ACTIVE_STANDBY", "ACTIVE_ACTIVE"),
+            enabled=lb.admin_state_up and listener.admin_state_up,
+            maxconn=_maxconn(listener),
+            cert_dir=cert_dir,
+            backends=backends,
+        )
+        sections.append(haproxy_frontend.frontend_lines(listener, settings))
+    for pool in pools:
+        settings_b = _backend_settings(pool, users[pool.id], vip.version == 6)
+        sections.append(haproxy_backend.backend_lines(pool, settings_b, amphora.id, cert_dir, state_dir))
+    if any(listener.protocol == "PROMETHEUS" for listener in lb.listeners):
+        sections.append(haproxy_prometheus.internal_lines(lb, state_dir))
+
+    header = [f"# Load balancer {lb.id} on amphora {amphora.id}; rendered by cohort, do not edit."]
+    return "\n".join(header + ["\n".join(section) + "\n" for section in sections])

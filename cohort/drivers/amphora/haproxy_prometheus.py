@@ -1,0 +1,120 @@
+"""PROMETHEUS listeners: HAProxy's exporter, and its metrics under Octavia's names.
+
+HAProxy names its metrics ``haproxy_*`` and labels them by proxy and server
+names; Octavia exposes ``octavia_loadbalancer_*``, ``octavia_listener_*``,
+``octavia_pool_*`` and ``octavia_member_*``. HAProxy cannot rename, so the path
+of a scrape is:
+
+    client -> VIP:port (frontend = the PROMETHEUS listener)
+           -> backend ``cohort-prometheus-agent``: the agent, on the unix socket
+              ``{state_dir}/{lb_id}-metrics.sock``
+           -> the agent fetches ``/metrics`` from HAProxy's exporter on the unix
+              socket ``{state_dir}/{lb_id}-prometheus.sock`` (frontend
+              ``cohort-prometheus-exporter``), passes the text through
+              ``rename_prometheus_metrics`` and answers.
+
+Unix sockets keep the exporter off every network and let several load
+balancers share an amphora without port clashes.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+from cohort.datamodel import LoadBalancer
+
+EXPORTER_FRONTEND = "cohort-prometheus-exporter"
+AGENT_BACKEND = "cohort-prometheus-agent"
+
+# family prefix -> (Octavia prefix, label renames, label naming the object)
+_FAMILIES: dict[str, tuple[str, dict[str, str], str | None]] = {
+    "haproxy_process_": ("octavia_loadbalancer_", {}, None),
+    "haproxy_frontend_": ("octavia_listener_", {"proxy": "listener"}, "listener"),
+    "haproxy_backend_": ("octavia_pool_", {"proxy": "pool"}, "pool"),
+    "haproxy_server_": ("octavia_member_", {"proxy": "pool", "server": "member"}, "pool"),
+}
+_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S.*)$")
+_LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?')
+
+
+def exporter_socket(state_dir: str, lb_id: str) -> str:
+    return posixpath.join(state_dir, f"{lb_id}-prometheus.sock")
+
+
+def agent_socket(state_dir: str, lb_id: str) -> str:
+    return posixpath.join(state_dir, f"{lb_id}-metrics.sock")
+
+
+def internal_lines(lb: LoadBalancer, state_dir: str) -> list[str]:
+    """The exporter frontend and the backend that reaches the agent's renaming proxy."""
+    return [
+        f"frontend {EXPORTER_FRONTEND}",
+        f"    bind unix@{exporter_socket(state_dir, lb.id)} mode 600",
+        "    mode http",
+        "    timeout client 10s",
+        "    http-request use-service prometheus-exporter",
+        "",
+        f"backend {AGENT_BACKEND}",
+        "    mode http",
+        "    timeout connect 5s",
+        "    timeout server 30s",
+        f"    server agent unix@{agent_socket(state_dir, lb.id)}",
+    ]
+
+
+def _rename_family(name: str) -> tuple[str, dict[str, str], str | None] | None:
+    for prefix, (octavia, labels, owner) in _FAMILIES.items():
+        if name.startswith(prefix):
+            return octavia + name[len(prefix) :], labels, owner
+    return None
+
+
+def _parse_labels(text: str) -> list[tuple[str, str]] | None:
+    labels: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(text):
+        match = _LABEL.match(text, pos)
+        if match is None or match.end() == pos:
+            return None
+        labels.append((match.group(1), match.group(2)))
+        pos = match.end()
+    return labels
+
+
+def rename_prometheus_metrics(text: str, lb: LoadBalancer) -> str:
+    """HAProxy exporter text -> Octavia's metric and label names.
+
+    Families other than process/frontend/backend/server are dropped, and so are
+    samples of proxies that are not a listener or pool of ``lb`` (the exporter's
+    own frontend, the agent backend).
+    """
+    known = {
+        "listener": {listener.id for listener in lb.listeners},
+        "pool": {pool.id for pool in lb.pools},
+    }
+    out: list[str] = []
+    for line in text.splitlines():
+        if line.startswith(("# HELP ", "# TYPE ")):
+            head, _, rest = line[2:].partition(" ")
+            name, _, tail = rest.partition(" ")
+            renamed = _rename_family(name)
+            if renamed is not None:
+                out.append(f"# {head} {renamed[0]} {tail}".rstrip())
+            continue
+        sample = _SAMPLE.match(line)
+        if sample is None:
+            continue
+        renamed = _rename_family(sample.group(1))
+        if renamed is None:
+            continue
+        new_name, label_map, owner = renamed
+        labels = _parse_labels(sample.group(2) or "")
+        if labels is None:
+            continue
+        labels = [(label_map.get(key, key), value) for key, value in labels]
+        if owner is not None and not any(key == owner and value in known[owner] for key, value in labels):
+            continue
+        rendered = "{" + ",".join(f'{key}="{value}"' for key, value in labels) + "}" if labels else ""
+        out.append(f"{new_name}{rendered} {sample.group(3)}")
+    return "\n".join(out) + "\n" if out else ""
