@@ -1,0 +1,1 @@
+"""Agents: the small servers running inside amphorae and distributors, driven by the controller."""

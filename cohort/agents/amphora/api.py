@@ -1,0 +1,213 @@
+"""The agent's ``/1.0`` API, modelled on Octavia's amphora agent, mapped onto the managers.
+
+Errors map to statuses here: bad input and configurations HAProxy or keepalived
+refuse are 400 (with the tool's own message), unknown things 404, failing
+commands 500.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from cohort import __version__
+from cohort.agents.amphora import AGENT_VERSION, interfaces, stats
+from cohort.agents.amphora.haproxy import HaproxyManager, haproxy_version
+from cohort.agents.amphora.keepalived import KeepalivedManager
+from cohort.agents.amphora.proc import CommandFailed
+from cohort.agents.amphora.server import Handler, HttpError, Request, Response, Router
+
+ACTIONS = ("start", "stop", "reload")
+
+
+def _errors(fn: Handler) -> Handler:
+    @functools.wraps(fn)
+    def wrapper(req: Request) -> Response:
+        try:
+            return fn(req)
+        except HttpError:
+            raise
+        except ValueError as e:
+            raise HttpError(400, str(e)) from e
+        except LookupError as e:
+            raise HttpError(404, str(e)) from e
+        except CommandFailed as e:
+            raise HttpError(500, str(e)) from e
+
+    return wrapper
+
+
+def _field(body: dict[str, Any], name: str, required: bool = True) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise HttpError(400, f"field {name!r} must be a non-empty string")
+    return value
+
+
+def _port_spec(body: dict[str, Any]) -> interfaces.PortSpec:
+    return interfaces.PortSpec(
+        mac_address=str(_field(body, "mac_address")),
+        address=str(_field(body, "address")),
+        subnet_cidr=str(_field(body, "subnet_cidr")),
+        gateway=_field(body, "gateway", required=False),
+    )
+
+
+def _ok(**extra: Any) -> Response:
+    return Response(200, {"message": "OK", **extra})
+
+
+class AmphoraApi:
+    def __init__(
+        self, amphora_id: str, state_dir: Path, haproxy: HaproxyManager, keepalived: KeepalivedManager
+    ) -> None:
+        self.amphora_id = amphora_id
+        self._vip_file = state_dir / "vip.json"
+        self.haproxy = haproxy
+        self.keepalived = keepalived
+        self._haproxy_version = haproxy_version()
+
+    def router(self) -> Router:
+        r = Router()
+        routes: list[tuple[str, str, Callable[[Request], Response]]] = [
+            ("GET", "/1.0/info", self.info),
+            ("GET", "/1.0/details", self.details),
+            ("POST", "/1.0/plug/vip/{vip}", self.plug_vip),
+            ("POST", "/1.0/plug/network", self.plug_network),
+            ("PUT", "/1.0/loadbalancer/{lb_id}/haproxy", self.put_haproxy),
+            ("GET", "/1.0/loadbalancer/{lb_id}/haproxy", self.get_haproxy),
+            ("GET", "/1.0/loadbalancer/{lb_id}/stats", self.lb_stats),
+            ("PUT", "/1.0/loadbalancer/{lb_id}/certificates/{filename}", self.put_certificate),
+            ("PUT", "/1.0/loadbalancer/{lb_id}/{action}", self.lb_action),
+            ("DELETE", "/1.0/loadbalancer/{lb_id}", self.delete_lb),
+            ("PUT", "/1.0/vrrp/config", self.put_vrrp),
+            ("GET", "/1.0/vrrp/config", self.get_vrrp),
+            ("PUT", "/1.0/vrrp/{action}", self.vrrp_action),
+        ]
+        for method, pattern, handler in routes:
+            r.add(method, pattern, _errors(handler))
+        return r
+
+    def info(self, req: Request) -> Response:
+        return Response(
+            200,
+            {
+                "hostname": socket.gethostname(),
+                "amphora_id": self.amphora_id,
+                "api_version": AGENT_VERSION,
+                "agent_version": __version__,
+                "haproxy_version": self._haproxy_version,
+                # What the controller renders configurations against (see haproxy_config).
+                "haproxy_state_dir": str(self.haproxy.dir),
+                "cert_dir_template": str(self.haproxy.certs_root / "{lb_id}"),
+                "vip_interface": self._vip_record().get("interface"),
+            },
+        )
+
+    def _vip_record(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self._vip_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def details(self, req: Request) -> Response:
+        lbs = {}
+        all_listeners: dict[str, str] = {}
+        for lb_id in self.haproxy.lb_ids():
+            listeners, pools = stats.summarize(self.haproxy.show_stat(lb_id))
+            statuses = {k: str(v["status"]) for k, v in listeners.items()}
+            all_listeners.update(statuses)
+            lbs[lb_id] = {
+                "running": self.haproxy.running(lb_id),
+                "listeners": statuses,
+                "pools": {k: v["status"] for k, v in pools.items()},
+            }
+        body = self.info(req).body
+        body.update(
+            load=list(os.getloadavg()),
+            interfaces=interfaces.list_interfaces(),
+            listeners=all_listeners,
+            loadbalancers=lbs,
+            keepalived_running=self.keepalived.running(),
+        )
+        return Response(200, body)
+
+    def plug_vip(self, req: Request) -> Response:
+        body = req.json()
+        mode = body.get("vip_mode", "interface")
+        if not isinstance(mode, str):
+            raise HttpError(400, "vip_mode must be a string")
+        ifname = interfaces.plug_vip(_port_spec(body), req.params["vip"], mode)
+        # Remembered for info: keepalived's configuration names the front-end interface.
+        record = {"vip": req.params["vip"], "interface": ifname, "vip_mode": mode}
+        tmp = self._vip_file.with_suffix(".new")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, self._vip_file)
+        return _ok(interface=ifname)
+
+    def plug_network(self, req: Request) -> Response:
+        return _ok(interface=interfaces.plug_network(_port_spec(req.json())))
+
+    def put_haproxy(self, req: Request) -> Response:
+        lb_id = req.params["lb_id"]
+        changed = self.haproxy.put_config(lb_id, req.text())
+        return _ok(changed=changed, running=self.haproxy.running(lb_id))
+
+    def get_haproxy(self, req: Request) -> Response:
+        return Response(200, self.haproxy.get_config(req.params["lb_id"]))
+
+    def lb_stats(self, req: Request) -> Response:
+        lb_id = req.params["lb_id"]
+        self.haproxy.get_config(lb_id)
+        listeners, pools = stats.summarize(self.haproxy.show_stat(lb_id))
+        return Response(200, {"running": self.haproxy.running(lb_id), "listeners": listeners, "pools": pools})
+
+    def lb_action(self, req: Request) -> Response:
+        lb_id, action = req.params["lb_id"], req.params["action"]
+        if action not in ACTIONS:
+            raise HttpError(404, f"unknown action {action!r}")
+        if action == "stop":
+            self.haproxy.stop(lb_id)
+        else:
+            # start and reload both need an installed configuration.
+            self.haproxy.get_config(lb_id)
+            self.haproxy.start(lb_id) if action == "start" else self.haproxy.reload(lb_id)
+        return _ok(running=self.haproxy.running(lb_id))
+
+    def delete_lb(self, req: Request) -> Response:
+        self.haproxy.delete(req.params["lb_id"])
+        return _ok()
+
+    def put_certificate(self, req: Request) -> Response:
+        try:
+            certs = x509.load_pem_x509_certificates(req.body)
+        except ValueError as e:
+            raise HttpError(400, f"not a PEM certificate bundle: {e}") from e
+        if not certs:
+            raise HttpError(400, "no certificate in the body")
+        path, changed = self.haproxy.put_certificate(req.params["lb_id"], req.params["filename"], req.body)
+        return _ok(path=str(path), changed=changed)
+
+    def put_vrrp(self, req: Request) -> Response:
+        changed = self.keepalived.put_config(req.text())
+        return _ok(changed=changed, running=self.keepalived.running())
+
+    def get_vrrp(self, req: Request) -> Response:
+        return Response(200, self.keepalived.get_config())
+
+    def vrrp_action(self, req: Request) -> Response:
+        action = req.params["action"]
+        if action not in ACTIONS:
+            raise HttpError(404, f"unknown action {action!r}")
+        getattr(self.keepalived, action)()
+        return _ok(running=self.keepalived.running())

@@ -1,0 +1,287 @@
+"""HAProxy instances of the amphora: one per load balancer, each in master-worker mode.
+
+Owns the layout the configuration renderer (``cohort.drivers.amphora.haproxy_config``)
+refers to, under one flat directory (``haproxy_state_dir`` in ``/1.0/info``): for load
+balancer ``L`` the installed ``L.cfg``, the master's pid file ``L.pid``, the admin stats
+socket ``L.sock``, the server state file ``L.state`` (saved before each reload so members
+found down stay down), the master CLI ``L.master``, and ``ping-wrapper.sh`` for PING
+monitors. When that directory's path is too long for UNIX socket names, the agent
+works through a short symlink to it (under /run), and reports that path instead.
+Certificates live in ``<state>/certs/L/``.
+
+A configuration is validated with ``haproxy -c`` before it replaces the installed one.
+HAProxy runs daemonized (``-W -D``), so it outlives the agent; a new agent adopts it
+through the pid file. Reload is the master's seamless one (``SIGUSR2``): new workers
+take the listening sockets over, old workers finish their connections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from cohort.agents.amphora import stats
+from cohort.agents.amphora.proc import CommandFailed, cmdline, pid_alive, read_pid, run
+
+HAPROXY = "haproxy"
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_SUN_PATH_MAX = 107
+# The longest socket name under the state directory: "/" + a 64-character id + "-prometheus.sock".
+_SOCKET_NAME_MAX = 1 + 64 + len("-prometheus.sock")
+
+
+class InvalidConfig(ValueError):
+    """HAProxy refused the configuration; the message is HAProxy's."""
+
+
+def check_id(value: str, what: str = "id") -> str:
+    if not _ID_RE.match(value):
+        raise ValueError(f"invalid {what} {value!r}")
+    return value
+
+
+def haproxy_version() -> str:
+    try:
+        first = run([HAPROXY, "-v"]).splitlines()[0]
+    except (OSError, CommandFailed, IndexError):
+        return "unknown"
+    match = re.search(r"version (\S+)", first)
+    return match.group(1) if match else first
+
+
+PING_WRAPPER = """#!/bin/sh
+# HAProxy external check: $3 is the server address. Written by the cohort amphora agent.
+case "$3" in
+  *:*) exec ping -6 -q -n -c 1 -W 1 "$3" >/dev/null 2>&1 ;;
+  *) exec ping -q -n -c 1 -W 1 "$3" >/dev/null 2>&1 ;;
+esac
+"""
+
+
+def _short_dir(real: Path) -> Path:
+    """``real``, or a short symlink to it when its socket paths would not fit ``sun_path``."""
+    if len(str(real)) + _SOCKET_NAME_MAX <= _SUN_PATH_MAX:
+        return real
+    base = Path("/run") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir())
+    link = base / "cohort-amphora" / hashlib.sha256(str(real).encode()).hexdigest()[:16]
+    link.parent.mkdir(mode=0o700, exist_ok=True)
+    if not (link.is_symlink() and os.readlink(link) == str(real)):
+        tmp = link.with_name(f".{link.name}.{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(real)
+        os.replace(tmp, link)
+    return link
+
+
+class HaproxyManager:
+    def __init__(self, state_dir: Path, stop_grace: float = 5.0) -> None:
+        real = state_dir.absolute() / "haproxy"
+        real.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.dir = _short_dir(real)
+        self.certs_root = state_dir.absolute() / "certs"
+        self.certs_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        wrapper = self.dir / "ping-wrapper.sh"
+        wrapper.write_text(PING_WRAPPER)
+        wrapper.chmod(0o755)
+        self.stop_grace = stop_grace
+        self._lock = threading.RLock()
+
+    # -- layout ---------------------------------------------------------------------------------
+    def _path(self, lb_id: str, suffix: str) -> Path:
+        return self.dir / f"{check_id(lb_id, 'load balancer id')}{suffix}"
+
+    def cert_dir(self, lb_id: str) -> Path:
+        return self.certs_root / check_id(lb_id, "load balancer id")
+
+    def config_path(self, lb_id: str) -> Path:
+        return self._path(lb_id, ".cfg")
+
+    def stats_socket(self, lb_id: str) -> Path:
+        return self._path(lb_id, ".sock")
+
+    def _master_socket(self, lb_id: str) -> Path:
+        return self._path(lb_id, ".master")
+
+    def _pid_file(self, lb_id: str) -> Path:
+        return self._path(lb_id, ".pid")
+
+    def _extra_cfg(self, lb_id: str) -> Path:
+        return self._path(lb_id, ".agent")
+
+    def lb_ids(self) -> list[str]:
+        return sorted(p.name[: -len(".cfg")] for p in self.dir.glob("*.cfg"))
+
+    # -- configuration --------------------------------------------------------------------------
+    def get_config(self, lb_id: str) -> str:
+        path = self.config_path(lb_id)
+        if not path.exists():
+            raise LookupError(f"no configuration for load balancer {lb_id}")
+        return path.read_text()
+
+    def _write_extra(self, lb_id: str, path: Path, text: str) -> None:
+        """The agent's own snippet, always passed with ``-f`` (a reload re-executes the same
+        command line): a stats socket where the agent reads it, unless the config binds one there."""
+        sock = str(self.stats_socket(lb_id))
+        if re.search(rf"^\s*stats\s+socket\s+{re.escape(sock)}\s", text, re.MULTILINE):
+            path.write_text("# the configuration binds the agent's stats socket itself\n")
+        else:
+            path.write_text(f"global\n    stats socket {sock} mode 600 level admin expose-fd listeners\n")
+
+    def put_config(self, lb_id: str, text: str) -> bool:
+        """Validate ``text`` and install it; InvalidConfig leaves the installed one untouched.
+
+        Returns whether the installed configuration changed.
+        """
+        with self._lock:
+            path = self.config_path(lb_id)
+            if path.exists() and path.read_text() == text:
+                return False
+            self.cert_dir(lb_id).mkdir(exist_ok=True, mode=0o700)
+            candidate, extra = self._path(lb_id, ".cfg.new"), self._path(lb_id, ".agent.new")
+            candidate.write_text(text)
+            self._write_extra(lb_id, extra, text)
+            try:
+                run([HAPROXY, "-c", "-f", str(candidate), "-f", str(extra)])
+            except CommandFailed as e:
+                candidate.unlink(missing_ok=True)
+                extra.unlink(missing_ok=True)
+                raise InvalidConfig(e.output.strip()) from e
+            os.replace(extra, self._extra_cfg(lb_id))
+            os.replace(candidate, path)
+            return True
+
+    # -- processes ------------------------------------------------------------------------------
+    def master_pid(self, lb_id: str) -> int | None:
+        """The running master of this load balancer, found through its pid file."""
+        pid = read_pid(str(self._pid_file(lb_id)))
+        if pid is None or not pid_alive(pid):
+            return None
+        args = cmdline(pid)
+        # The pid may have been reused by an unrelated process after a host reboot.
+        if not args or "haproxy" not in args[0] or str(self.config_path(lb_id)) not in args:
+            return None
+        return pid
+
+    def running(self, lb_id: str) -> bool:
+        return self.master_pid(lb_id) is not None
+
+    def start(self, lb_id: str) -> None:
+        with self._lock:
+            if self.running(lb_id):
+                return
+            self._write_extra(lb_id, self._extra_cfg(lb_id), self.get_config(lb_id))
+            master = self._master_socket(lb_id)
+            master.unlink(missing_ok=True)
+            run(
+                [
+                    HAPROXY, "-W", "-D",
+                    "-S", f"{master},mode,600",
+                    "-p", str(self._pid_file(lb_id)),
+                    "-f", str(self.config_path(lb_id)),
+                    "-f", str(self._extra_cfg(lb_id)),
+                ]
+            )  # fmt: skip
+
+    def _workers(self, lb_id: str) -> set[int]:
+        """Pids of the current (not old) workers, from the master CLI's ``show proc``."""
+        try:
+            text = stats.query(str(self._master_socket(lb_id)), "show proc")
+        except OSError:
+            return set()
+        workers: set[int] = set()
+        section = ""
+        for line in text.splitlines():
+            if line.startswith("#"):
+                section = line
+                continue
+            fields = line.split()
+            if section.startswith("# workers") and len(fields) > 1 and fields[1] == "worker":
+                workers.add(int(fields[0]))
+        return workers
+
+    def _save_server_state(self, lb_id: str) -> None:
+        try:
+            state = stats.query(str(self.stats_socket(lb_id)), "show servers state")
+        except OSError:
+            return
+        path = self._path(lb_id, ".state")
+        tmp = self._path(lb_id, ".state.new")
+        tmp.write_text(state)
+        os.replace(tmp, path)
+
+    def reload(self, lb_id: str, timeout: float = 10.0) -> None:
+        """Seamless reload onto the installed configuration; starts HAProxy if it is not running."""
+        with self._lock:
+            pid = self.master_pid(lb_id)
+            if pid is None:
+                self.start(lb_id)
+                return
+            self._save_server_state(lb_id)
+            before = self._workers(lb_id)
+            os.kill(pid, signal.SIGUSR2)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                now = self._workers(lb_id)
+                if now and not now <= before:
+                    return
+                time.sleep(0.05)
+            raise RuntimeError(f"haproxy of {lb_id} did not reload within {timeout}s")
+
+    def stop(self, lb_id: str) -> None:
+        """Soft stop (connections may finish for ``stop_grace`` seconds), then terminate."""
+        with self._lock:
+            pid = self.master_pid(lb_id)
+            if pid is None:
+                return
+            for sig, wait in ((signal.SIGUSR1, self.stop_grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    break
+                deadline = time.monotonic() + wait
+                while pid_alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if not pid_alive(pid):
+                    break
+            self._pid_file(lb_id).unlink(missing_ok=True)
+
+    def delete(self, lb_id: str) -> None:
+        with self._lock:
+            self.stop(lb_id)
+            for suffix in (".cfg", ".agent", ".state", ".sock", ".master", ".pid", ".cfg.new", ".agent.new"):
+                self._path(lb_id, suffix).unlink(missing_ok=True)
+            shutil.rmtree(self.cert_dir(lb_id), ignore_errors=True)
+
+    # -- certificates ---------------------------------------------------------------------------
+    def put_certificate(self, lb_id: str, filename: str, pem: bytes) -> tuple[Path, bool]:
+        """Store a PEM file (0600); returns its path and whether its content changed."""
+        if not _FILE_RE.match(filename):
+            raise ValueError(f"invalid certificate file name {filename!r}")
+        d = self.cert_dir(lb_id)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = d / filename
+        if path.exists() and path.read_bytes() == pem:
+            return path, False
+        tmp = d / f".{filename}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        os.replace(tmp, path)
+        return path, True
+
+    # -- runtime state --------------------------------------------------------------------------
+    def show_stat(self, lb_id: str) -> list[dict[str, str]]:
+        if not self.running(lb_id):
+            return []
+        try:
+            return stats.show_stat(str(self.stats_socket(lb_id)))
+        except OSError:
+            return []

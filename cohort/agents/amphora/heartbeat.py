@@ -1,0 +1,45 @@
+"""What the amphora reports in its heartbeats: every load balancer's listeners and pools.
+
+HAProxy's counters start from zero in the new workers of every reload. The body
+builder keeps them monotonic for the health manager by adding what the previous
+workers had counted when a counter goes backwards (lost only if the agent
+itself restarts).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cohort.agents.amphora import stats
+from cohort.agents.amphora.haproxy import HaproxyManager
+
+HEARTBEAT_VERSION = 1
+CUMULATIVE = ("bytes_in", "bytes_out", "total_connections", "request_errors")
+
+
+class HeartbeatBody:
+    """Callable building the heartbeat body (``ver``, ``listeners``, ``pools``) across all HAProxy instances."""
+
+    def __init__(self, haproxy: HaproxyManager) -> None:
+        self.haproxy = haproxy
+        self._last: dict[tuple[str, str], int] = {}
+        self._offset: dict[tuple[str, str], int] = {}
+
+    def _monotonic(self, listener_id: str, counters: dict[str, int]) -> None:
+        for name in CUMULATIVE:
+            key, raw = (listener_id, name), counters[name]
+            if raw < self._last.get(key, 0):
+                self._offset[key] = self._offset.get(key, 0) + self._last[key]
+            self._last[key] = raw
+            counters[name] = raw + self._offset.get(key, 0)
+
+    def __call__(self) -> dict[str, Any]:
+        listeners: dict[str, Any] = {}
+        pools: dict[str, Any] = {}
+        for lb_id in self.haproxy.lb_ids():
+            lb_listeners, lb_pools = stats.summarize(self.haproxy.show_stat(lb_id))
+            listeners.update(lb_listeners)
+            pools.update(lb_pools)
+        for listener_id, report in listeners.items():
+            self._monotonic(listener_id, report["stats"])
+        return {"ver": HEARTBEAT_VERSION, "listeners": listeners, "pools": pools}

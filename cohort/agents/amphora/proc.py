@@ -1,0 +1,49 @@
+"""Running the amphora's system commands (ip, sysctl, haproxy, keepalived) with readable failures."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+
+
+class CommandFailed(RuntimeError):
+    """A command exited non-zero; ``output`` holds what it said (stderr, else stdout)."""
+
+    def __init__(self, cmd: Sequence[str], returncode: int, output: str) -> None:
+        super().__init__(f"{' '.join(cmd)} exited {returncode}: {output.strip()}")
+        self.cmd = list(cmd)
+        self.returncode = returncode
+        self.output = output
+
+
+def run(cmd: Sequence[str], timeout: float = 30.0) -> str:
+    """Run ``cmd``, return its stdout; raise CommandFailed with its message when it fails."""
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise CommandFailed(cmd, proc.returncode, proc.stderr or proc.stdout)
+    return proc.stdout
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # A zombie has exited; only its parent's wait() is missing.
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def read_pid(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []

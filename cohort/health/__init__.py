@@ -1,0 +1,1 @@
+"""Health: signed UDP heartbeats from amphorae and distributors, and what the controller makes of them."""
