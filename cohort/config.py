@@ -56,7 +56,7 @@ class Settings(BaseModel):
     reconcile_interval: float = 0.1
     reconcile_workers: int = 4
     reconcile_timeout: float = 600.0
-    heartbeat_bind: str = "198.18.0.1:5555"
+    heartbeat_bind: str = ""  # empty: the lab's host-side management address, port 5555
     heartbeat_key: str = ""
     heartbeat_interval: float = 1.0
     heartbeat_stale_after: float = 5.0

@@ -55,7 +55,7 @@ def build(settings: Settings) -> Cohort:
 async def _heartbeats(cohort: Cohort) -> Any:
     from cohort.health.heartbeat import HeartbeatReceiver, HeartbeatVerifier
 
-    host, _, port = cohort.settings.heartbeat_bind.rpartition(":")
+    host, _, port = cohort.drivers.heartbeat_target.rpartition(":")
     receiver = HeartbeatReceiver((host, int(port)), HeartbeatVerifier(heartbeat_key(cohort.settings)),
                                  lambda payload: asyncio.to_thread(cohort.health.on_heartbeat, payload))
     await receiver.start()
@@ -72,7 +72,7 @@ async def serve(cohort: Cohort, api: bool = True, controller: bool = True,
                    threading.Thread(target=cohort.failover.run, name="failover", daemon=True)]
         for worker in workers:
             worker.start()
-        if cohort.settings.drivers == "local":
+        if cohort.drivers.heartbeat_target:
             receiver = await _heartbeats(cohort)
     try:
         if api:

@@ -21,6 +21,8 @@ class Drivers:
     network: NetworkDriver
     amphora: AmphoraDriver
     cert_expiration: Callable[[str], datetime | None] = field(default=lambda _amphora_id: None)
+    # Where agents send heartbeats ("host:port"); empty when nothing is built (noop drivers).
+    heartbeat_target: str = ""
 
 
 def heartbeat_key(settings: Settings) -> bytes:
@@ -42,7 +44,6 @@ def key_file(settings: Settings) -> Path:
 def make_drivers(settings: Settings) -> Drivers:
     if settings.drivers == "noop":
         from cohort.drivers.amphora.noop import NoopAmphoraDriver
-
         from cohort.drivers.compute.noop import NoopComputeDriver
         from cohort.drivers.network.noop import NoopNetworkDriver
 
@@ -53,7 +54,6 @@ def make_drivers(settings: Settings) -> Drivers:
 
 def _local_drivers(settings: Settings) -> Drivers:
     from cohort.drivers.amphora.rest import RestAmphoraDriver
-
     from cohort.drivers.compute.local import LocalComputeDriver
     from cohort.drivers.network.local import LocalNetworkDriver
     from cohort.lab import Lab
@@ -62,6 +62,7 @@ def _local_drivers(settings: Settings) -> Drivers:
     ca = CertificateAuthority(settings.state_dir / "pki")
     heartbeat_key(settings)
     lab = Lab(settings.state_dir / "lab", prefix=settings.lab_prefix)
+    target = heartbeat_target(settings, lab.mgmt_host_ip)
 
     def agent_command(instance_id: str, kind: str, mgmt_ip: str) -> list[str]:
         paths = ca.issue_server(f"{kind}-{instance_id}", [mgmt_ip])
@@ -70,13 +71,13 @@ def _local_drivers(settings: Settings) -> Drivers:
             sys.executable, "-m", module, f"--{kind}-id", instance_id,
             "--bind", f"{mgmt_ip}:{settings.agent_port}",
             "--cert", str(paths.cert), "--key", str(paths.key), "--ca", str(paths.ca),
-            "--state-dir", str(settings.state_dir / "instances" / instance_id / "agent"),
-            "--heartbeat-to", settings.heartbeat_bind, "--heartbeat-key-file", str(key_file(settings)),
+            "--state-dir", str(settings.state_dir / "i" / instance_id[:8]),
+            "--heartbeat-to", target, "--heartbeat-key-file", str(key_file(settings)),
             "--heartbeat-interval", str(settings.heartbeat_interval),
         ]
 
     def cert_expiration(amphora_id: str) -> datetime | None:
-        path = ca.directory / f"amphora-{amphora_id}.crt"
+        path = ca.server_paths(f"amphora-{amphora_id}").cert
         return not_after(path).replace(tzinfo=None) if path.exists() else None
 
     return Drivers(
@@ -84,4 +85,10 @@ def _local_drivers(settings: Settings) -> Drivers:
         network=LocalNetworkDriver(lab),
         amphora=RestAmphoraDriver(ca.issue_client("controller"), port=settings.agent_port),
         cert_expiration=cert_expiration,
+        heartbeat_target=target,
     )
+
+
+def heartbeat_target(settings: Settings, mgmt_host_ip: str) -> str:
+    """The configured heartbeat address, or the lab's host-side management address."""
+    return settings.heartbeat_bind or f"{mgmt_host_ip}:5555"
