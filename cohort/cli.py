@@ -39,6 +39,8 @@ def _settings(config: Path | None, db: str | None = None, host: str | None = Non
 def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _run(settings: Settings, api: bool, controller: bool) -> None:

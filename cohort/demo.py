@@ -121,13 +121,17 @@ def run_demo(settings: Settings, console: Console, topology_flavor: dict[str, An
         result = lab.exec_client(["curl", "-s", "--max-time", "3", f"http://{vip}/"])
         seen.append(result.stdout.strip() or f"(no answer: {result.stderr.strip()})")
     console.print(f"Four requests from the client namespace were answered by: {', '.join(seen)}")
+    env = "" if settings.state_dir == Path("/var/lib/cohort") else f"COHORT_STATE_DIR={settings.state_dir} "
     console.print()
     console.print("[bold]Try it:[/bold]")
-    console.print(f"  .venv/bin/cohort lab exec client -- curl -s http://{vip}/")
-    console.print(f"  .venv/bin/openstack --os-auth-type none --os-endpoint {base} loadbalancer list")
-    console.print(f"  .venv/bin/openstack --os-auth-type none --os-endpoint {base} loadbalancer status show demo")
-    console.print("  .venv/bin/cohort status")
-    console.print("  make down          # stop Cohort and remove everything it made")
+    for line in (f"{env}.venv/bin/cohort lab exec client -- curl -s http://{vip}/",
+                 f"export OS_AUTH_TYPE=none OS_ENDPOINT={base}",
+                 ".venv/bin/openstack loadbalancer list",
+                 ".venv/bin/openstack loadbalancer status show demo",
+                 ".venv/bin/openstack loadbalancer amphora list",
+                 f"{env}.venv/bin/cohort status",
+                 f"{env}make down     # stop Cohort and remove everything it made"):
+        console.print(f"  {line}", soft_wrap=True, highlight=False)
 
 
 def _demo_flavor(client: httpx.Client, flavor_data: dict[str, Any]) -> str:

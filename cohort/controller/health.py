@@ -64,6 +64,9 @@ class HealthManager:
                 member = members.get(member_id)
                 if member is not None and member.admin_state_up:
                     member.operating_status = st.MEMBER_STATUS.get(member_status, "ERROR")
+            monitor = pool.health_monitor
+            if monitor is not None and monitor.provisioning_status != "PENDING_DELETE":
+                monitor.operating_status = "ONLINE" if monitor.admin_state_up else "OFFLINE"
             if pool.admin_state_up:
                 pool.operating_status = st.pool_from_members(
                     st.POOL_STATUS.get(str(report.get("status")), "ERROR"),
