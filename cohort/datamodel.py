@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# An amphora of an ACTIVE_ACTIVE cluster answers health probes of its distributor on its own
+# front-end address at this port (HTTP ``GET /healthz``), never on the VIP.
+CLUSTER_HEALTH_PORT = 8008
+
 
 @dataclass(frozen=True)
 class SessionPersistence:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterable
 
-from cohort.datamodel import Amphora, Listener, LoadBalancer, Pool
+from cohort.datamodel import CLUSTER_HEALTH_PORT, Amphora, Listener, LoadBalancer, Pool
 from cohort.drivers.amphora import haproxy_backend, haproxy_frontend, haproxy_prometheus
 from cohort.drivers.amphora import haproxy_values as v
 from cohort.drivers.amphora.haproxy_prometheus import rename_prometheus_metrics
@@ -142,6 +142,20 @@ def _maxconn(listener: Listener) -> int | None:
     return listener.connection_limit
 
 
+def _cluster_health_lines(lb: LoadBalancer, amphora: Amphora) -> list[str]:
+    """What the distributor probes: answers while this HAProxy serves, on the amphora's own address."""
+    address = v.ip(amphora.vrrp_ip or "", "amphora front-end address")
+    bind = f"[{address.compressed}]" if address.version == 6 else address.compressed
+    return [
+        "frontend cohort-cluster-health",
+        "    mode http",
+        f"    bind {bind}:{CLUSTER_HEALTH_PORT}",
+        "    monitor-uri /healthz",
+        "    timeout client 5s",
+        "    http-request deny",
+    ] + ([] if lb.admin_state_up else ["    disabled"])
+
+
 def render_haproxy(lb: LoadBalancer, amphora: Amphora, cert_dir: str, state_dir: str = DEFAULT_STATE_DIR) -> str:
     """The complete haproxy.cfg text for ``lb`` as served by ``amphora``."""
     v.name(lb.id, "load balancer id")
@@ -170,6 +184,8 @@ def render_haproxy(lb: LoadBalancer, amphora: Amphora, cert_dir: str, state_dir:
         sections.append(haproxy_backend.backend_lines(pool, settings_b, amphora.id, cert_dir, state_dir))
     if any(listener.protocol == "PROMETHEUS" for listener in lb.listeners):
         sections.append(haproxy_prometheus.internal_lines(lb, state_dir))
+    if amphora.role == "IN_CLUSTER" and amphora.vrrp_ip:
+        sections.append(_cluster_health_lines(lb, amphora))
 
     header = [f"# Load balancer {lb.id} on amphora {amphora.id}; rendered by cohort, do not edit."]
     return "\n".join(header + ["\n".join(section) + "\n" for section in sections])

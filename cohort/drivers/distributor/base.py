@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cohort.datamodel import CLUSTER_HEALTH_PORT
 from cohort.drivers.network.base import PluggedPort
 
 
@@ -36,7 +37,7 @@ class DistributorVip:
     vip_address: str
     port: PluggedPort  # the distributor's own interface on this load balancer's front-end network
     affinity: str = "SOURCE_IP"  # SOURCE_IP | SOURCE_IP_PORT
-    health_port: int = 8008  # amphora front-end port the distributor probes
+    health_port: int = CLUSTER_HEALTH_PORT  # amphora front-end port the distributor probes
 
 
 class DistributorDriver(Protocol):
