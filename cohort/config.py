@@ -61,6 +61,7 @@ class Settings(BaseModel):
     heartbeat_interval: float = 1.0
     heartbeat_stale_after: float = 5.0
     agent_port: int = 9443
+    drain_timeout: float = 30.0
     lab_prefix: str = "cohort"
     api_max_page: int = 1000
 

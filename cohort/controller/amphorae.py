@@ -25,6 +25,7 @@ from cohort.drivers.network.base import VipPort
 log = logging.getLogger(__name__)
 
 SERVING = ("ALLOCATED", "READY")
+SCALED_IN = "scaled in: draining"
 AGENT_READY_TIMEOUT = 60.0
 
 
@@ -95,6 +96,7 @@ class AmphoraManager:
                 same = [row for row in keep if row.role == slot.role]
                 for surplus in same[slots.count(slot):]:
                     surplus.status = "PENDING_DELETE"
+                    surplus.status_reason = SCALED_IN
                     keep.remove(surplus)
             session.flush()
             return [row.id for row in keep]

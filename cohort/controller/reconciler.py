@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cohort.config import Settings
 from cohort.controller import desired
 from cohort.controller.amphorae import AmphoraManager, describe
+from cohort.controller.cluster import ClusterManager
 from cohort.controller.finalize import finalize_active, finalize_deleted, finalize_error
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
@@ -43,6 +45,7 @@ class Reconciler:
         self.sessions = sessions
         self.drivers = drivers
         self.amphorae = AmphoraManager(sessions, drivers)
+        self.cluster = ClusterManager(sessions, drivers, settings.drain_timeout)
         self.certificates = certificates or (lambda _session, _lb_id: {})
         self.owner = owner or controller_id()
         self._wake = threading.Event()
@@ -167,9 +170,22 @@ class Reconciler:
         for amphora_id in ids:
             self.amphorae.build(amphora_id, lb, vip)
         self.amphorae.configure(lb, ids, generation, certificates)
+        if lb.topology.name == "ACTIVE_ACTIVE":
+            self._distribute(lb, vip, ids)
         self.amphorae.retire(lb_id, ids)
 
+    def _distribute(self, lb: Any, vip: Any, ids: list[str]) -> None:
+        """Register the serving amphorae; amphorae leaving by scale-in drain before they go."""
+        ref = self.cluster.ensure_distributor(lb.topology.distributor_type)
+        self.cluster.plug_vip(ref, lb, vip)
+        with self.sessions() as session:
+            leaving = self.cluster.leaving_by_scale_in(session, lb.id)
+        self.cluster.register(ref, lb.id, active=ids, draining=leaving)
+        self.cluster.wait_drained(ref, lb.id, leaving)
+        self.cluster.register(ref, lb.id, active=ids, draining=[])
+
     def _delete(self, lb_id: str) -> None:
+        self.cluster.remove_vip(lb_id)
         with self.sessions() as session:
             amphorae = [(row.id, row.compute_id) for row in self.amphorae.live_amphorae(session, lb_id)]
         for amphora_id, compute_id in amphorae:

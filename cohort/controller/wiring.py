@@ -12,6 +12,7 @@ from pathlib import Path
 from cohort.config import Settings
 from cohort.drivers.amphora.base import AmphoraDriver
 from cohort.drivers.compute.base import ComputeDriver
+from cohort.drivers.distributor.base import DistributorDriver
 from cohort.drivers.network.base import NetworkDriver
 
 
@@ -20,6 +21,7 @@ class Drivers:
     compute: ComputeDriver
     network: NetworkDriver
     amphora: AmphoraDriver
+    distributor: DistributorDriver
     cert_expiration: Callable[[str], datetime | None] = field(default=lambda _amphora_id: None)
     # Where agents send heartbeats ("host:port"); empty when nothing is built (noop drivers).
     heartbeat_target: str = ""
@@ -45,16 +47,18 @@ def make_drivers(settings: Settings) -> Drivers:
     if settings.drivers == "noop":
         from cohort.drivers.amphora.noop import NoopAmphoraDriver
         from cohort.drivers.compute.noop import NoopComputeDriver
+        from cohort.drivers.distributor.noop import NoopDistributorDriver
         from cohort.drivers.network.noop import NoopNetworkDriver
 
         return Drivers(NoopComputeDriver(prefix=settings.lab_prefix), NoopNetworkDriver(prefix=settings.lab_prefix),
-                       NoopAmphoraDriver())
+                       NoopAmphoraDriver(), NoopDistributorDriver())
     return _local_drivers(settings)
 
 
 def _local_drivers(settings: Settings) -> Drivers:
     from cohort.drivers.amphora.rest import RestAmphoraDriver
     from cohort.drivers.compute.local import LocalComputeDriver
+    from cohort.drivers.distributor.rest import RestDistributorDriver
     from cohort.drivers.network.local import LocalNetworkDriver
     from cohort.lab import Lab
     from cohort.pki import CertificateAuthority, not_after
@@ -80,10 +84,12 @@ def _local_drivers(settings: Settings) -> Drivers:
         path = ca.server_paths(f"amphora-{amphora_id}").cert
         return not_after(path).replace(tzinfo=None) if path.exists() else None
 
+    controller_cert = ca.issue_client("controller")
     return Drivers(
         compute=LocalComputeDriver(lab, agent_command),
         network=LocalNetworkDriver(lab),
-        amphora=RestAmphoraDriver(ca.issue_client("controller"), port=settings.agent_port),
+        amphora=RestAmphoraDriver(controller_cert, port=settings.agent_port),
+        distributor=RestDistributorDriver(controller_cert, port=settings.agent_port),
         cert_expiration=cert_expiration,
         heartbeat_target=target,
     )

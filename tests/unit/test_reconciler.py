@@ -52,6 +52,7 @@ def faulty(drivers: Drivers, fail_at: int, error: Exception) -> tuple[Drivers, l
         compute=FaultyProxy(drivers.compute, counter, fail_at, error),  # type: ignore[arg-type]
         network=FaultyProxy(drivers.network, counter, fail_at, error),  # type: ignore[arg-type]
         amphora=FaultyProxy(drivers.amphora, counter, fail_at, error),  # type: ignore[arg-type]
+        distributor=FaultyProxy(drivers.distributor, counter, fail_at, error),  # type: ignore[arg-type]
     ), counter
 
 
