@@ -47,7 +47,13 @@ class ClusterManager:
                                     status="PENDING_CREATE")
                 session.add(row)
                 session.flush()
-            ident, compute_id, address = row.id, row.compute_id, row.lb_network_ip
+            ident, compute_id, address, failed = row.id, row.compute_id, row.lb_network_ip, row.status == "ERROR"
+        if failed and compute_id is not None:
+            # A dead distributor is rebuilt from scratch; its tables are deterministic, so the
+            # replacement sends each flow where the old one did.
+            self.drivers.network.unplug_all(compute_id)
+            self.drivers.compute.delete(compute_id)
+            compute_id = None
         if compute_id is None or address is None or self.drivers.compute.status(compute_id) != "ACTIVE":
             instance = self.drivers.compute.build(ident, "distributor", {})
             with transaction(self.sessions) as session:

@@ -61,6 +61,35 @@ class FailoverWatcher:
         return found
 
     def scan(self) -> int:
+        return self.scan_amphorae() + self.scan_distributors()
+
+    def scan_distributors(self) -> int:
+        """A failed distributor is rebuilt by reconciling every load balancer it served."""
+        started = 0
+        with self.sessions() as session:
+            failed = [row.id for row in session.scalars(select(m.Distributor).where(m.Distributor.status == "ACTIVE"))
+                      if row.compute_id and self.drivers.compute.status(row.compute_id) in ("ERROR", "DELETED")]
+        for distributor_id in failed:
+            with self.sessions() as session, session.begin():
+                row = session.get(m.Distributor, distributor_id)
+                if row is None:
+                    continue
+                row.status, row.status_reason = "ERROR", "its compute instance failed"
+                served = session.scalars(select(m.AmphoraCluster.load_balancer_id).where(
+                    m.AmphoraCluster.distributor_id == distributor_id)).all()
+            for lb_id in served:
+                with self.sessions() as session, session.begin():
+                    try:
+                        lock_load_balancer(session, lb_id)
+                    except Immutable:
+                        session.rollback()  # busy: its own pass rebuilds the distributor anyway
+            log.warning("distributor %s failed; rebuilding it for %d load balancers", distributor_id, len(served))
+            started += 1
+        if started:
+            self.on_change()
+        return started
+
+    def scan_amphorae(self) -> int:
         started = 0
         with self.sessions() as session:
             candidates = [(a.id, a.load_balancer_id, reason) for a, reason in self.dead(session)]

@@ -24,6 +24,9 @@ class HealthManager:
         self.processed = 0
 
     def on_heartbeat(self, payload: dict[str, Any]) -> None:
+        if payload.get("distributor"):
+            self._distributor(str(payload.get("id", "")))
+            return
         amphora_id = str(payload.get("id", ""))
         with transaction(self.sessions) as session:
             amphora = session.get(m.Amphora, amphora_id)
@@ -38,6 +41,17 @@ class HealthManager:
             if lb is None:
                 return
             self._record(session, lb, amphora_id, payload)
+        self.processed += 1
+
+    def _distributor(self, distributor_id: str) -> None:
+        with transaction(self.sessions) as session:
+            if session.get(m.Distributor, distributor_id) is None:
+                return
+            health = session.get(m.DistributorHealth, distributor_id)
+            if health is None:
+                session.add(m.DistributorHealth(distributor_id=distributor_id, last_update=time.time(), busy=False))
+            else:
+                health.last_update = time.time()
         self.processed += 1
 
     def _record(self, session: Session, lb: m.LoadBalancer, amphora_id: str, payload: dict[str, Any]) -> None:
