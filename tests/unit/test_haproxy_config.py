@@ -30,7 +30,7 @@ from cohort.datamodel import (
 )
 from cohort.drivers.amphora.haproxy_backend import expected_codes, ordered_members, server_ids
 from cohort.drivers.amphora.haproxy_config import cert_filename, render_haproxy
-from cohort.drivers.amphora.haproxy_prometheus import rename_prometheus_metrics
+from cohort.drivers.amphora.haproxy_prometheus import proxy_ids, rename_metrics, rename_prometheus_metrics
 from cohort.drivers.amphora.keepalived_config import render_keepalived
 
 AMP = Amphora(id="amp-1", load_balancer_id="lb-1", role="STANDALONE")
@@ -836,6 +836,18 @@ def test_rename_prometheus_metrics() -> None:
     assert rename_prometheus_metrics("", lb()) == ""
 
 
+def test_rename_metrics_by_ids_of_the_rendered_configuration(tmp_path: Path) -> None:
+    """The agent renames against the frontends and backends of the installed configuration."""
+    prom = listener(id="lis-p", protocol="PROMETHEUS", protocol_port=9100, default_pool_id=None)
+    cfg = render(tmp_path, lb((listener(), prom), (pool(), pool(id="pool-unused"))))
+    listeners, pools = proxy_ids(cfg)
+    assert (listeners, pools) == ({"lis-1", "lis-p"}, {"pool-1"})
+    assert rename_metrics(EXPORTER_TEXT, listeners, pools) == rename_prometheus_metrics(EXPORTER_TEXT, lb())
+    only_process = rename_metrics(EXPORTER_TEXT, (), ())
+    assert "octavia_loadbalancer_current_connections 3" in only_process
+    assert "{" not in only_process
+
+
 # --- keepalived ----------------------------------------------------------------------------------
 
 MASTER = Amphora(id="amp-a", load_balancer_id="lb-1", role="MASTER", vrrp_ip="203.0.113.11", vrrp_id=42)
@@ -905,3 +917,15 @@ def test_keepalived_errors() -> None:
             render_keepalived(balancer, amp, peers)
     with pytest.raises(ValueError):
         render_keepalived(balancer, MASTER, [BACKUP], interface="fe0 dev lo")
+
+
+def test_cluster_amphora_answers_distributor_probes() -> None:
+    from cohort.datamodel import CLUSTER_HEALTH_PORT, Amphora, LoadBalancer, Topology
+
+    lb = LoadBalancer(id="lb1", project_id="p", vip_address="203.0.113.100", vip_subnet_id="s",
+                      topology=Topology(name="ACTIVE_ACTIVE"))
+    member_of_cluster = Amphora(id="a1", load_balancer_id="lb1", role="IN_CLUSTER", vrrp_ip="203.0.113.7")
+    text = render_haproxy(lb, member_of_cluster, "/certs", "/state")
+    assert f"bind 203.0.113.7:{CLUSTER_HEALTH_PORT}" in text and "monitor-uri /healthz" in text
+    standalone = Amphora(id="a2", load_balancer_id="lb1", role="STANDALONE", vrrp_ip="203.0.113.8")
+    assert "cohort-cluster-health" not in render_haproxy(lb, standalone, "/certs", "/state")

@@ -75,6 +75,8 @@ class AmphoraApi:
         self.haproxy = haproxy
         self.keepalived = keepalived
         self._haproxy_version = haproxy_version()
+        # HAProxy outlives an agent; the metrics proxies of the instances it left running do not.
+        haproxy.resume()
 
     def router(self) -> Router:
         r = Router()

@@ -5,7 +5,8 @@ refers to, under one flat directory (``haproxy_state_dir`` in ``/1.0/info``): fo
 balancer ``L`` the installed ``L.cfg``, the master's pid file ``L.pid``, the admin stats
 socket ``L.sock``, the server state file ``L.state`` (saved before each reload so members
 found down stay down), the master CLI ``L.master``, and ``ping-wrapper.sh`` for PING
-monitors. When that directory's path is too long for UNIX socket names, the agent
+monitors. A PROMETHEUS listener's renaming proxy (``metrics``) runs while its HAProxy
+does, on ``L-metrics.sock``. When that directory's path is too long for UNIX socket names, the agent
 works through a short symlink to it (under /run), and reports that path instead.
 Certificates live in ``<state>/certs/L/``.
 
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 from cohort.agents.amphora import stats
+from cohort.agents.amphora.metrics import MetricsProxies
 from cohort.agents.amphora.proc import CommandFailed, cmdline, pid_alive, read_pid, run
 
 HAPROXY = "haproxy"
@@ -93,6 +95,13 @@ class HaproxyManager:
         wrapper.chmod(0o755)
         self.stop_grace = stop_grace
         self._lock = threading.RLock()
+        self.metrics = MetricsProxies(self.dir)
+
+    def resume(self) -> None:
+        """Serve the metrics of the HAProxy instances a previous agent left running."""
+        for lb_id in self.lb_ids():
+            if self.running(lb_id):
+                self.metrics.sync(lb_id, self.config_path(lb_id))
 
     # -- layout ---------------------------------------------------------------------------------
     def _path(self, lb_id: str, suffix: str) -> Path:
@@ -175,20 +184,24 @@ class HaproxyManager:
 
     def start(self, lb_id: str) -> None:
         with self._lock:
-            if self.running(lb_id):
-                return
-            self._write_extra(lb_id, self._extra_cfg(lb_id), self.get_config(lb_id))
-            master = self._master_socket(lb_id)
-            master.unlink(missing_ok=True)
-            run(
-                [
-                    HAPROXY, "-W", "-D",
-                    "-S", f"{master},mode,600",
-                    "-p", str(self._pid_file(lb_id)),
-                    "-f", str(self.config_path(lb_id)),
-                    "-f", str(self._extra_cfg(lb_id)),
-                ]
-            )  # fmt: skip
+            self._start(lb_id)
+            self.metrics.sync(lb_id, self.config_path(lb_id))
+
+    def _start(self, lb_id: str) -> None:
+        if self.running(lb_id):
+            return
+        self._write_extra(lb_id, self._extra_cfg(lb_id), self.get_config(lb_id))
+        master = self._master_socket(lb_id)
+        master.unlink(missing_ok=True)
+        run(
+            [
+                HAPROXY, "-W", "-D",
+                "-S", f"{master},mode,600",
+                "-p", str(self._pid_file(lb_id)),
+                "-f", str(self.config_path(lb_id)),
+                "-f", str(self._extra_cfg(lb_id)),
+            ]
+        )  # fmt: skip
 
     def _workers(self, lb_id: str) -> set[int]:
         """Pids of the current (not old) workers, from the master CLI's ``show proc``."""
@@ -231,6 +244,8 @@ class HaproxyManager:
             while time.monotonic() < deadline:
                 now = self._workers(lb_id)
                 if now and not now <= before:
+                    # The new configuration may have gained or lost its PROMETHEUS listeners.
+                    self.metrics.sync(lb_id, self.config_path(lb_id))
                     return
                 time.sleep(0.05)
             raise RuntimeError(f"haproxy of {lb_id} did not reload within {timeout}s")
@@ -238,6 +253,7 @@ class HaproxyManager:
     def stop(self, lb_id: str) -> None:
         """Soft stop (connections may finish for ``stop_grace`` seconds), then terminate."""
         with self._lock:
+            self.metrics.stop(lb_id)
             pid = self.master_pid(lb_id)
             if pid is None:
                 return
@@ -256,7 +272,8 @@ class HaproxyManager:
     def delete(self, lb_id: str) -> None:
         with self._lock:
             self.stop(lb_id)
-            for suffix in (".cfg", ".agent", ".state", ".sock", ".master", ".pid", ".cfg.new", ".agent.new"):
+            for suffix in (".cfg", ".agent", ".state", ".sock", ".master", ".pid", ".cfg.new", ".agent.new",
+                           "-metrics.sock", "-prometheus.sock"):
                 self._path(lb_id, suffix).unlink(missing_ok=True)
             shutil.rmtree(self.cert_dir(lb_id), ignore_errors=True)
 

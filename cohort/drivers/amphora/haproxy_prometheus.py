@@ -11,7 +11,9 @@ of a scrape is:
            -> the agent fetches ``/metrics`` from HAProxy's exporter on the unix
               socket ``{state_dir}/{lb_id}-prometheus.sock`` (frontend
               ``cohort-prometheus-exporter``), passes the text through
-              ``rename_prometheus_metrics`` and answers.
+              ``rename_metrics`` (with the ids ``proxy_ids`` reads from the
+              installed configuration) and answers
+              (``cohort.agents.amphora.metrics``).
 
 Unix sockets keep the exporter off every network and let several load
 balancers share an amphora without port clashes.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Collection
 
 from cohort.datamodel import LoadBalancer
 
@@ -82,17 +85,43 @@ def _parse_labels(text: str) -> list[tuple[str, str]] | None:
     return labels
 
 
+def proxy_ids(config: str) -> tuple[frozenset[str], frozenset[str]]:
+    """Listener and pool ids of a rendered configuration: its frontends and backends.
+
+    What the agent, which never sees the load balancer itself, renames against;
+    the renderer's internal proxies (named ``cohort-*``) are left out.
+    """
+    listeners: set[str] = set()
+    pools: set[str] = set()
+    for line in config.splitlines():
+        kind, _, name = line.partition(" ")
+        name = name.strip()
+        if not name or name.startswith("cohort-"):
+            continue
+        if kind == "frontend":
+            listeners.add(name)
+        elif kind == "backend":
+            pools.add(name)
+    return frozenset(listeners), frozenset(pools)
+
+
 def rename_prometheus_metrics(text: str, lb: LoadBalancer) -> str:
+    """HAProxy exporter text -> Octavia's metric and label names, for the listeners and pools of ``lb``."""
+    return rename_metrics(
+        text,
+        listener_ids={listener.id for listener in lb.listeners},
+        pool_ids={pool.id for pool in lb.pools},
+    )
+
+
+def rename_metrics(text: str, listener_ids: Collection[str], pool_ids: Collection[str]) -> str:
     """HAProxy exporter text -> Octavia's metric and label names.
 
     Families other than process/frontend/backend/server are dropped, and so are
-    samples of proxies that are not a listener or pool of ``lb`` (the exporter's
-    own frontend, the agent backend).
+    samples of proxies that are not one of ``listener_ids`` or ``pool_ids`` (the
+    exporter's own frontend, the agent backend).
     """
-    known = {
-        "listener": {listener.id for listener in lb.listeners},
-        "pool": {pool.id for pool in lb.pools},
-    }
+    known = {"listener": listener_ids, "pool": pool_ids}
     out: list[str] = []
     for line in text.splitlines():
         if line.startswith(("# HELP ", "# TYPE ")):
