@@ -929,3 +929,13 @@ def test_cluster_amphora_answers_distributor_probes() -> None:
     assert f"bind 203.0.113.7:{CLUSTER_HEALTH_PORT}" in text and "monitor-uri /healthz" in text
     standalone = Amphora(id="a2", load_balancer_id="lb1", role="STANDALONE", vrrp_ip="203.0.113.8")
     assert "cohort-cluster-health" not in render_haproxy(lb, standalone, "/certs", "/state")
+
+
+def test_capped_amphora_runs_as_many_threads_as_cpus() -> None:
+    from cohort.datamodel import Amphora, LoadBalancer
+
+    lb = LoadBalancer(id="lb1", project_id="p", vip_address="203.0.113.100", vip_subnet_id="s")
+    capped = Amphora(id="a1", load_balancer_id="lb1", role="STANDALONE", compute_flavor={"cpu": 0.25})
+    assert "nbthread 1" in render_haproxy(lb, capped, "/certs", "/state")
+    uncapped = Amphora(id="a2", load_balancer_id="lb1", role="STANDALONE")
+    assert "nbthread" not in render_haproxy(lb, uncapped, "/certs", "/state")

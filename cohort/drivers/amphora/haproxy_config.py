@@ -28,6 +28,7 @@ UDP and SCTP need a different engine: they raise ValueError here.
 
 from __future__ import annotations
 
+import math
 import posixpath
 from collections.abc import Iterable
 
@@ -108,11 +109,20 @@ def _backend_settings(pool: Pool, listeners: list[Listener], ipv6: bool) -> hapr
     )
 
 
-def _global_lines(lb: LoadBalancer, state_dir: str, pools: Iterable[Pool]) -> list[str]:
+def _threads(amphora: Amphora) -> list[str]:
+    """One thread per CPU the amphora may use: more threads than its cgroup quota only contend."""
+    cpu = amphora.compute_flavor.get("cpu") if amphora.compute_flavor else None
+    if not isinstance(cpu, int | float) or cpu <= 0:
+        return []
+    return [f"    nbthread {max(1, math.ceil(cpu))}"]
+
+
+def _global_lines(lb: LoadBalancer, amphora: Amphora, state_dir: str, pools: Iterable[Pool]) -> list[str]:
     path = posixpath.join(state_dir, lb.id)
     lines = [
         "global",
         "    master-worker",
+        *_threads(amphora),
         f"    pidfile {path}.pid",
         f"    stats socket {path}.sock mode 600 level admin expose-fd listeners",
         "    stats timeout 2m",
@@ -168,7 +178,7 @@ def render_haproxy(lb: LoadBalancer, amphora: Amphora, cert_dir: str, state_dir:
     pools = [pool for pool in lb.pools if pool.id in users]
     backends = frozenset(users)
 
-    sections = [_global_lines(lb, state_dir, pools)]
+    sections = [_global_lines(lb, amphora, state_dir, pools)]
     for listener in lb.listeners:
         settings = haproxy_frontend.FrontendSettings(
             vip_address=vip.compressed,

@@ -1,0 +1,606 @@
+"""Shared plumbing of the benchmarks: a private lab with Cohort on local drivers, load and probes.
+
+A benchmark opens :func:`bench_env`, which brings up a lab with a unique ``cohort-b{hex}``
+prefix and its own management /24, runs Cohort (API + controller, local drivers) in a thread
+of this process, and on the way out, also after a failure, stops Cohort, deletes every
+amphora the lab recorded and takes the lab down. All traffic stays inside the lab's
+namespaces: load generators run in the lab's client namespace (through the gateway to a
+VIP) or in a *load-generator* namespace plugged onto the back-end bridge (straight to a
+member), never in the root namespace.
+
+Also here: the single-call load-balancer tree, flavors, the ``wrk`` runner (bounded by its
+``-d`` duration and a subprocess timeout) with the CPU it used, CPU accounting of processes
+and cgroups, a first-request prober that runs inside a namespace, and machine facts.
+
+Run ``python -m bench.common probe ...`` only through :class:`FirstRequestProbe`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import platform
+import random
+import re
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from cohort import netns
+from cohort.config import Settings
+from cohort.db import models as m
+from cohort.lab import BACKEND_RANGE, PRIVATE_CIDR, Lab, allocate_address, release_address, short_hash
+from cohort.service import Cohort, build, serve
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+LAB_NETWORKS = [ipaddress.ip_network(n) for n in
+                ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15")]
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot go on (not root, a tool missing, the system under test misbehaving)."""
+
+
+# --- machine ------------------------------------------------------------------------------------
+
+
+def require_root_and_tools(*tools: str) -> None:
+    if os.geteuid() != 0:
+        raise BenchError("run as root: the benchmark builds network namespaces and cgroups")
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        raise BenchError(f"missing tools: {', '.join(missing)}")
+
+
+def _first_line(cmd: Sequence[str]) -> str:
+    try:
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unavailable"
+    lines = (proc.stdout or proc.stderr).strip().splitlines()
+    return lines[0].strip() if lines else "unavailable"
+
+
+def machine_info() -> dict[str, Any]:
+    model = "unknown"
+    with suppress(OSError):
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+        model = found.group(1) if found else model
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "haproxy": _first_line(["haproxy", "-v"]),
+        "wrk": _first_line(["wrk", "--version"]),
+        "python": platform.python_version(),
+        "loadavg_at_start": list(os.getloadavg()),
+    }
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+# --- Cohort and its API -------------------------------------------------------------------------
+
+
+class Api:
+    """JSON in, (status, JSON) out, against the Octavia v2 API of the Cohort under test."""
+
+    def __init__(self, base: str) -> None:
+        self.client = httpx.Client(base_url=base.rstrip("/"), timeout=30)
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        response = self.client.request(method, path, json=body)
+        try:
+            data = response.json() if response.content else None
+        except ValueError:
+            data = response.text
+        return response.status_code, data
+
+    def get(self, path: str) -> tuple[int, Any]:
+        return self.call("GET", path)
+
+    def post(self, path: str, body: Any) -> tuple[int, Any]:
+        return self.call("POST", path, body)
+
+    def delete(self, path: str) -> tuple[int, Any]:
+        return self.call("DELETE", path)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _free_mgmt_cidr() -> str:
+    # Concurrent test runs and the default lab take other /24s of 198.19.0.0/16.
+    used = {cidr.split(".")[2] for _, cidr in netns.addresses() if cidr.startswith("198.19.")}
+    return f"198.19.{random.choice([n for n in range(1, 255) if str(n) not in used])}.0/24"
+
+
+@contextmanager
+def _running_cohort(settings: Settings) -> Iterator[tuple[Cohort, str]]:
+    cohort = build(settings)
+    loop = asyncio.new_event_loop()
+    box: dict[str, asyncio.Task[None]] = {}
+    ready = threading.Event()
+
+    def runner() -> None:
+        asyncio.set_event_loop(loop)
+        box["task"] = loop.create_task(serve(cohort, ready=ready))
+        with suppress(asyncio.CancelledError):
+            loop.run_until_complete(box["task"])
+
+    thread = threading.Thread(target=runner, name="cohort", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{settings.api_port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            httpx.get(base + "/", timeout=1)
+            break
+        except httpx.TransportError:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise BenchError("Cohort's API did not come up") from None
+            time.sleep(0.05)
+    try:
+        yield cohort, base
+    finally:
+        while "task" not in box and thread.is_alive():
+            time.sleep(0.01)
+        if "task" in box:
+            loop.call_soon_threadsafe(box["task"].cancel)
+        thread.join(timeout=20)
+        cohort.engine.dispose()
+
+
+@dataclass
+class BenchEnv:
+    lab: Lab
+    cohort: Cohort
+    api: Api
+    state_dir: Path
+
+    def flavor(self, name: str, data: dict[str, Any]) -> str:
+        """A flavor of provider ``amphora`` carrying ``data``; returns its id."""
+        status, profile = self.api.post("/v2/lbaas/flavorprofiles", {"flavorprofile": {
+            "name": name, "provider_name": "amphora", "flavor_data": json.dumps(data)}})
+        if status != 201:
+            raise BenchError(f"flavor profile: {status} {profile}")
+        status, flavor = self.api.post("/v2/lbaas/flavors", {"flavor": {
+            "name": name, "flavor_profile_id": profile["flavorprofile"]["id"]}})
+        if status != 201:
+            raise BenchError(f"flavor: {status} {flavor}")
+        return str(flavor["flavor"]["id"])
+
+    def create_lb(self, name: str, members: Sequence[str], flavor_id: str | None = None) -> dict[str, Any]:
+        """One POST: load balancer + HTTP listener :80 + ROUND_ROBIN pool of ``members`` (port 80)."""
+        pool = {"protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN", "members": [
+            {"address": a, "protocol_port": 80, "subnet_id": "private-subnet"} for a in members]}
+        body: dict[str, Any] = {"name": name, "vip_subnet_id": "public-subnet", "listeners": [
+            {"name": f"{name}-http", "protocol": "HTTP", "protocol_port": 80, "default_pool": pool}]}
+        if flavor_id:
+            body["flavor_id"] = flavor_id
+        status, created = self.api.post("/v2/lbaas/loadbalancers", {"loadbalancer": body})
+        if status != 201:
+            raise BenchError(f"create load balancer {name}: {status} {created}")
+        return dict(created["loadbalancer"])
+
+    def wait_vip(self, lb_id: str, timeout: float = 30.0) -> str:
+        """The VIP address, which the controller allocates after the create call returns."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, body = self.api.get(f"/v2/lbaas/loadbalancers/{lb_id}")
+            if status == 200 and body["loadbalancer"].get("vip_address"):
+                return str(body["loadbalancer"]["vip_address"])
+            time.sleep(0.02)
+        raise BenchError(f"load balancer {lb_id} got no VIP within {timeout}s")
+
+    def wait_active(self, lb_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, body = self.api.get(f"/v2/lbaas/loadbalancers/{lb_id}")
+            if status == 200 and body["loadbalancer"]["provisioning_status"] == "ACTIVE":
+                return dict(body["loadbalancer"])
+            if status == 200 and body["loadbalancer"]["provisioning_status"] == "ERROR":
+                raise BenchError(f"load balancer {lb_id} went to ERROR")
+            time.sleep(0.1)
+        raise BenchError(f"load balancer {lb_id} not ACTIVE within {timeout}s")
+
+    def delete_lb(self, lb_id: str, timeout: float = 60.0) -> None:
+        """Cascade delete and wait until the API forgets it (its amphora is gone by then)."""
+        status, body = self.api.delete(f"/v2/lbaas/loadbalancers/{lb_id}?cascade=true")
+        if status not in (204, 404):
+            raise BenchError(f"delete {lb_id}: {status} {body}")
+        deadline = time.monotonic() + timeout
+        while self.api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] != 404:
+            if time.monotonic() > deadline:
+                raise BenchError(f"load balancer {lb_id} not deleted within {timeout}s")
+            time.sleep(0.1)
+
+    def amphora_namespaces_of(self, lb_id: str) -> list[str]:
+        """Namespaces (compute ids) of the live amphorae of one load balancer."""
+        with self.cohort.sessions() as session:
+            found = session.scalars(select(m.Amphora.compute_id).where(
+                m.Amphora.load_balancer_id == lb_id, m.Amphora.status != "DELETED"))
+            return sorted(c for c in found if c)
+
+    def amphora_namespaces(self) -> list[str]:
+        """Namespaces (compute ids) of the amphorae currently recorded in the lab."""
+        instances = self.lab.snapshot().get("instances", {})
+        return sorted(r["compute_id"] for r in instances.values() if r.get("kind") == "amphora")
+
+
+@contextmanager
+def bench_env(tag: str = "b") -> Iterator[BenchEnv]:
+    """A fresh lab + Cohort (local drivers); everything is removed on exit, also on failure."""
+    state_dir = Path(tempfile.mkdtemp(prefix=f"cohort-bench-{tag}-"))
+    lab = Lab(state_dir / "lab", prefix=f"cohort-{tag}{secrets.token_hex(3)}", mgmt_cidr=_free_mgmt_cidr())
+    settings = Settings(state_dir=state_dir, api_port=_free_port(), drivers="local", lab_prefix=lab.prefix)
+    started: list[Cohort] = []
+    try:
+        lab.up()
+        with _running_cohort(settings) as (cohort, base):
+            started.append(cohort)
+            yield BenchEnv(lab, cohort, Api(base), state_dir)
+    finally:
+        try:
+            # Cohort is stopped by now, so no reconciler rebuilds what is deleted here.
+            for rec in lab.snapshot().get("instances", {}).values() if started else []:
+                with suppress(Exception):
+                    started[0].drivers.network.unplug_all(rec["compute_id"])
+                with suppress(Exception):
+                    started[0].drivers.compute.delete(rec["compute_id"])
+        finally:
+            lab.down()
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+# --- namespaces of the benchmark ----------------------------------------------------------------
+
+
+def tune_load_namespace(ns: str) -> None:
+    """Room for tens of thousands of short connections a second in a namespace the bench made."""
+    netns.sysctl(ns, "net.ipv4.ip_local_port_range", "1024 65000")
+    netns.sysctl(ns, "net.ipv4.tcp_tw_reuse", 1)
+
+
+@contextmanager
+def backend_loadgen(lab: Lab, name: str = "loadgen") -> Iterator[tuple[str, str]]:
+    """A namespace on the lab's back-end bridge, for direct-to-member load; yields (namespace, address).
+
+    It is named like a member namespace so that ``Lab.down()`` removes it even if this
+    context never gets to.
+    """
+    ns, outer = lab.member_ns(name), f"m{short_hash('loadgen:' + name)}"
+    owner = f"loadgen:{name}"
+    with lab.transaction() as st:
+        address = allocate_address(st, "private", PRIVATE_CIDR, owner, first=BACKEND_RANGE[0], last=BACKEND_RANGE[1])
+    try:
+        netns.add_netns(ns)
+        netns.add_veth("eth0", ns, outer, lab.sw_ns)
+        netns.set_link(outer, lab.sw_ns, master=lab.network("private").bridge)
+        netns.add_addr("eth0", ns, f"{address}/24")
+        netns.set_link("eth0", ns)
+        tune_load_namespace(ns)
+        yield ns, address
+    finally:
+        netns.del_netns(ns)
+        with lab.transaction() as st:
+            release_address(st, "private", owner)
+
+
+def check_lab_address(address: str) -> None:
+    """Refuse any load target outside the lab's documentation/benchmark ranges."""
+    ip = ipaddress.ip_address(address)
+    if not any(ip in net for net in LAB_NETWORKS):
+        raise BenchError(f"{address} is outside the lab's address ranges")
+
+
+# --- CPU accounting -----------------------------------------------------------------------------
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads); 0 when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def process_threads(pid: int) -> int:
+    with suppress(OSError):
+        found = re.search(r"^Threads:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+        if found:
+            return int(found.group(1))
+    return 0
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds spent busy (not idle/iowait) by the whole machine since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
+
+
+def cgroup_throttling(cgroup: str) -> dict[str, int]:
+    """``cpu.stat`` of a cgroup v1 cpu group (nr_periods, nr_throttled, throttled_time ns)."""
+    path = netns.CGROUP_ROOT / "cpu" / cgroup / "cpu.stat"
+    try:
+        pairs = (line.split() for line in path.read_text().splitlines())
+    except OSError:
+        return {}
+    return {k: int(v) for k, v in pairs}
+
+
+def cgroup_quota(cgroup: str) -> float | None:
+    """The CPU quota of a cgroup v1 cpu group as a fraction of one CPU; None when unlimited."""
+    base = netns.CGROUP_ROOT / "cpu" / cgroup
+    try:
+        quota = int((base / "cpu.cfs_quota_us").read_text())
+        period = int((base / "cpu.cfs_period_us").read_text())
+    except OSError:
+        return None
+    return None if quota < 0 else quota / period
+
+
+@dataclass(frozen=True)
+class GroupCpu:
+    total: float  # CPUs used by the group: CPU seconds per wall second
+    busiest: float  # CPUs used by its busiest process (a single-threaded worker saturates at 1.0)
+
+
+@dataclass
+class CpuWatch:
+    """CPU used by named groups of processes over one interval, and by the whole machine."""
+
+    groups: dict[str, Callable[[], set[int]]]
+    _start: dict[str, dict[int, float]] = field(default_factory=dict)
+    _busy0: float = 0.0
+    _t0: float = 0.0
+
+    def start(self) -> None:
+        self._start = {name: {p: process_cpu_seconds(p) for p in pids()} for name, pids in self.groups.items()}
+        self._busy0, self._t0 = system_busy_seconds(), time.monotonic()
+
+    def stop(self) -> tuple[dict[str, GroupCpu], float]:
+        """Per group, the CPUs it used since start(); and the CPUs the machine was busy."""
+        wall = max(time.monotonic() - self._t0, 1e-6)
+        machine = (system_busy_seconds() - self._busy0) / wall
+        out: dict[str, GroupCpu] = {}
+        for name, pids in self.groups.items():
+            before = self._start.get(name, {})
+            used = [process_cpu_seconds(p) - before.get(p, 0.0) for p in pids() | set(before)]
+            out[name] = GroupCpu(sum(used) / wall, max(used, default=0.0) / wall)
+        return out, machine
+
+
+def haproxy_socket(env: BenchEnv, lb_id: str) -> Path | None:
+    """The admin socket of the HAProxy serving ``lb_id`` (under the agent's state directory)."""
+    found = sorted(env.state_dir.glob(f"i/*/haproxy/{lb_id}.sock"))
+    return found[0] if found else None
+
+
+def haproxy_server_counters(sock: Path) -> dict[str, int]:
+    """Summed over the servers: ``connect`` (new connections to members), ``reuse``, ``stot``."""
+    from cohort.agents.amphora.stats import show_stat
+
+    totals = {"connect": 0, "reuse": 0, "stot": 0}
+    for row in show_stat(str(sock)):
+        if row.get("svname") in ("FRONTEND", "BACKEND"):
+            continue
+        for key in totals:
+            with suppress(ValueError):
+                totals[key] += int(row.get(key) or 0)
+    return totals
+
+
+# --- wrk ----------------------------------------------------------------------------------------
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not found:
+        raise ValueError(f"bad wrk duration {text!r}")
+    return float(found.group(1)) * _UNITS[found.group(2)]
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    socket_errors: dict[str, int]
+    non_2xx: int
+    cpu_seconds: float  # wrk's own user + system time
+
+    @property
+    def errors(self) -> int:
+        return sum(self.socket_errors.values()) + self.non_2xx
+
+
+def parse_wrk(text: str, cpu_seconds: float) -> WrkResult:
+    done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", text)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if not done or not rps:
+        raise BenchError(f"unreadable wrk output:\n{text}")
+    latency = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+(?:us|ms|s|m))\s*$", text, re.MULTILINE))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    socket_errors = dict(zip(("connect", "read", "write", "timeout"),
+                             (int(g) for g in errors.groups()), strict=True)) if errors else {}
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return WrkResult(
+        requests=int(done.group(1)),
+        seconds=_ms(done.group(2) + done.group(3)) / 1e3,
+        rps=float(rps.group(1)),
+        p50_ms=_ms(latency["50"]) if "50" in latency else float("nan"),
+        p99_ms=_ms(latency["99"]) if "99" in latency else float("nan"),
+        socket_errors=socket_errors,
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        cpu_seconds=cpu_seconds,
+    )
+
+
+def wrk_command(url: str, *, threads: int, connections: int, seconds: int, close: bool) -> list[str]:
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    return [*cmd, url]
+
+
+def run_wrk(ns: str, url: str, *, threads: int, connections: int, seconds: int, close: bool) -> WrkResult:
+    """One bounded wrk run inside namespace ``ns``; its output parsed, with the CPU it used."""
+    host = httpx.URL(url).host
+    check_lab_address(host)
+    if not ns.startswith("cohort-"):
+        raise BenchError(f"load runs only inside the benchmark's namespaces, not {ns!r}")
+    cmd = netns.in_ns(ns, wrk_command(url, threads=threads, connections=connections, seconds=seconds, close=close))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    timer = threading.Timer(seconds + 20, proc.kill)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        output = proc.stdout.read()
+        # wait4 rather than wait: it also returns the CPU time wrk used.
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        timer.cancel()
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        raise BenchError(f"wrk failed ({proc.returncode}): {output}")
+    return parse_wrk(output, usage.ru_utime + usage.ru_stime)
+
+
+# --- time to the first served request -----------------------------------------------------------
+
+
+class FirstRequestProbe:
+    """A prober already running in a namespace: told a VIP, it reports when it first served.
+
+    It is started before the timed API call, so its own start-up is not counted; it tries a
+    new connection every 10 ms (100 ms connect timeout) and the instant is CLOCK_MONOTONIC,
+    which this process and the prober share.
+    """
+
+    def __init__(self, ns: str, expect: str, timeout: float = 30.0) -> None:
+        cmd = [sys.executable, "-m", "bench.common", "probe", "--expect", expect, "--timeout", str(timeout)]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen(netns.in_ns(ns, cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+        self.timeout = timeout
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            self.close()
+            raise BenchError("first-request prober did not start")
+
+    def start(self, address: str, port: int = 80) -> None:
+        """Start probing ``address``:``port`` now; returns at once."""
+        check_lab_address(address)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{address} {port}\n")
+        self.proc.stdin.close()
+
+    def served_at(self) -> float:
+        """The monotonic time of the first good answer (waits for it)."""
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        try:
+            self.proc.wait(timeout=self.timeout + 10)
+        except subprocess.TimeoutExpired:
+            self.close()
+            raise BenchError("first-request prober hung") from None
+        out, err = self.proc.stdout.read(), self.proc.stderr.read()
+        if self.proc.returncode != 0:
+            raise BenchError(f"no request served within {self.timeout}s: {err.strip()}")
+        return float(out.strip())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _probe_once(address: str, port: int, expect: bytes) -> bool:
+    request = f"GET / HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n".encode()
+    try:
+        with socket.create_connection((address, port), timeout=0.1) as sock:
+            sock.settimeout(1.0)
+            sock.sendall(request)
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+    except OSError:
+        return False
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.startswith(b"HTTP/1.1 200") and body.strip() == expect
+
+
+def _probe_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench.common probe")
+    parser.add_argument("--expect", required=True, help="the body the member answers")
+    parser.add_argument("--timeout", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    print("ready", flush=True)
+    address, port = sys.stdin.readline().split()
+    check_lab_address(address)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if _probe_once(address, int(port), args.expect.encode()):
+            print(f"{time.monotonic():.6f}", flush=True)
+            return 0
+        time.sleep(0.01)
+    print("timed out", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["probe"]:
+        sys.exit("usage: python -m bench.common probe --expect BODY [--timeout S] (VIP and port on stdin)")
+    sys.exit(_probe_main(sys.argv[2:]))
