@@ -1,0 +1,129 @@
+"""The distributor agent's hands on the kernel of its own namespace: sysctls, interfaces,
+policy routing and the nftables table, applied from plans rendered by ``cohort.distributor.nft``.
+
+Every call is idempotent and re-applying an unchanged plan changes nothing a packet can
+see (addresses, routes and neighbours are replaced in place, nft changes are one
+transaction), which is what makes an agent restart invisible to open connections.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from cohort.agents.amphora.interfaces import find_interface, gratuitous_arp, set_sysctl
+from cohort.agents.amphora.proc import CommandFailed
+from cohort.distributor import nft
+
+LOG = logging.getLogger(__name__)
+
+NAMESPACE_SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    # The distributor sends VIP packets back out of the interface they came in on: the
+    # redirects the kernel would send the gateway for that are wrong here.
+    "net.ipv4.conf.all.send_redirects": "0",
+    "net.ipv4.conf.default.send_redirects": "0",
+    # Clients are not routable from here (no default route): reverse-path checks would drop them.
+    "net.ipv4.conf.all.rp_filter": "0",
+    "net.ipv4.conf.default.rp_filter": "0",
+    # Several load balancer interfaces may share a subnet: each answers ARP for its own addresses only.
+    "net.ipv4.conf.all.arp_ignore": "1",
+    "net.ipv4.conf.all.arp_announce": "2",
+}
+
+
+def run(cmd: Sequence[str], stdin: str | None = None, timeout: float = 30.0) -> str:
+    proc = subprocess.run(list(cmd), input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise CommandFailed(cmd, proc.returncode, proc.stderr or proc.stdout)
+    return proc.stdout
+
+
+def _ip_json(*args: str) -> list[dict[str, Any]]:
+    data = json.loads(run(["ip", "-j", *args]) or "[]")
+    return data if isinstance(data, list) else []
+
+
+class DataPlane:
+    def prepare(self) -> None:
+        """Namespace-wide settings, and the local table moved behind the fwmark rules."""
+        for name, value in NAMESPACE_SYSCTLS.items():
+            set_sysctl(name, value)
+        rules = _ip_json("rule", "show")
+        local = {r.get("priority") for r in rules if r.get("table") == "local"}
+        if nft.LOCAL_PREF not in local:
+            run(["ip", "rule", "add", "pref", str(nft.LOCAL_PREF), "lookup", "local"])
+        if 0 in local:
+            run(["ip", "rule", "del", "pref", "0", "lookup", "local"])
+
+    def find_interface(self, mac: str) -> str:
+        return find_interface(mac)
+
+    def configure_interface(self, ifname: str, address: str, prefixlen: int, vip: str) -> None:
+        for key in ("send_redirects", "rp_filter"):
+            set_sysctl(f"net.ipv4.conf.{ifname}.{key}", "0")
+        run(["ip", "link", "set", "dev", ifname, "up"])
+        run(["ip", "addr", "replace", f"{address}/{prefixlen}", "dev", ifname])
+        run(["ip", "addr", "replace", f"{vip}/32", "dev", ifname])
+        try:
+            gratuitous_arp(ifname, vip)
+        except OSError as e:  # a missing announcement only delays neighbours until they ask
+            LOG.warning("gratuitous ARP for %s on %s failed: %s", vip, ifname, e)
+
+    def release_addresses(self, ifname: str, cidrs: Iterable[str]) -> None:
+        for cidr in cidrs:
+            try:
+                run(["ip", "addr", "del", cidr, "dev", ifname])
+            except CommandFailed as e:
+                LOG.info("address %s on %s already gone: %s", cidr, ifname, e)
+
+    def existing_routing(self) -> nft.Routing:
+        return nft.Routing(
+            nft.parse_rules(_ip_json("-4", "rule", "show")),
+            nft.parse_routes(_ip_json("-4", "route", "show", "table", "all")),
+            nft.parse_neighbours(_ip_json("-4", "neigh", "show", "nud", "permanent")),
+        )
+
+    def nft_keys(self) -> set[str]:
+        """Load balancer keys of the objects in our table (terse: without map elements)."""
+        try:
+            data = json.loads(run(["nft", "-t", "-j", "list", "table", nft.FAMILY, nft.TABLE]))
+        except CommandFailed as e:
+            if "No such file or directory" in e.output:
+                return set()
+            raise
+        names = []
+        for item in data.get("nftables", []):
+            for kind in ("chain", "map", "counter"):
+                if kind in item:
+                    names.append(str(item[kind].get("name", "")))
+        return nft.object_keys(names)
+
+    def apply(
+        self,
+        plans: Sequence[nft.VipPlan],
+        keep_keys: Iterable[str],
+        managed_ifaces: Iterable[str],
+        buckets_for: Iterable[str] | None,
+    ) -> None:
+        """Make the kernel match ``plans``; objects of keys outside ``keep_keys`` are removed."""
+        stale = self.nft_keys() - set(keep_keys)
+        before, after = nft.render_ip_batch(plans, self.existing_routing(), managed_ifaces)
+        if before:
+            run(["ip", "-batch", "-"], stdin="\n".join(before) + "\n")
+        run(["nft", "-f", "-"], stdin=nft.render_nft(plans, stale_keys=stale, buckets_for=buckets_for))
+        if after:
+            run(["ip", "-batch", "-"], stdin="\n".join(after) + "\n")
+
+    def apply_buckets(self, plan: nft.VipPlan) -> None:
+        run(["nft", "-f", "-"], stdin=nft.render_buckets(plan))
+
+    def counters(self) -> dict[str, nft.VipCounters]:
+        try:
+            data = json.loads(run(["nft", "-j", "list", "table", nft.FAMILY, nft.TABLE]))
+        except CommandFailed:
+            return {}
+        return nft.parse_table(data)

@@ -1,0 +1,379 @@
+"""The distributor agent's logic: VIPs, memberships, health and draining, turned into kernel plans.
+
+One lock serialises every change; each change is saved (``StateStore``) before it is applied
+(``DataPlane``), so a crash at any point is repaired by the next agent re-applying the
+state. Bucket tables are Maglev tables over the ACTIVE, healthy members (all ACTIVE ones
+when none is healthy: the probes are a hint, not the authority on the cluster); DRAINING
+members keep their routes, hence their pinned flows, until none is left or the drain
+timeout passes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cohort.agents.distributor.state import AgentState, MemberState, StateStore, VipState
+from cohort.distributor import maglev, nft
+from cohort.distributor.probes import ProbeSettings, ProbeTarget
+
+LOG = logging.getLogger(__name__)
+COUNTERS_MAX_AGE = 1.0
+HEARTBEAT_BUDGET = 60_000  # bytes of JSON body; a heartbeat datagram must stay under 65000
+
+
+class Kernel(Protocol):
+    """What the service needs from the kernel (``DataPlane``; a recording fake in unit tests)."""
+
+    def prepare(self) -> None: ...
+
+    def find_interface(self, mac: str) -> str: ...
+
+    def configure_interface(self, ifname: str, address: str, prefixlen: int, vip: str) -> None: ...
+
+    def release_addresses(self, ifname: str, cidrs: Iterable[str]) -> None: ...
+
+    def apply(
+        self,
+        plans: Sequence[nft.VipPlan],
+        keep_keys: Iterable[str],
+        managed_ifaces: Iterable[str],
+        buckets_for: Iterable[str] | None,
+    ) -> None: ...
+
+    def apply_buckets(self, plan: nft.VipPlan) -> None: ...
+
+    def counters(self) -> dict[str, nft.VipCounters]: ...
+
+
+@dataclass(frozen=True)
+class VipSpec:
+    lb_id: str
+    vip_address: str
+    mac_address: str
+    address: str
+    subnet_cidr: str
+    gateway: str | None
+    affinity: str = "SOURCE_IP"
+    health_port: int = 8008
+    flow_timeout: int = 300
+    drain_timeout: int = 300
+    probe: ProbeSettings = ProbeSettings()
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    amphora_id: str
+    mac_address: str
+    frontend_ip: str
+    position: int
+    weight: int = 1
+    state: str = "ACTIVE"
+
+
+def plan_of(vip: VipState) -> nft.VipPlan:
+    routed = sorted((m for m in vip.members.values() if not m.drained), key=lambda m: m.mark)
+    eligible = [m for m in vip.members.values() if m.state == "ACTIVE" and m.weight > 0]
+    healthy = [m for m in eligible if m.healthy]
+    chosen = sorted(healthy or eligible, key=lambda m: (m.position, m.amphora_id))
+    slots = maglev.build_table([(m.amphora_id, m.weight) for m in chosen], vip.table_size) if chosen else []
+    return nft.VipPlan(
+        lb_id=vip.lb_id,
+        vip=vip.vip_address,
+        ifname=vip.interface,
+        own_address=vip.address,
+        gateway=vip.gateway,
+        reply_table=vip.reply_table,
+        affinity=vip.affinity,
+        forwards=tuple(nft.Forward(m.mark, m.frontend_ip, m.mac_address) for m in routed),
+        buckets=tuple(chosen[i].mark for i in slots),
+        flow_timeout=vip.flow_timeout,
+    )
+
+
+class DistributorService:
+    def __init__(
+        self,
+        distributor_id: str,
+        store: StateStore,
+        dataplane: Kernel,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.distributor_id = distributor_id
+        self.store = store
+        self.dataplane = dataplane
+        self.clock = clock
+        self.state: AgentState = store.load()
+        self.on_change: Callable[[], None] = lambda: None  # the prober's wake()
+        self._lock = threading.RLock()
+        self._counters: tuple[float, dict[str, nft.VipCounters]] = (float("-inf"), {})
+        self._heartbeat_offset = 0
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Re-apply the saved state (a restart): same marks, same tables, flows untouched."""
+        with self._lock:
+            self.dataplane.prepare()
+            for vip in self.state.vips.values():
+                try:
+                    vip.interface = self.dataplane.find_interface(vip.mac_address)
+                    self.dataplane.configure_interface(vip.interface, vip.address, vip.prefixlen, vip.vip_address)
+                except (LookupError, OSError) as e:
+                    LOG.error("load balancer %s: interface %s not usable: %s", vip.lb_id, vip.mac_address, e)
+                    vip.interface = ""
+            self.store.save(self.state)
+            self._apply(buckets_for=None)
+            LOG.info("re-applied %d VIPs", len(self.state.vips))
+
+    def _apply(
+        self, buckets_for: Iterable[str] | None, dropping: VipState | None = None, left: str = ""
+    ) -> None:
+        """Apply every VIP but ``dropping``; ``left`` names an interface a VIP just moved away from."""
+        vips = [v for v in self.state.vips.values() if v is not dropping]
+        plans = [plan_of(v) for v in vips if v.interface]
+        keep = {nft.object_key(v.lb_id) for v in vips}
+        # Interfaces whose stale permanent neighbours may be removed: ours, including one being left.
+        managed = {v.interface for v in self.state.vips.values() if v.interface} | ({left} if left else set())
+        self.dataplane.apply(plans, keep, managed, buckets_for)
+
+    # --- VIPs ----------------------------------------------------------------------------------
+
+    def plug_vip(self, spec: VipSpec) -> str:
+        with self._lock:
+            ifname = self.dataplane.find_interface(spec.mac_address)
+            old = self.state.vips.get(spec.lb_id)
+            if old is not None:
+                kept = {spec.vip_address, spec.address} if old.interface == ifname else set()
+                self._release_addresses(old, kept)
+            vip = VipState(
+                lb_id=spec.lb_id,
+                vip_address=spec.vip_address,
+                mac_address=spec.mac_address,
+                address=spec.address,
+                subnet_cidr=spec.subnet_cidr,
+                gateway=spec.gateway,
+                affinity=spec.affinity,
+                health_port=spec.health_port,
+                reply_table=old.reply_table if old else self.state.allocate_id(),
+                table_size=old.table_size if old else maglev.table_size(1),
+                interface=ifname,
+                flow_timeout=spec.flow_timeout,
+                drain_timeout=spec.drain_timeout,
+                probe=spec.probe,
+                members=old.members if old else {},
+            )
+            self.state.vips[spec.lb_id] = vip
+            self.store.save(self.state)
+            self.dataplane.configure_interface(ifname, spec.address, vip.prefixlen, spec.vip_address)
+            self._apply(buckets_for={spec.lb_id}, left=old.interface if old and old.interface != ifname else "")
+        self.on_change()
+        return ifname
+
+    def _release_addresses(self, vip: VipState, kept: set[str] | None = None) -> None:
+        """Remove the VIP's addresses from its interface, but those in ``kept`` or used by another VIP."""
+        if not vip.interface:
+            return
+        others = [v for v in self.state.vips.values() if v.lb_id != vip.lb_id and v.interface == vip.interface]
+        in_use = {v.vip_address for v in others} | {v.address for v in others} | (kept or set())
+        cidrs = [f"{vip.vip_address}/32"] if vip.vip_address not in in_use else []
+        if vip.address not in in_use:
+            cidrs.append(f"{vip.address}/{vip.prefixlen}")
+        if cidrs:
+            self.dataplane.release_addresses(vip.interface, cidrs)
+
+    def unplug_vip(self, lb_id: str) -> None:
+        with self._lock:
+            vip = self.state.vips.get(lb_id)
+            if vip is None:
+                return
+            # Kernel first: a crash before the save leaves the VIP recorded, and a retry finishes it.
+            self._apply(buckets_for=(), dropping=vip)
+            self._release_addresses(vip)
+            del self.state.vips[lb_id]
+            self.store.save(self.state)
+        self.on_change()
+
+    def set_members(self, lb_id: str, specs: list[MemberSpec]) -> None:
+        with self._lock:
+            vip = self.state.vips.get(lb_id)
+            if vip is None:
+                raise LookupError(f"no VIP for load balancer {lb_id}")
+            net = ipaddress.ip_network(vip.subnet_cidr)
+            now = self.clock()
+            members: dict[str, MemberState] = {}
+            for s in specs:
+                if ipaddress.ip_address(s.frontend_ip) not in net:
+                    raise ValueError(f"amphora {s.amphora_id}: {s.frontend_ip} is not in {net}")
+                old = vip.members.get(s.amphora_id)
+                was_draining = old is not None and old.state == "DRAINING"
+                draining = s.state == "DRAINING"
+                members[s.amphora_id] = MemberState(
+                    amphora_id=s.amphora_id,
+                    mac_address=s.mac_address,
+                    frontend_ip=s.frontend_ip,
+                    position=s.position,
+                    weight=s.weight,
+                    state=s.state,
+                    mark=old.mark if old else self.state.allocate_id(),
+                    healthy=old.healthy if old else True,
+                    drain_since=(old.drain_since if was_draining and old else now) if draining else None,
+                    drained=bool(old and old.drained and was_draining and draining),
+                )
+            vip.members = members
+            active = sum(1 for m in members.values() if m.state == "ACTIVE")
+            # Grow, never shrink: a new size reshuffles the whole table.
+            vip.table_size = max(vip.table_size, maglev.table_size(active))
+            self.store.save(self.state)
+            self._apply(buckets_for={lb_id})
+        self.on_change()
+
+    # --- health and draining -------------------------------------------------------------------
+
+    def probe_targets(self) -> list[ProbeTarget]:
+        with self._lock:
+            return [
+                ProbeTarget(
+                    key=(v.lb_id, m.amphora_id),
+                    address=m.frontend_ip,
+                    port=v.health_port,
+                    device=v.interface or None,
+                    healthy=m.healthy,
+                    settings=v.probe,
+                )
+                for v in self.state.vips.values()
+                for m in v.members.values()
+                if not m.drained
+            ]
+
+    def on_health(self, changes: dict[Hashable, bool]) -> None:
+        with self._lock:
+            touched = set()
+            for key, ok in changes.items():
+                assert isinstance(key, tuple)
+                lb_id, amphora_id = key
+                vip = self.state.vips.get(lb_id)
+                member = vip.members.get(amphora_id) if vip else None
+                if vip is None or member is None or member.healthy == ok:
+                    continue
+                member.healthy = ok
+                touched.add(lb_id)
+                LOG.warning("load balancer %s: amphora %s is %s", lb_id, amphora_id, "UP" if ok else "DOWN")
+            if not touched:
+                return
+            self.store.save(self.state)
+            for lb_id in touched:
+                vip = self.state.vips[lb_id]
+                if vip.interface:
+                    self.dataplane.apply_buckets(plan_of(vip))
+
+    def housekeeping(self) -> None:
+        """Withdraw the routes of DRAINING members whose pinned flows are gone (or that timed out)."""
+        counters = self.counters(max_age=0)
+        with self._lock:
+            now, changed = self.clock(), False
+            for vip in self.state.vips.values():
+                flows = counters.get(nft.object_key(vip.lb_id), nft.VipCounters()).flows
+                for m in vip.members.values():
+                    if m.state != "DRAINING" or m.drained:
+                        continue
+                    since = m.drain_since if m.drain_since is not None else now
+                    if flows.get(m.mark, 0) == 0 or now - since >= vip.drain_timeout:
+                        m.drained = True
+                        changed = True
+                        LOG.info("load balancer %s: amphora %s drained", vip.lb_id, m.amphora_id)
+            if changed:
+                self.store.save(self.state)
+                self._apply(buckets_for=())
+
+    def run_housekeeping(self, stop: threading.Event, period: float = 1.0) -> None:
+        while not stop.wait(period):
+            try:
+                self.housekeeping()
+            except Exception:
+                LOG.exception("housekeeping failed")
+
+    # --- reporting -----------------------------------------------------------------------------
+
+    def counters(self, max_age: float = COUNTERS_MAX_AGE) -> dict[str, nft.VipCounters]:
+        taken, data = self._counters
+        now = time.monotonic()
+        if now - taken > max_age:
+            data = self.dataplane.counters()
+            self._counters = (now, data)
+        return data
+
+    def status(self, max_age: float = COUNTERS_MAX_AGE) -> dict[str, Any]:
+        counters = self.counters(max_age)
+        with self._lock:
+            vips = {}
+            for vip in self.state.vips.values():
+                c = counters.get(nft.object_key(vip.lb_id), nft.VipCounters())
+                plan = plan_of(vip)
+                members = {
+                    m.amphora_id: {
+                        "healthy": m.healthy,
+                        "state": m.state,
+                        "drained": m.drained,
+                        "weight": m.weight,
+                        "position": m.position,
+                        "frontend_ip": m.frontend_ip,
+                        "mark": m.mark,
+                        "flows": c.flows.get(m.mark, 0),
+                        "buckets": plan.buckets.count(m.mark),
+                    }
+                    for m in vip.members.values()
+                }
+                vips[vip.lb_id] = {
+                    "vip_address": vip.vip_address,
+                    "interface": vip.interface,
+                    "affinity": vip.affinity,
+                    "health_port": vip.health_port,
+                    "table_size": vip.table_size,
+                    "members": members,
+                    "stats": {
+                        "packets_in": c.packets,
+                        "bytes_in": c.bytes,
+                        "connections": c.connections,
+                        "flows": sum(c.flows.values()),
+                    },
+                }
+            return {"id": self.distributor_id, "vips": vips}
+
+    def heartbeat_body(self, budget: int = HEARTBEAT_BUDGET) -> dict[str, Any]:
+        """``{"distributor": true, "vips": {lb_id: {"members": {id: {healthy, flows, drained}}, "stats"}}}``.
+
+        A datagram holds ~150 VIPs; beyond ``budget`` bytes each heartbeat carries the next
+        slice of VIPs (``"partial": true``, ``"vips_total"``), so every VIP is reported in turn
+        and a distributor with many load balancers never falls silent.
+        """
+        vips = self.status()["vips"]
+        slim = {
+            lb_id: {
+                "members": {
+                    aid: {k: m[k] for k in ("healthy", "flows", "drained")} for aid, m in v["members"].items()
+                },
+                "stats": v["stats"],
+            }
+            for lb_id, v in vips.items()
+        }
+        body: dict[str, Any] = {"ver": 1, "distributor": True, "vips": slim}
+        if len(json.dumps(body)) <= budget:
+            return body
+        items = sorted(slim.items())
+        start = self._heartbeat_offset % len(items)
+        chosen: dict[str, Any] = {}
+        size = len(json.dumps({**body, "vips": {}, "partial": True, "vips_total": len(items)}))
+        for lb_id, v in items[start:] + items[:start]:
+            size += len(json.dumps({lb_id: v}))
+            if size > budget and chosen:
+                break
+            chosen[lb_id] = v
+        self._heartbeat_offset = start + len(chosen)
+        return {**body, "vips": chosen, "partial": True, "vips_total": len(items)}

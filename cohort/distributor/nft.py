@@ -1,0 +1,384 @@
+"""Render the distributor's kernel configuration: one nftables table and the policy routing.
+
+Per VIP (object names carry :func:`object_key` of its load balancer id):
+
+* ``prerouting`` (priority raw) jumps through the verdict map ``vips`` keyed by
+  ``ip daddr . iifname``, so a VIP is served only on its own load balancer's interface;
+* chain ``vip_K`` counts, ``notrack``s (the distributor sees one direction only, so
+  conntrack would call the client's ACKs invalid), forgets the pin of a new connection
+  (a SYN on a reused source port), looks up the flow-pinning map ``flows_K``, else hashes
+  the flow into the Maglev bucket map ``buckets_K`` (``jhash ip saddr`` for SOURCE_IP
+  affinity, ``ip saddr . tcp sport`` for SOURCE_IP_PORT) and pins the result with ``update``;
+* ``forward`` (policy drop) lets through only a VIP's own marked packets, in and out of its
+  interface: nothing is routed between load balancers, tenants or amphorae;
+* ``input`` drops what arrives on a VIP interface for any address that is not its own.
+
+The mark names the amphora: ``ip rule pref 100 fwmark M lookup M`` with ``VIP via <amphora>
+dev <iface>`` in table M forwards the packet unchanged to the amphora's MAC (a permanent
+neighbour entry), and replies go from the amphora straight to the gateway.
+
+Updates are one ``nft -f`` transaction. Flow maps are created with ``add`` and never flushed,
+so open connections keep their amphora across table changes and agent restarts; a bucket map
+is flushed and refilled in the same transaction, which packets see atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+TABLE = "cohort_dist"
+FAMILY = "ip"
+FWMARK_PREF = 100  # fwmark -> per-amphora table
+REPLY_PREF = 200  # from VIP -> the load balancer's gateway (the distributor's own RSTs)
+LOCAL_PREF = 1000  # the local table, moved behind the rules above
+AFFINITIES = ("SOURCE_IP", "SOURCE_IP_PORT")
+OBJECT_PREFIXES = ("vip_", "flows_", "buckets_", "bytes_", "syn_")
+MIN_TABLE = 1000  # marks and routing tables the agent allocates start here; lower ids are the system's
+BUCKET_TYPEOF = "numgen inc mod 65521"  # typeof only names the key type; fixed so `add map` stays idempotent
+
+
+T = TypeVar("T")
+
+
+def object_key(lb_id: str) -> str:
+    """The short, nft-safe name suffix of a load balancer's objects."""
+    return hashlib.sha256(lb_id.encode()).hexdigest()[:12]
+
+
+def hash_seed(lb_id: str) -> int:
+    """The jhash seed of a VIP: fixed per load balancer, so any agent hashes flows alike."""
+    return int.from_bytes(hashlib.sha256(b"seed\0" + lb_id.encode()).digest()[:4], "big")
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One amphora as the kernel sees it: its mark (also its routing table) and where it is."""
+
+    mark: int
+    address: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class VipPlan:
+    lb_id: str
+    vip: str
+    ifname: str
+    own_address: str  # the distributor's address on ifname
+    gateway: str | None
+    reply_table: int
+    affinity: str
+    forwards: tuple[Forward, ...]  # every amphora keeping a route: ACTIVE and still-draining ones
+    buckets: tuple[int, ...]  # the mark of each slot of the Maglev table; () when nobody takes new flows
+    flow_timeout: int = 300
+    flow_size: int = 262144
+
+    @property
+    def key(self) -> str:
+        return object_key(self.lb_id)
+
+
+def _q(name: str) -> str:
+    return f'"{name}"'
+
+
+def _ensure_vip_objects(key: str, flow_timeout: int, flow_size: int) -> list[str]:
+    t = f"{FAMILY} {TABLE}"
+    return [
+        f"add map {t} flows_{key} {{ typeof ip saddr . tcp sport : meta mark; flags dynamic,timeout; "
+        f"timeout {flow_timeout}s; size {flow_size}; }}",
+        f"add map {t} buckets_{key} {{ typeof {BUCKET_TYPEOF} : meta mark; }}",
+        f"add counter {t} bytes_{key}",
+        f"add counter {t} syn_{key}",
+        f"add chain {t} vip_{key}",
+    ]
+
+
+def vip_rules(plan: VipPlan) -> list[str]:
+    """The rules of the VIP's chain (without the ``add rule`` prefix)."""
+    k, size = plan.key, len(plan.buckets)
+    seed = f"seed 0x{hash_seed(plan.lb_id):08x}"
+    flow = "ip saddr . tcp sport"
+    rules = [
+        f"counter name {_q('bytes_' + k)} notrack",
+        # A SYN opens a new connection: a pin left by an earlier one on this source port is stale.
+        f"tcp flags & (syn | ack) == syn counter name {_q('syn_' + k)} delete @flows_{k} {{ {flow} : meta mark }}",
+        f"meta mark set {flow} map @flows_{k}",
+    ]
+    if size:
+        if plan.affinity == "SOURCE_IP_PORT":
+            rules.append(f"meta mark 0 meta mark set jhash {flow} mod {size} {seed} map @buckets_{k}")
+        # SOURCE_IP affinity, and every non-TCP packet whatever the affinity.
+        rules.append(f"meta mark 0 meta mark set jhash ip saddr mod {size} {seed} map @buckets_{k}")
+    # The timeout sits in the rule, not only in the map: a map's settings cannot change once made.
+    rules.append(f"meta mark != 0 update @flows_{k} {{ {flow} timeout {plan.flow_timeout}s : meta mark }}")
+    return rules
+
+
+def bucket_elements(plan: VipPlan) -> list[str]:
+    """The statements that replace the VIP's bucket map (flush + refill: atomic within the script)."""
+    t, k = f"{FAMILY} {TABLE}", plan.key
+    lines = [f"flush map {t} buckets_{k}"]
+    if plan.buckets:
+        elements = ", ".join(f"{slot} : {mark}" for slot, mark in enumerate(plan.buckets))
+        lines.append(f"add element {t} buckets_{k} {{ {elements} }}")
+    return lines
+
+
+def _remove_vip_objects(key: str) -> list[str]:
+    # `add` first makes each delete valid even when an earlier run left only some objects.
+    t = f"{FAMILY} {TABLE}"
+    lines = _ensure_vip_objects(key, 300, 262144)
+    return lines + [
+        f"flush chain {t} vip_{key}",
+        f"delete chain {t} vip_{key}",
+        f"delete map {t} flows_{key}",
+        f"delete map {t} buckets_{key}",
+        f"delete counter {t} bytes_{key}",
+        f"delete counter {t} syn_{key}",
+    ]
+
+
+def _iface_addresses(plans: Sequence[VipPlan]) -> dict[str, list[str]]:
+    own: dict[str, list[str]] = {}
+    for p in plans:
+        addrs = own.setdefault(p.ifname, [])
+        for a in (p.own_address, p.vip):
+            if a not in addrs:
+                addrs.append(a)
+    return own
+
+
+def _set(items: Iterable[str]) -> str:
+    return "{ " + ", ".join(items) + " }"
+
+
+def render_nft(
+    plans: Sequence[VipPlan],
+    *,
+    stale_keys: Iterable[str] = (),
+    buckets_for: Iterable[str] | None = None,
+) -> str:
+    """The whole ruleset as one ``nft -f`` transaction.
+
+    Bucket maps are rewritten for the load balancers in ``buckets_for`` (all when None);
+    objects of ``stale_keys`` (load balancers that are gone) are removed.
+    """
+    t = f"{FAMILY} {TABLE}"
+    refill = None if buckets_for is None else set(buckets_for)
+    lines = [
+        f"add table {t}",
+        f"add map {t} vips {{ typeof ip daddr . iifname : verdict; }}",
+        f"add chain {t} prerouting {{ type filter hook prerouting priority raw; policy accept; }}",
+        f"add chain {t} forward {{ type filter hook forward priority filter; policy drop; }}",
+        f"add chain {t} input {{ type filter hook input priority filter; policy accept; }}",
+    ]
+    for p in plans:
+        if p.affinity not in AFFINITIES:
+            raise ValueError(f"unknown affinity {p.affinity!r}")
+        lines += _ensure_vip_objects(p.key, p.flow_timeout, p.flow_size)
+        lines.append(f"flush chain {t} vip_{p.key}")
+        lines += [f"add rule {t} vip_{p.key} {rule}" for rule in vip_rules(p)]
+        if refill is None or p.lb_id in refill:
+            lines += bucket_elements(p)
+    lines += [f"flush chain {t} prerouting", f"add rule {t} prerouting ip daddr . iifname vmap @vips"]
+    lines.append(f"flush map {t} vips")
+    if plans:
+        entries = ", ".join(f"{p.vip} . {_q(p.ifname)} : jump vip_{p.key}" for p in plans)
+        lines.append(f"add element {t} vips {{ {entries} }}")
+    lines.append(f"flush chain {t} forward")
+    for p in plans:
+        if p.forwards:
+            marks = _set(str(f.mark) for f in p.forwards)
+            lines.append(
+                f"add rule {t} forward iifname {_q(p.ifname)} oifname {_q(p.ifname)} "
+                f"ip daddr {p.vip} meta mark {marks} accept"
+            )
+    lines.append(f"flush chain {t} input")
+    own = _iface_addresses(plans)
+    for ifname, addrs in own.items():
+        lines.append(f"add rule {t} input iifname {_q(ifname)} ip daddr {_set(addrs)} accept")
+    if own:
+        lines.append(f"add rule {t} input iifname {_set(_q(i) for i in own)} drop")
+    for key in sorted(set(stale_keys) - {p.key for p in plans}):
+        lines += _remove_vip_objects(key)
+    return "\n".join(lines) + "\n"
+
+
+def render_buckets(plan: VipPlan) -> str:
+    """Only the VIP's bucket map (a health change): one small transaction."""
+    return "\n".join(bucket_elements(plan)) + "\n"
+
+
+def object_keys(names: Iterable[str]) -> set[str]:
+    """The load balancer keys present among nft object names (chains, maps, counters)."""
+    keys = set()
+    for name in names:
+        for prefix in OBJECT_PREFIXES:
+            if name.startswith(prefix) and len(name) == len(prefix) + 12:
+                keys.add(name[len(prefix) :])
+    return keys
+
+
+# --- policy routing ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    pref: int
+    selector: str  # "fwmark 1001" | "from 203.0.113.100"
+    table: int
+
+
+@dataclass(frozen=True)
+class Route:
+    table: int
+    dst: str  # "203.0.113.100/32" | "default"
+    spec: str  # "via 203.0.113.11 dev fe0"
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    ifname: str
+    address: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class Routing:
+    rules: frozenset[Rule]
+    routes: frozenset[Route]
+    neighbours: frozenset[Neighbour]
+
+
+def desired_routing(plans: Sequence[VipPlan]) -> Routing:
+    rules, routes, neigh = set(), set(), set()
+    for p in plans:
+        for f in p.forwards:
+            rules.add(Rule(FWMARK_PREF, f"fwmark {f.mark}", f.mark))
+            routes.add(Route(f.mark, f"{p.vip}/32", f"via {f.address} dev {p.ifname}"))
+            neigh.add(Neighbour(p.ifname, f.address, f.mac))
+        if p.gateway:
+            rules.add(Rule(REPLY_PREF, f"from {p.vip}", p.reply_table))
+            routes.add(Route(p.reply_table, "default", f"via {p.gateway} dev {p.ifname}"))
+    return Routing(frozenset(rules), frozenset(routes), frozenset(neigh))
+
+
+def render_ip_batch(
+    plans: Sequence[VipPlan], existing: Routing, managed_ifaces: Iterable[str] = ()
+) -> tuple[list[str], list[str]]:
+    """``ip -batch`` lines turning ``existing`` (rules at our prefs, routes in our tables,
+    permanent neighbours on our interfaces) into what ``plans`` need: (before, after).
+
+    ``before`` (neighbours, routes, then the rules pointing at them) runs before the nft
+    transaction that may start using new marks; ``after`` (stale rules, then their tables
+    and neighbours) runs once nft no longer hands out the marks they serve.
+    """
+    want = desired_routing(plans)
+    before = [
+        f"neigh replace {n.address} lladdr {n.mac} dev {n.ifname} nud permanent" for n in _sorted(want.neighbours)
+    ]
+    before += [f"route replace {r.dst} {r.spec} table {r.table}" for r in _sorted(want.routes)]
+    before += [f"rule add pref {r.pref} {r.selector} lookup {r.table}" for r in _sorted(want.rules - existing.rules)]
+    after = [f"rule del pref {r.pref} {r.selector} lookup {r.table}" for r in _sorted(existing.rules - want.rules)]
+    wanted_tables = {r.table for r in want.rules}
+    stale_tables = {r.table for r in existing.rules - want.rules} | {r.table for r in existing.routes}
+    after += [f"route flush table {table}" for table in sorted(stale_tables - wanted_tables)]
+    want_dsts = {(r.table, r.dst) for r in want.routes}
+    after += [
+        f"route del {r.dst} table {r.table}"
+        for r in _sorted(existing.routes)
+        if r.table in wanted_tables and (r.table, r.dst) not in want_dsts
+    ]
+    managed = set(managed_ifaces) | {p.ifname for p in plans}
+    want_neigh = {(n.ifname, n.address) for n in want.neighbours}
+    after += [
+        f"neigh del {n.address} dev {n.ifname}"
+        for n in _sorted(existing.neighbours)
+        if n.ifname in managed and (n.ifname, n.address) not in want_neigh
+    ]
+    return before, after
+
+
+def _sorted(items: Iterable[T]) -> list[T]:
+    return sorted(items, key=repr)
+
+
+def parse_rules(rules_json: Sequence[Mapping[str, object]]) -> frozenset[Rule]:
+    """Our rules among ``ip -j rule show`` entries (fwmark rules at 100, from-VIP rules at 200)."""
+    found = set()
+    for r in rules_json:
+        pref, table = r.get("priority"), str(r.get("table", ""))
+        if not table.isdigit():
+            continue
+        if pref == FWMARK_PREF and "fwmark" in r:
+            found.add(Rule(FWMARK_PREF, f"fwmark {int(str(r['fwmark']), 0)}", int(table)))
+        elif pref == REPLY_PREF and r.get("src") not in (None, "all"):
+            found.add(Rule(REPLY_PREF, f"from {r['src']}", int(table)))
+    return frozenset(found)
+
+
+def parse_routes(routes_json: Sequence[Mapping[str, object]]) -> frozenset[Route]:
+    """Routes in our tables (ids >= MIN_TABLE) among ``ip -j route show table all`` entries."""
+    found = set()
+    for r in routes_json:
+        table = str(r.get("table", ""))
+        if not table.isdigit() or int(table) < MIN_TABLE:
+            continue
+        dst = str(r.get("dst", ""))
+        if dst != "default" and "/" not in dst:
+            dst += "/32"
+        spec = f"via {r['gateway']} dev {r.get('dev')}" if "gateway" in r else f"dev {r.get('dev')}"
+        found.add(Route(int(table), dst, spec))
+    return frozenset(found)
+
+
+def parse_neighbours(neigh_json: Sequence[Mapping[str, object]]) -> frozenset[Neighbour]:
+    """Permanent neighbour entries among ``ip -j neigh show`` entries."""
+    found = set()
+    for n in neigh_json:
+        state = n.get("state")
+        if isinstance(state, list) and "PERMANENT" in state and "lladdr" in n:
+            found.add(Neighbour(str(n.get("dev")), str(n.get("dst")), str(n["lladdr"])))
+    return frozenset(found)
+
+
+@dataclass(frozen=True)
+class VipCounters:
+    packets: int = 0
+    bytes: int = 0
+    connections: int = 0  # SYNs seen: new connections since the VIP was plugged
+    flows: dict[int, int] = field(default_factory=dict)  # pinned flows per mark
+
+
+def parse_table(nft_json: Mapping[str, object]) -> dict[str, VipCounters]:
+    """Counters and pinned flows per load balancer key from ``nft -j list table ip cohort_dist``."""
+    raw: dict[str, dict[str, Any]] = {}
+    items = nft_json.get("nftables", [])
+    for item in items if isinstance(items, list) else []:
+        if "counter" in item:
+            c = item["counter"]
+            name = str(c.get("name", ""))
+            for prefix, field_name in (("bytes_", "traffic"), ("syn_", "syn")):
+                if name.startswith(prefix):
+                    raw.setdefault(name[len(prefix) :], {})[field_name] = c
+        elif "map" in item and str(item["map"].get("name", "")).startswith("flows_"):
+            m = item["map"]
+            per_mark: dict[int, int] = {}
+            for elem in m.get("elem", []):
+                if isinstance(elem, list) and len(elem) == 2 and isinstance(elem[1], int):
+                    per_mark[elem[1]] = per_mark.get(elem[1], 0) + 1
+            raw.setdefault(str(m["name"])[len("flows_") :], {})["flows"] = per_mark
+    out = {}
+    for key, parts in raw.items():
+        traffic, syn = parts.get("traffic", {}), parts.get("syn", {})
+        out[key] = VipCounters(
+            packets=int(traffic.get("packets", 0)),
+            bytes=int(traffic.get("bytes", 0)),
+            connections=int(syn.get("packets", 0)),
+            flows=parts.get("flows", {}),
+        )
+    return out
