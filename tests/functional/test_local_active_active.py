@@ -1,0 +1,122 @@
+"""ACTIVE_ACTIVE through the public API with local drivers: a distributor and N real amphorae.
+
+The tenant creates a flavor and a load balancer; the client's traffic is spread over every
+amphora of the cluster (their stats all grow), and the cluster scales without breaking the
+long-lived connections of the amphorae that stay.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from cohort.db import models as m
+from tests.functional.conftest import new_lab
+from tests.support import Api, running_cohort, wait_for
+
+pytestmark = pytest.mark.root
+
+KEEPALIVE_CLIENT = r"""
+import http.client, json, sys, time
+vip, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+connections = [http.client.HTTPConnection(vip, 80, timeout=3) for _ in range(count)]
+broken = 0
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    for index, conn in enumerate(connections):
+        if conn is None:
+            continue
+        try:
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            response.read()
+        except Exception:
+            broken += 1
+            connections[index] = None
+    time.sleep(0.05)
+print(json.dumps({"broken": broken, "alive": sum(c is not None for c in connections)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Api, Any]]:
+    state = tmp_path_factory.mktemp("cohort-aa")
+    lab = new_lab(state / "lab")
+    lab.up()
+    try:
+        with running_cohort(state, drivers="local", lab_prefix=lab.prefix, drain_timeout=5.0) as (cohort, base):
+            try:
+                yield cohort, Api(base), lab
+            finally:
+                with cohort.sessions() as session:
+                    computes = [c for c in session.scalars(select(m.Amphora.compute_id)) if c]
+                    computes += [c for c in session.scalars(select(m.Distributor.compute_id)) if c]
+                for compute_id in computes:
+                    cohort.drivers.network.unplug_all(compute_id)
+                    cohort.drivers.compute.delete(compute_id)
+    finally:
+        lab.down()
+
+
+def amphora_stats(api: Api, amphora_id: str) -> int:
+    rows = api.get(f"/v2/octavia/amphorae/{amphora_id}/stats")[1]["amphora_stats"]
+    return sum(row["total_connections"] for row in rows)
+
+
+def test_cluster_of_three_serves_one_vip(env: tuple[Any, Api, Any]) -> None:
+    cohort, api, lab = env
+    address = lab.add_member("aa1", workers=2)
+    _, profile = api.post("/v2/lbaas/flavorprofiles", {"flavorprofile": {
+        "name": "aa3", "provider_name": "amphora", "flavor_data": json.dumps({
+            "loadbalancer_topology": "ACTIVE_ACTIVE", "amp_cluster_size": 3,
+            "distributor_affinity": "SOURCE_IP_PORT"})}})
+    _, flavor = api.post("/v2/lbaas/flavors", {"flavor": {"name": "aa3",
+                                                          "flavor_profile_id": profile["flavorprofile"]["id"]}})
+    started = time.monotonic()
+    status, body = api.post("/v2/lbaas/loadbalancers", {"loadbalancer": {
+        "name": "big", "vip_subnet_id": "public-subnet", "flavor_id": flavor["flavor"]["id"],
+        "listeners": [{"protocol": "HTTP", "protocol_port": 80, "insert_headers": {}, "default_pool": {
+            "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN",
+            "members": [{"address": address, "protocol_port": 80, "subnet_id": "private-subnet"}]}}]}})
+    assert status == 201, body
+    lb_id = body["loadbalancer"]["id"]
+    lb = api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=120)
+    assert lb["provisioning_status"] == "ACTIVE", lb
+    vip = lb["vip_address"]
+    print(f"ACTIVE_ACTIVE x3 ACTIVE after {time.monotonic() - started:.1f}s")
+    amphorae = api.get(f"/v2/octavia/amphorae?loadbalancer_id={lb_id}")[1]["amphorae"]
+    assert sorted(a["role"] for a in amphorae) == ["IN_CLUSTER"] * 3
+    wait_for(lambda: lab.exec_client(["curl", "-s", "--max-time", "2", f"http://{vip}/"]).stdout.strip() == "aa1",
+             timeout=30)
+    before = {a["id"]: amphora_stats(api, a["id"]) for a in amphorae}
+    for _ in range(60):
+        lab.exec_client(["curl", "-s", "--max-time", "2", "-o", "/dev/null", f"http://{vip}/"])
+    after = wait_for(lambda: (now := {a["id"]: amphora_stats(api, a["id"]) for a in amphorae})
+                     and all(now[i] > before[i] for i in now) and now, timeout=15)
+    print(f"connections per amphora: {[after[i] - before[i] for i in after]}")
+    cluster = api.get(f"/v2/octavia/clusters?loadbalancer_id={lb_id}")[1]["clusters"][0]
+    assert cluster["actual_size"] == 3 and cluster["distributor_id"]
+    wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[1]["loadbalancer"]["operating_status"]
+             == "ONLINE", timeout=15)
+
+    # Scale out to 4 under long-lived keep-alive connections: none of them breaks.
+    runner = subprocess.Popen(["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", KEEPALIVE_CLIENT, vip,
+                               "30", "14"], stdout=subprocess.PIPE, text=True)
+    time.sleep(2)
+    assert api.put(f"/v2/octavia/clusters/{cluster['id']}", {"cluster": {"desired_size": 4}})[0] == 200
+    api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=90)
+    out, _ = runner.communicate(timeout=60)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result == {"broken": 0, "alive": 30}, result
+    assert len(api.get(f"/v2/octavia/amphorae?loadbalancer_id={lb_id}")[1]["amphorae"]) == 4
+
+    assert api.delete(f"/v2/lbaas/loadbalancers/{lb_id}?cascade=true")[0] == 204
+    wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 404, timeout=60)
+    lab.remove_member("aa1")
