@@ -22,6 +22,8 @@ from rich.console import Console
 from cohort.config import Settings
 
 DEMO_MEMBERS = ("demo1", "demo2")
+DEMO_FLAVOR = {"loadbalancer_topology": "ACTIVE_ACTIVE", "amp_cluster_size": 3,
+               "distributor_affinity": "SOURCE_IP_PORT"}
 
 
 def pid_file(settings: Settings) -> Path:
@@ -79,7 +81,7 @@ def _running_pid(settings: Settings) -> int | None:
     return pid
 
 
-def run_demo(settings: Settings, console: Console, topology_flavor: dict[str, Any] | None = None) -> None:
+def run_demo(settings: Settings, console: Console, topology_flavor: dict[str, Any] | None = DEMO_FLAVOR) -> None:
     from cohort.lab import Lab
 
     base = f"http://{settings.api_host}:{settings.api_port}"
@@ -104,7 +106,8 @@ def run_demo(settings: Settings, console: Console, topology_flavor: dict[str, An
     if response.status_code != 201:
         raise RuntimeError(f"creating the demo load balancer failed: {response.text}")
     lb = response.json()["loadbalancer"]
-    with console.status("Building amphorae and configuring HAProxy...") as status:
+    topology = (topology_flavor or {}).get("loadbalancer_topology", settings.default_topology)
+    with console.status(f"Building a {topology} load balancer: amphorae, HAProxy, distributor...") as status:
         while True:
             lb = client.get(f"/lbaas/loadbalancers/{lb['id']}").json()["loadbalancer"]
             status.update(f"Load balancer {lb['id'][:8]}: {lb['provisioning_status']} "
@@ -117,10 +120,11 @@ def run_demo(settings: Settings, console: Console, topology_flavor: dict[str, An
     vip = lb["vip_address"]
     console.print(f"[green]Load balancer ACTIVE[/green] in {time.monotonic() - started:.1f}s, VIP {vip}")
     seen = []
-    for _ in range(4):
+    for _ in range(12):
         result = lab.exec_client(["curl", "-s", "--max-time", "3", f"http://{vip}/"])
         seen.append(result.stdout.strip() or f"(no answer: {result.stderr.strip()})")
-    console.print(f"Four requests from the client namespace were answered by: {', '.join(seen)}")
+    console.print(f"12 requests from the client namespace were answered by the members: {', '.join(seen)}")
+    _show_amphorae(client, lb["id"], console)
     env = "" if settings.state_dir == Path("/var/lib/cohort") else f"COHORT_STATE_DIR={settings.state_dir} "
     console.print()
     console.print("[bold]Try it:[/bold]")
@@ -132,6 +136,17 @@ def run_demo(settings: Settings, console: Console, topology_flavor: dict[str, An
                  f"{env}.venv/bin/cohort status",
                  f"{env}make down     # stop Cohort and remove everything it made"):
         console.print(f"  {line}", soft_wrap=True, highlight=False)
+
+
+def _show_amphorae(client: httpx.Client, lb_id: str, console: Console) -> None:
+    """Which amphorae carried those requests, from their own heartbeat statistics."""
+    time.sleep(2.5)
+    amphorae = client.get("/octavia/amphorae", params={"loadbalancer_id": lb_id}).json()["amphorae"]
+    for amphora in amphorae:
+        stats = client.get(f"/octavia/amphorae/{amphora['id']}/stats").json()["amphora_stats"]
+        total = sum(row["total_connections"] for row in stats)
+        console.print(f"  amphora {amphora['id'][:8]} ({amphora['role']}, {amphora['vrrp_ip']}): "
+                      f"{total} connections")
 
 
 def _demo_flavor(client: httpx.Client, flavor_data: dict[str, Any]) -> str:
