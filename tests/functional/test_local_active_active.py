@@ -8,10 +8,13 @@ long-lived connections of the amphorae that stay.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,29 +68,45 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Api, An
         lab.down()
 
 
-def amphora_stats(api: Api, amphora_id: str) -> int:
-    rows = api.get(f"/v2/octavia/amphorae/{amphora_id}/stats")[1]["amphora_stats"]
-    return sum(row["total_connections"] for row in rows)
+def openstack(base: str, *args: str) -> Any:
+    """The unmodified openstack CLI, as a tenant or operator runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    result = subprocess.run([str(Path(sys.executable).parent / "openstack"), "--os-auth-type", "none",
+                             "--os-endpoint", base, "loadbalancer", *args, "-f", "json"],
+                            capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout) if result.stdout.strip() else None
+
+
+def amphora_stats(base: str, amphora_id: str) -> int:
+    rows = openstack(base, "amphora", "stats", "show", amphora_id)
+    return int(rows["total_connections"]) if isinstance(rows, dict) else \
+        sum(int(row["total_connections"]) for row in rows)
+
+
+def namespace_pids(namespace: str) -> list[int]:
+    result = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, check=False)
+    return [int(pid) for pid in result.stdout.split()]
 
 
 def test_cluster_of_three_serves_one_vip(env: tuple[Any, Api, Any]) -> None:
     cohort, api, lab = env
     address = lab.add_member("aa1", workers=2)
-    _, profile = api.post("/v2/lbaas/flavorprofiles", {"flavorprofile": {
-        "name": "aa3", "provider_name": "amphora", "flavor_data": json.dumps({
-            "loadbalancer_topology": "ACTIVE_ACTIVE", "amp_cluster_size": 3,
-            "distributor_affinity": "SOURCE_IP_PORT"})}})
-    _, flavor = api.post("/v2/lbaas/flavors", {"flavor": {"name": "aa3",
-                                                          "flavor_profile_id": profile["flavorprofile"]["id"]}})
+    base = api.base
+    openstack(base, "flavorprofile", "create", "--name", "aa3", "--provider", "amphora", "--flavor-data",
+              json.dumps({"loadbalancer_topology": "ACTIVE_ACTIVE", "amp_cluster_size": 3,
+                          "distributor_affinity": "SOURCE_IP_PORT"}))
+    openstack(base, "flavor", "create", "--name", "aa3", "--flavorprofile", "aa3", "--enable")
     started = time.monotonic()
-    status, body = api.post("/v2/lbaas/loadbalancers", {"loadbalancer": {
-        "name": "big", "vip_subnet_id": "public-subnet", "flavor_id": flavor["flavor"]["id"],
-        "listeners": [{"protocol": "HTTP", "protocol_port": 80, "insert_headers": {}, "default_pool": {
-            "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN",
-            "members": [{"address": address, "protocol_port": 80, "subnet_id": "private-subnet"}]}}]}})
-    assert status == 201, body
-    lb_id = body["loadbalancer"]["id"]
+    lb_id = openstack(base, "create", "--name", "big", "--vip-subnet-id", "public-subnet", "--flavor", "aa3")["id"]
     lb = api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=120)
+    assert lb["provisioning_status"] == "ACTIVE", lb
+    status, body = api.post("/v2/lbaas/listeners", {"listener": {
+        "loadbalancer_id": lb_id, "protocol": "HTTP", "protocol_port": 80, "default_pool": {
+            "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN",
+            "members": [{"address": address, "protocol_port": 80, "subnet_id": "private-subnet"}]}}})
+    assert status == 201, body
+    lb = api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=60)
     assert lb["provisioning_status"] == "ACTIVE", lb
     vip = lb["vip_address"]
     print(f"ACTIVE_ACTIVE x3 ACTIVE after {time.monotonic() - started:.1f}s")
@@ -95,10 +114,10 @@ def test_cluster_of_three_serves_one_vip(env: tuple[Any, Api, Any]) -> None:
     assert sorted(a["role"] for a in amphorae) == ["IN_CLUSTER"] * 3
     wait_for(lambda: lab.exec_client(["curl", "-s", "--max-time", "2", f"http://{vip}/"]).stdout.strip() == "aa1",
              timeout=30)
-    before = {a["id"]: amphora_stats(api, a["id"]) for a in amphorae}
+    before = {a["id"]: amphora_stats(base, a["id"]) for a in amphorae}
     for _ in range(60):
         lab.exec_client(["curl", "-s", "--max-time", "2", "-o", "/dev/null", f"http://{vip}/"])
-    after = wait_for(lambda: (now := {a["id"]: amphora_stats(api, a["id"]) for a in amphorae})
+    after = wait_for(lambda: (now := {a["id"]: amphora_stats(base, a["id"]) for a in amphorae})
                      and all(now[i] > before[i] for i in now) and now, timeout=15)
     print(f"connections per amphora: {[after[i] - before[i] for i in after]}")
     cluster = api.get(f"/v2/octavia/clusters?loadbalancer_id={lb_id}")[1]["clusters"][0]
@@ -115,7 +134,23 @@ def test_cluster_of_three_serves_one_vip(env: tuple[Any, Api, Any]) -> None:
     out, _ = runner.communicate(timeout=60)
     result = json.loads(out.strip().splitlines()[-1])
     assert result == {"broken": 0, "alive": 30}, result
-    assert len(api.get(f"/v2/octavia/amphorae?loadbalancer_id={lb_id}")[1]["amphorae"]) == 4
+    amphorae = api.get(f"/v2/octavia/amphorae?loadbalancer_id={lb_id}")[1]["amphorae"]
+    assert len(amphorae) == 4
+    wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[1]["loadbalancer"]["operating_status"]
+             == "ONLINE", timeout=15)
+
+    # N+1: an amphora dies; the others carry its traffic at once and a replacement is built.
+    victim = amphorae[0]
+    for pid in namespace_pids(victim["compute_id"]):
+        os.kill(pid, signal.SIGKILL)
+    answers = [lab.exec_client(["curl", "-s", "--max-time", "2", f"http://{vip}/"]).stdout.strip()
+               for _ in range(20)]
+    assert answers.count("aa1") >= 19, answers
+    wait_for(lambda: victim["id"] not in {a["id"] for a in api.get(
+        f"/v2/octavia/amphorae?loadbalancer_id={lb_id}")[1]["amphorae"]}, timeout=60)
+    api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=90)
+    cluster = api.get(f"/v2/octavia/clusters/{cluster['id']}")[1]["cluster"]
+    assert cluster["actual_size"] == 4, cluster
 
     assert api.delete(f"/v2/lbaas/loadbalancers/{lb_id}?cascade=true")[0] == 204
     wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 404, timeout=60)
