@@ -41,6 +41,15 @@ def render_status(settings: Settings, console: Console) -> None:
                              str(cluster.min_size), str(cluster.cooldown), cluster.cluster_type,
                              _c(cluster.provisioning_status), _c(cluster.operating_status))
         console.print(clusters)
+        distributors = Table(title="Distributors")
+        for column in ("id", "type", "status", "management ip", "compute", "load balancers"):
+            distributors.add_column(column)
+        for dist in session.scalars(select(m.Distributor).where(m.Distributor.status != "DELETED")):
+            served = session.scalars(select(m.AmphoraRegistration.load_balancer_id).where(
+                m.AmphoraRegistration.distributor_id == dist.id).distinct()).all()
+            distributors.add_row(dist.id[:8], dist.distributor_type, _c(dist.status), dist.lb_network_ip or "-",
+                                 dist.compute_id or "-", str(len(served)))
+        console.print(distributors)
         amphorae = Table(title="Amphorae")
         for column in ("id", "load balancer", "role", "status", "management ip", "front-end ip", "compute"):
             amphorae.add_column(column)
