@@ -7,11 +7,9 @@ commands 500.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +19,12 @@ from cohort import __version__
 from cohort.agents.amphora import AGENT_VERSION, interfaces, stats
 from cohort.agents.amphora.haproxy import HaproxyManager, haproxy_version
 from cohort.agents.amphora.keepalived import KeepalivedManager
-from cohort.agents.amphora.proc import CommandFailed
-from cohort.agents.amphora.server import Handler, HttpError, Request, Response, Router
+from cohort.agents.common.files import atomic_write
+from cohort.agents.common.http import HttpError, Request, Response, Route, Router
+from cohort.agents.common.proc import CommandFailed
 
 ACTIONS = ("start", "stop", "reload")
-
-
-def _errors(fn: Handler) -> Handler:
-    @functools.wraps(fn)
-    def wrapper(req: Request) -> Response:
-        try:
-            return fn(req)
-        except HttpError:
-            raise
-        except ValueError as e:
-            raise HttpError(400, str(e)) from e
-        except LookupError as e:
-            raise HttpError(404, str(e)) from e
-        except CommandFailed as e:
-            raise HttpError(500, str(e)) from e
-
-    return wrapper
+ERRORS = ((ValueError, 400), (LookupError, 404), (CommandFailed, 500))
 
 
 def _field(body: dict[str, Any], name: str, required: bool = True) -> str | None:
@@ -79,8 +62,7 @@ class AmphoraApi:
         haproxy.resume()
 
     def router(self) -> Router:
-        r = Router()
-        routes: list[tuple[str, str, Callable[[Request], Response]]] = [
+        routes: list[Route] = [
             ("GET", "/1.0/info", self.info),
             ("GET", "/1.0/details", self.details),
             ("POST", "/1.0/plug/vip/{vip}", self.plug_vip),
@@ -95,9 +77,7 @@ class AmphoraApi:
             ("GET", "/1.0/vrrp/config", self.get_vrrp),
             ("PUT", "/1.0/vrrp/{action}", self.vrrp_action),
         ]
-        for method, pattern, handler in routes:
-            r.add(method, pattern, _errors(handler))
-        return r
+        return Router(routes, ERRORS)
 
     def info(self, req: Request) -> Response:
         return Response(
@@ -152,9 +132,7 @@ class AmphoraApi:
         ifname = interfaces.plug_vip(_port_spec(body), req.params["vip"], mode)
         # Remembered for info: keepalived's configuration names the front-end interface.
         record = {"vip": req.params["vip"], "interface": ifname, "vip_mode": mode}
-        tmp = self._vip_file.with_suffix(".new")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, self._vip_file)
+        atomic_write(self._vip_file, json.dumps(record))
         return _ok(interface=ifname)
 
     def plug_network(self, req: Request) -> Response:

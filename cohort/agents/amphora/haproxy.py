@@ -30,7 +30,8 @@ from pathlib import Path
 
 from cohort.agents.amphora import stats
 from cohort.agents.amphora.metrics import MetricsProxies
-from cohort.agents.amphora.proc import CommandFailed, cmdline, pid_alive, read_pid, run
+from cohort.agents.common.files import atomic_write
+from cohort.agents.common.proc import CommandFailed, cmdline, pid_alive, read_pid, run
 
 HAPROXY = "haproxy"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -225,10 +226,7 @@ class HaproxyManager:
             state = stats.query(str(self.stats_socket(lb_id)), "show servers state")
         except OSError:
             return
-        path = self._path(lb_id, ".state")
-        tmp = self._path(lb_id, ".state.new")
-        tmp.write_text(state)
-        os.replace(tmp, path)
+        atomic_write(self._path(lb_id, ".state"), state)
 
     def reload(self, lb_id: str, timeout: float = 10.0) -> None:
         """Seamless reload onto the installed configuration; starts HAProxy if it is not running."""
@@ -287,11 +285,7 @@ class HaproxyManager:
         path = d / filename
         if path.exists() and path.read_bytes() == pem:
             return path, False
-        tmp = d / f".{filename}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        os.replace(tmp, path)
+        atomic_write(path, pem, mode=0o600)
         return path, True
 
     # -- runtime state --------------------------------------------------------------------------

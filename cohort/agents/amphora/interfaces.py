@@ -1,4 +1,4 @@
-"""Interface plumbing inside the amphora: find a hot-plugged port by MAC, address it, place the VIP.
+"""Interface plumbing inside the amphora: address its hot-plugged ports and place the VIP.
 
 The three VIP modes match the topologies: ``interface`` (SINGLE: the VIP on the
 port, announced with gratuitous ARP), ``keepalived`` (ACTIVE_STANDBY: VRRP moves
@@ -9,16 +9,13 @@ answers ARP for it, since the Distributor or the routers own the VIP).
 from __future__ import annotations
 
 import ipaddress
-import json
-import socket
-import struct
 from dataclasses import dataclass
 from typing import Any
 
-from cohort.agents.amphora.proc import run
+from cohort.agents.common.net import find_interface, gratuitous_arp, ip_json, normalize_mac, set_sysctl
+from cohort.agents.common.proc import run
 
 VIP_MODES = ("interface", "keepalived", "loopback")
-ETH_P_ARP = 0x0806
 
 
 @dataclass(frozen=True)
@@ -40,30 +37,9 @@ class PortSpec:
         return addr, net.prefixlen
 
 
-def normalize_mac(mac: str) -> str:
-    parts = mac.strip().lower().replace("-", ":").split(":")
-    if len(parts) != 6 or not all(len(p) == 2 and int(p, 16) >= 0 for p in parts):
-        raise ValueError(f"invalid MAC address {mac!r}")
-    return ":".join(parts)
-
-
-def _ip_json(*args: str) -> list[dict[str, Any]]:
-    data = json.loads(run(["ip", "-j", *args]) or "[]")
-    return data if isinstance(data, list) else []
-
-
-def find_interface(mac: str) -> str:
-    """The name of the interface with ``mac``; LookupError if it is not (yet) there."""
-    wanted = normalize_mac(mac)
-    for link in _ip_json("link", "show"):
-        if str(link.get("address", "")).lower() == wanted:
-            return str(link["ifname"])
-    raise LookupError(f"no interface with MAC {wanted}")
-
-
 def list_interfaces() -> list[dict[str, Any]]:
     out = []
-    for link in _ip_json("addr", "show"):
+    for link in ip_json("addr", "show"):
         addrs = [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if "local" in a]
         out.append(
             {
@@ -74,12 +50,6 @@ def list_interfaces() -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def set_sysctl(name: str, value: str) -> None:
-    # /proc/sys/net is per network namespace: this touches only the amphora's.
-    with open("/proc/sys/" + name.replace(".", "/"), "w") as f:
-        f.write(value)
 
 
 def _configure_port(spec: PortSpec) -> str:
@@ -120,23 +90,3 @@ def plug_vip(spec: PortSpec, vip: str, vip_mode: str) -> str:
         run(["ip", "link", "set", "dev", "lo", "up"])
         run(["ip", "addr", "replace", f"{vip_addr}/{host_prefix}", "dev", "lo"])
     return ifname
-
-
-def _mac_bytes(mac: str) -> bytes:
-    return bytes(int(p, 16) for p in normalize_mac(mac).split(":"))
-
-
-def gratuitous_arp(ifname: str, ip: str, count: int = 2) -> None:
-    """Broadcast ARP requests for ``ip`` from ``ifname`` so neighbours update their caches.
-
-    Done with a packet socket rather than ``arping`` so the agent needs no extra package.
-    """
-    links = _ip_json("link", "show", "dev", ifname)
-    mac = _mac_bytes(str(links[0]["address"]))
-    ip_b = socket.inet_aton(ip)
-    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip_b + b"\x00" * 6 + ip_b
-    frame = b"\xff" * 6 + mac + struct.pack("!H", ETH_P_ARP) + arp
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
-        s.bind((ifname, ETH_P_ARP))
-        for _ in range(count):
-            s.send(frame)

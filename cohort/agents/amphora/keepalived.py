@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from cohort.agents.amphora.haproxy import InvalidConfig
-from cohort.agents.amphora.proc import CommandFailed, cmdline, pid_alive, read_pid, run
+from cohort.agents.common.proc import CommandFailed, cmdline, pid_alive, read_pid, run
 
 KEEPALIVED = "keepalived"
 

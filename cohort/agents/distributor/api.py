@@ -8,16 +8,14 @@ retries), a failing kernel command 500.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import socket
-from collections.abc import Callable
 from typing import Any
 
 from cohort import __version__
-from cohort.agents.amphora.interfaces import normalize_mac
-from cohort.agents.amphora.proc import CommandFailed
-from cohort.agents.amphora.server import Handler, HttpError, Request, Response, Router
+from cohort.agents.common.http import Request, Response, Route, Router
+from cohort.agents.common.net import normalize_mac
+from cohort.agents.common.proc import CommandFailed
 from cohort.agents.distributor import AGENT_VERSION
 from cohort.agents.distributor.service import DistributorService, MemberSpec, VipSpec
 from cohort.distributor.nft import AFFINITIES
@@ -25,23 +23,7 @@ from cohort.distributor.probes import ProbeSettings
 
 MEMBER_STATES = ("ACTIVE", "DRAINING")
 MAX_MEMBERS = 512
-
-
-def _errors(fn: Handler) -> Handler:
-    @functools.wraps(fn)
-    def wrapper(req: Request) -> Response:
-        try:
-            return fn(req)
-        except HttpError:
-            raise
-        except (ValueError, TypeError) as e:
-            raise HttpError(400, str(e)) from e
-        except LookupError as e:
-            raise HttpError(404, str(e)) from e
-        except CommandFailed as e:
-            raise HttpError(500, str(e)) from e
-
-    return wrapper
+ERRORS = (((ValueError, TypeError), 400), (LookupError, 404), (CommandFailed, 500))
 
 
 def _str(body: dict[str, Any], name: str, default: str | None = None) -> str:
@@ -150,17 +132,14 @@ class DistributorApi:
         self.service = service
 
     def router(self) -> Router:
-        r = Router()
-        routes: list[tuple[str, str, Callable[[Request], Response]]] = [
+        routes: list[Route] = [
             ("GET", "/1.0/info", self.info),
             ("GET", "/1.0/status", self.status),
             ("POST", "/1.0/vips/{lb_id}", self.plug_vip),
             ("DELETE", "/1.0/vips/{lb_id}", self.unplug_vip),
             ("PUT", "/1.0/vips/{lb_id}/amphorae", self.set_amphorae),
         ]
-        for method, pattern, handler in routes:
-            r.add(method, pattern, _errors(handler))
-        return r
+        return Router(routes, ERRORS)
 
     def info(self, req: Request) -> Response:
         return Response(

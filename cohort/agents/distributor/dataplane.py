@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 from collections.abc import Iterable, Sequence
-from typing import Any
 
-from cohort.agents.amphora.interfaces import find_interface, gratuitous_arp, set_sysctl
-from cohort.agents.amphora.proc import CommandFailed
+from cohort.agents.common.net import find_interface, gratuitous_arp, ip_json, set_sysctl
+from cohort.agents.common.proc import CommandFailed, run
 from cohort.distributor import nft
 
 LOG = logging.getLogger(__name__)
@@ -35,24 +33,12 @@ NAMESPACE_SYSCTLS = {
 }
 
 
-def run(cmd: Sequence[str], stdin: str | None = None, timeout: float = 30.0) -> str:
-    proc = subprocess.run(list(cmd), input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
-    if proc.returncode != 0:
-        raise CommandFailed(cmd, proc.returncode, proc.stderr or proc.stdout)
-    return proc.stdout
-
-
-def _ip_json(*args: str) -> list[dict[str, Any]]:
-    data = json.loads(run(["ip", "-j", *args]) or "[]")
-    return data if isinstance(data, list) else []
-
-
 class DataPlane:
     def prepare(self) -> None:
         """Namespace-wide settings, and the local table moved behind the fwmark rules."""
         for name, value in NAMESPACE_SYSCTLS.items():
             set_sysctl(name, value)
-        rules = _ip_json("rule", "show")
+        rules = ip_json("rule", "show")
         local = {r.get("priority") for r in rules if r.get("table") == "local"}
         if nft.LOCAL_PREF not in local:
             run(["ip", "rule", "add", "pref", str(nft.LOCAL_PREF), "lookup", "local"])
@@ -82,9 +68,9 @@ class DataPlane:
 
     def existing_routing(self) -> nft.Routing:
         return nft.Routing(
-            nft.parse_rules(_ip_json("-4", "rule", "show")),
-            nft.parse_routes(_ip_json("-4", "route", "show", "table", "all")),
-            nft.parse_neighbours(_ip_json("-4", "neigh", "show", "nud", "permanent")),
+            nft.parse_rules(ip_json("-4", "rule", "show")),
+            nft.parse_routes(ip_json("-4", "route", "show", "table", "all")),
+            nft.parse_neighbours(ip_json("-4", "neigh", "show", "nud", "permanent")),
         )
 
     def nft_keys(self) -> set[str]:

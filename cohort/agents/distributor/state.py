@@ -10,11 +10,11 @@ out again soon, so a flow still pinned to it cannot land on a newcomer.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cohort.agents.common.files import atomic_write
 from cohort.distributor.nft import MIN_TABLE
 from cohort.distributor.probes import ProbeSettings
 
@@ -110,14 +110,4 @@ class StateStore:
         return AgentState.from_json(json.loads(text))
 
     def save(self, state: AgentState) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(state.to_json(), f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic_write(self.path, json.dumps(state.to_json(), indent=1, sort_keys=True), durable=True)

@@ -9,102 +9,44 @@ a configuration the agent (HAProxy, keepalived) or the renderer refuses is
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import httpx
-
 from cohort.datamodel import Amphora, LoadBalancer
+from cohort.drivers.agent_client import AgentClient
 from cohort.drivers.amphora.haproxy_config import cert_filename, render_haproxy
 from cohort.drivers.amphora.keepalived_config import render_keepalived
 from cohort.drivers.errors import DriverError, PermanentDriverError
 from cohort.drivers.network.base import PluggedPort
-from cohort.pki import CertPaths, client_ssl_context
+from cohort.pki import CertPaths
 
 VRRP_ROLES = ("MASTER", "BACKUP")
-
-
-def _reason(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip() or response.reason_phrase
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return str(body["error"])
-    return response.text.strip()
 
 
 class RestAmphoraDriver:
     def __init__(
         self, client_cert: CertPaths, port: int = 9443, timeout: float = 60.0, connect_timeout: float = 5.0
     ) -> None:
-        self.port = port
         # Reloads and config checks run HAProxy inside the agent: allow for them, but not for a dead peer.
-        self._client = httpx.Client(
-            verify=client_ssl_context(client_cert),
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-        )
+        self._agent = AgentClient("amphora", client_cert, port, timeout, connect_timeout)
+
+    @property
+    def port(self) -> int:
+        return self._agent.port
 
     def close(self) -> None:
-        self._client.close()
+        self._agent.close()
 
     # -- transport ------------------------------------------------------------------------------
-    def _url(self, amphora: Amphora, path: str) -> str:
-        host = amphora.lb_network_ip
-        if not host:
-            raise DriverError(f"amphora {amphora.id} has no management address yet")
-        if ":" in host:
-            host = f"[{host}]"
-        return f"https://{host}:{self.port}{path}"
-
-    def _request(
-        self,
-        method: str,
-        amphora: Amphora,
-        path: str,
-        *,
-        json: Any = None,
-        content: bytes | str | None = None,
-        allow: tuple[int, ...] = (),
-        timeout: float | None = None,
-    ) -> httpx.Response:
-        """One call to the agent; statuses in ``allow`` are returned, other failures raised."""
-        kwargs: dict[str, Any] = {}
-        if timeout is not None:
-            kwargs["timeout"] = timeout
-        try:
-            response = self._client.request(
-                method, self._url(amphora, path), json=json, content=content, **kwargs
-            )
-        except httpx.TransportError as e:
-            raise DriverError(f"amphora {amphora.id}: {method} {path}: {type(e).__name__}: {e}") from e
-        if response.is_success or response.status_code in allow:
-            return response
-        reason = f"amphora {amphora.id}: {method} {path}: {response.status_code} {_reason(response)}"
-        if response.status_code in (400, 405, 413, 422):
-            raise PermanentDriverError(reason)
-        raise DriverError(reason)
-
     def _info(self, amphora: Amphora, timeout: float | None = None) -> dict[str, Any]:
-        body = self._request("GET", amphora, "/1.0/info", timeout=timeout).json()
+        body = self._agent.request("GET", amphora, "/1.0/info", timeout=timeout).json()
         if not isinstance(body, dict):
             raise DriverError(f"amphora {amphora.id}: unexpected info {body!r}")
         return body
 
     # -- AmphoraDriver --------------------------------------------------------------------------
     def wait_ready(self, amphora: Amphora, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                return self._info(amphora, timeout=max(0.5, min(5.0, remaining)))
-            except PermanentDriverError:
-                raise
-            except DriverError as e:
-                if time.monotonic() + 0.5 > deadline:
-                    raise DriverError(f"amphora {amphora.id} not ready after {timeout:.0f}s: {e}") from e
-            time.sleep(0.5)
+        return self._agent.wait_ready(amphora, timeout, lambda t: self._info(amphora, timeout=t))
 
     def post_vip_plug(self, amphora: Amphora, port: PluggedPort, vip: str, vip_mode: str) -> None:
         body = {
@@ -115,11 +57,11 @@ class RestAmphoraDriver:
             "vip_mode": vip_mode,
         }
         # A 404 (the hot-plugged interface has not appeared yet) stays retryable.
-        self._request("POST", amphora, f"/1.0/plug/vip/{vip}", json=body)
+        self._agent.request("POST", amphora, f"/1.0/plug/vip/{vip}", json=body)
 
     def post_network_plug(self, amphora: Amphora, port: PluggedPort) -> None:
         body = {"mac_address": port.mac_address, "address": port.address, "subnet_cidr": port.subnet_cidr}
-        self._request("POST", amphora, "/1.0/plug/network", json=body)
+        self._agent.request("POST", amphora, "/1.0/plug/network", json=body)
 
     def update(
         self,
@@ -133,19 +75,19 @@ class RestAmphoraDriver:
         base = f"/1.0/loadbalancer/{lb.id}"
         changed = False
         for ref, pem in sorted(certificates.items()):
-            r = self._request("PUT", amphora, f"{base}/certificates/{cert_filename(ref)}", content=pem)
+            r = self._agent.request("PUT", amphora, f"{base}/certificates/{cert_filename(ref)}", content=pem)
             changed |= bool(r.json().get("changed", True))
         try:
             config = render_haproxy(lb, amphora, cert_dir, state_dir=state_dir)
         except ValueError as e:
             raise PermanentDriverError(f"load balancer {lb.id}: {e}") from e
-        r = self._request("PUT", amphora, f"{base}/haproxy", content=config)
+        r = self._agent.request("PUT", amphora, f"{base}/haproxy", content=config)
         result = r.json()
         changed |= bool(result.get("changed", True))
         if not result.get("running"):
-            self._request("PUT", amphora, f"{base}/start")
+            self._agent.request("PUT", amphora, f"{base}/start")
         elif changed:
-            self._request("PUT", amphora, f"{base}/reload")
+            self._agent.request("PUT", amphora, f"{base}/reload")
         if lb.topology.name == "ACTIVE_STANDBY" and amphora.role in VRRP_ROLES:
             self._update_vrrp(amphora, lb, peers, info, state_dir)
 
@@ -163,18 +105,18 @@ class RestAmphoraDriver:
             config = render_keepalived(lb, amphora, peers, interface=str(interface), state_dir=state_dir)
         except ValueError as e:
             raise PermanentDriverError(f"load balancer {lb.id} on amphora {amphora.id}: {e}") from e
-        result = self._request("PUT", amphora, "/1.0/vrrp/config", content=config).json()
+        result = self._agent.request("PUT", amphora, "/1.0/vrrp/config", content=config).json()
         if not result.get("running"):
-            self._request("PUT", amphora, "/1.0/vrrp/start")
+            self._agent.request("PUT", amphora, "/1.0/vrrp/start")
         elif result.get("changed", True):
-            self._request("PUT", amphora, "/1.0/vrrp/reload")
+            self._agent.request("PUT", amphora, "/1.0/vrrp/reload")
 
     def remove_lb(self, amphora: Amphora, lb_id: str) -> None:
-        self._request("DELETE", amphora, f"/1.0/loadbalancer/{lb_id}", allow=(404,))
+        self._agent.request("DELETE", amphora, f"/1.0/loadbalancer/{lb_id}", allow=(404,))
         if amphora.role in VRRP_ROLES:
-            self._request("PUT", amphora, "/1.0/vrrp/stop")
+            self._agent.request("PUT", amphora, "/1.0/vrrp/stop")
 
     def get_config(self, amphora: Amphora, lb_id: str) -> str:
         """The installed HAProxy configuration, or "" when the amphora has none for ``lb_id``."""
-        r = self._request("GET", amphora, f"/1.0/loadbalancer/{lb_id}/haproxy", allow=(404,))
+        r = self._agent.request("GET", amphora, f"/1.0/loadbalancer/{lb_id}/haproxy", allow=(404,))
         return "" if r.status_code == 404 else r.text

@@ -1,4 +1,8 @@
-"""Running the amphora's system commands (ip, sysctl, haproxy, keepalived) with readable failures."""
+"""Running an agent's system commands (ip, nft, sysctl, haproxy, keepalived) and reading processes.
+
+Owns ``CommandFailed`` (a command's own message, readable in API errors) and the
+``/proc`` readers both agents use to adopt the daemons a previous agent left running.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +20,9 @@ class CommandFailed(RuntimeError):
         self.output = output
 
 
-def run(cmd: Sequence[str], timeout: float = 30.0) -> str:
-    """Run ``cmd``, return its stdout; raise CommandFailed with its message when it fails."""
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False)
+def run(cmd: Sequence[str], stdin: str | None = None, timeout: float = 30.0) -> str:
+    """Run ``cmd`` (fed ``stdin``), return its stdout; raise CommandFailed with its message when it fails."""
+    proc = subprocess.run(list(cmd), input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise CommandFailed(cmd, proc.returncode, proc.stderr or proc.stdout)
     return proc.stdout

@@ -1,7 +1,8 @@
-"""The agent's HTTPS plumbing: a threaded mutual-TLS server and a tiny regex router.
+"""The agents' HTTPS plumbing: a threaded mutual-TLS server and a tiny regex router.
 
 Kept apart from the routes so the HTTP and TLS details (handshake off the accept
-thread, body limits, JSON/text responses) live in one place.
+thread, body limits, JSON/text responses) and the mapping of a handler's exceptions
+to statuses live in one place, for both the amphora and the distributor agent.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 import socket
 import socketserver
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -61,16 +62,41 @@ class HttpError(Exception):
 
 
 Handler = Callable[[Request], Response]
+Route = tuple[str, str, Handler]
+# (exception class or classes, status): the first that matches turns a handler's exception into HttpError.
+ErrorStatuses = Iterable[tuple[type[Exception] | tuple[type[Exception], ...], int]]
 
 
 class Router:
-    def __init__(self) -> None:
+    """Routes ``(method, pattern, handler)``; ``errors`` maps what handlers raise to statuses."""
+
+    def __init__(self, routes: Iterable[Route] = (), errors: ErrorStatuses = ()) -> None:
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self._errors = tuple(errors)
+        for method, pattern, handler in routes:
+            self.add(method, pattern, handler)
 
     def add(self, method: str, pattern: str, handler: Handler) -> None:
         """``pattern`` uses ``{name}`` for one path segment."""
         regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern)
-        self._routes.append((method, re.compile(f"^{regex}$"), handler))
+        self._routes.append((method, re.compile(f"^{regex}$"), self._mapped(handler)))
+
+    def _mapped(self, handler: Handler) -> Handler:
+        if not self._errors:
+            return handler
+
+        def mapped(req: Request) -> Response:
+            try:
+                return handler(req)
+            except HttpError:
+                raise
+            except Exception as e:
+                for kinds, status in self._errors:
+                    if isinstance(e, kinds):
+                        raise HttpError(status, str(e)) from e
+                raise
+
+        return mapped
 
     def dispatch(self, method: str, path: str, body: bytes) -> Response:
         allowed = False
