@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cohort import datamodel as d
+from cohort.controller import desired
 from cohort.controller.amphorae import SCALED_IN
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
@@ -121,26 +122,37 @@ class ClusterManager:
                                              weight=row.weight, state=row.state))
         self.drivers.distributor.set_amphorae(ref, lb_id, members)
 
-    def wait_drained(self, ref: DistributorRef, lb_id: str, amphora_ids: list[str]) -> None:
-        """Until the draining amphorae have no open flows left, or the drain timeout passes."""
+    def drain(self, lb_id: str, amphora_ids: list[str]) -> None:
+        """The distributor already sends them no new flows; now their HAProxy closes gracefully and the
+        drain ends when it has no connection left, or when the drain timeout passes."""
         if not amphora_ids:
             return
-        deadline = time.monotonic() + self.drain_timeout
-        while time.monotonic() < deadline:
+        leaving = self._snapshots(amphora_ids)
+        for amphora in leaving:
             try:
-                open_flows = self._open_flows(ref, lb_id, amphora_ids)
+                self.drivers.amphora.drain(amphora, lb_id)
             except DriverError as exc:
-                log.info("drain of %s: distributor status unavailable (%s)", amphora_ids, exc)
-                open_flows = 1
-            if open_flows == 0:
-                return
-            time.sleep(0.5)
-        log.info("drain of %s on %s timed out after %.0fs", amphora_ids, lb_id, self.drain_timeout)
+                log.info("drain of amphora %s: %s", amphora.id, exc)
+        deadline = time.monotonic() + self.drain_timeout
+        pending = list(leaving)
+        while pending and time.monotonic() < deadline:
+            still = []
+            for amphora in pending:
+                try:
+                    if not self.drivers.amphora.drained(amphora, lb_id):
+                        still.append(amphora)
+                except DriverError:
+                    pass  # an amphora that no longer answers has nothing left to drain
+            pending = still
+            if pending:
+                time.sleep(0.5)
+        if pending:
+            log.info("drain of %s on %s timed out after %.0fs", [a.id for a in pending], lb_id, self.drain_timeout)
 
-    def _open_flows(self, ref: DistributorRef, lb_id: str, amphora_ids: list[str]) -> int:
-        status = self.drivers.distributor.status(ref)
-        members = (status.get("vips", {}).get(lb_id) or {}).get("members", {})
-        return sum(int((members.get(a) or {}).get("flows", 0)) for a in amphora_ids)
+    def _snapshots(self, amphora_ids: list[str]) -> list[d.Amphora]:
+        with self.sessions() as session:
+            rows = [session.get(m.Amphora, ident) for ident in amphora_ids]
+            return [desired.amphora(row) for row in rows if row is not None]
 
     def remove_vip(self, lb_id: str) -> None:
         with self.sessions() as session:

@@ -181,7 +181,7 @@ class Reconciler:
         with self.sessions() as session:
             leaving = self.cluster.leaving_by_scale_in(session, lb.id)
         self.cluster.register(ref, lb.id, active=ids, draining=leaving)
-        self.cluster.wait_drained(ref, lb.id, leaving)
+        self.cluster.drain(lb.id, leaving)
         self.cluster.register(ref, lb.id, active=ids, draining=[])
 
     def _delete(self, lb_id: str) -> None:

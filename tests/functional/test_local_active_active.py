@@ -48,6 +48,38 @@ print(json.dumps({"broken": broken, "alive": sum(c is not None for c in connecti
 """
 
 
+RETRYING_CLIENT = r"""
+import http.client, json, sys, time
+vip, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+connections = [http.client.HTTPConnection(vip, 80, timeout=3) for _ in range(count)]
+ok = failed = reconnects = 0
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    for index in range(count):
+        for attempt in (1, 2):
+            try:
+                connections[index].request("GET", "/")
+                response = connections[index].getresponse()
+                response.read()
+                if response.getheader("Connection", "").lower() == "close":
+                    connections[index].close()
+                ok += 1
+                break
+            except (http.client.RemoteDisconnected, ConnectionError, http.client.CannotSendRequest) as exc:
+                connections[index].close()
+                connections[index] = http.client.HTTPConnection(vip, 80, timeout=3)
+                reconnects += 1
+                if attempt == 2:
+                    failed += 1
+            except Exception:
+                failed += 1
+                connections[index] = http.client.HTTPConnection(vip, 80, timeout=3)
+                break
+    time.sleep(0.05)
+print(json.dumps({"ok": ok, "failed": failed, "reconnects": reconnects}))
+"""
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Api, Any]]:
     state = tmp_path_factory.mktemp("cohort-aa")
@@ -138,6 +170,22 @@ def test_cluster_of_three_serves_one_vip(env: tuple[Any, Api, Any]) -> None:
     assert len(amphorae) == 4
     wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[1]["loadbalancer"]["operating_status"]
              == "ONLINE", timeout=15)
+
+    # Scale in 4 -> 3 under keep-alive load: the leaving amphora drains gracefully. Clients behave as
+    # HTTP clients do: a request on a keep-alive connection the server closed is retried once on a
+    # new connection; no request may fail even so.
+    runner = subprocess.Popen(["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", RETRYING_CLIENT, vip,
+                               "30", "16"], stdout=subprocess.PIPE, text=True)
+    time.sleep(2)
+    assert api.put(f"/v2/octavia/clusters/{cluster['id']}", {"cluster": {"desired_size": 3}})[0] == 200
+    api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=90)
+    out, _ = runner.communicate(timeout=60)
+    result = json.loads(out.strip().splitlines()[-1])
+    print(f"scale-in under load: {result}")
+    assert result["failed"] == 0 and result["ok"] > 100, result
+    assert api.put(f"/v2/octavia/clusters/{cluster['id']}", {"cluster": {"desired_size": 4}})[0] == 200
+    api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=90)
+    amphorae = api.get(f"/v2/octavia/amphorae?loadbalancer_id={lb_id}")[1]["amphorae"]
 
     # N+1: an amphora dies; the others carry its traffic at once and a replacement is built.
     victim = amphorae[0]

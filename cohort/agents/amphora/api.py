@@ -24,6 +24,7 @@ from cohort.agents.common.http import HttpError, Request, Response, Route, Route
 from cohort.agents.common.proc import CommandFailed
 
 ACTIONS = ("start", "stop", "reload")
+LB_ACTIONS = (*ACTIONS, "drain")
 ERRORS = ((ValueError, 400), (LookupError, 404), (CommandFailed, 500))
 
 
@@ -154,10 +155,12 @@ class AmphoraApi:
 
     def lb_action(self, req: Request) -> Response:
         lb_id, action = req.params["lb_id"], req.params["action"]
-        if action not in ACTIONS:
+        if action not in LB_ACTIONS:
             raise HttpError(404, f"unknown action {action!r}")
         if action == "stop":
             self.haproxy.stop(lb_id)
+        elif action == "drain":
+            self.haproxy.drain(lb_id)
         else:
             # start and reload both need an installed configuration.
             self.haproxy.get_config(lb_id)

@@ -248,6 +248,17 @@ class HaproxyManager:
                 time.sleep(0.05)
             raise RuntimeError(f"haproxy of {lb_id} did not reload within {timeout}s")
 
+    def drain(self, lb_id: str) -> None:
+        """Soft stop without waiting: HAProxy stops accepting, closes idle keep-alive connections, answers
+        the requests in flight with ``Connection: close`` and exits when the last connection ends.
+
+        Clients then reconnect, and their new connections reach amphorae that stay.
+        """
+        with self._lock:
+            pid = self.master_pid(lb_id)
+            if pid is not None:
+                os.kill(pid, signal.SIGUSR1)
+
     def stop(self, lb_id: str) -> None:
         """Soft stop (connections may finish for ``stop_grace`` seconds), then terminate."""
         with self._lock:

@@ -42,6 +42,14 @@ class AmphoraDriver(Protocol):
         """
         ...
 
+    def drain(self, amphora: Amphora, lb_id: str) -> None:
+        """Stop taking connections and let the open ones finish (graceful close of idle keep-alives)."""
+        ...
+
+    def drained(self, amphora: Amphora, lb_id: str) -> bool:
+        """True once the load balancer's engine on this amphora has no connection left."""
+        ...
+
     def remove_lb(self, amphora: Amphora, lb_id: str) -> None:
         """Stop serving the load balancer and delete its configuration; idempotent."""
         ...

@@ -36,6 +36,12 @@ class NoopAmphoraDriver:
         with self._lock:
             self.configs[(amphora.id, lb.id)] = lb
 
+    def drain(self, amphora: Amphora, lb_id: str) -> None:
+        self._record("drain", amphora)
+
+    def drained(self, amphora: Amphora, lb_id: str) -> bool:
+        return True
+
     def remove_lb(self, amphora: Amphora, lb_id: str) -> None:
         self._record("remove_lb", amphora)
         with self._lock:

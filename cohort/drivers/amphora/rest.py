@@ -111,6 +111,13 @@ class RestAmphoraDriver:
         elif result.get("changed", True):
             self._agent.request("PUT", amphora, "/1.0/vrrp/reload")
 
+    def drain(self, amphora: Amphora, lb_id: str) -> None:
+        self._agent.request("PUT", amphora, f"/1.0/loadbalancer/{lb_id}/drain", allow=(404,))
+
+    def drained(self, amphora: Amphora, lb_id: str) -> bool:
+        r = self._agent.request("GET", amphora, f"/1.0/loadbalancer/{lb_id}/stats", allow=(404,))
+        return r.status_code == 404 or not r.json().get("running", False)
+
     def remove_lb(self, amphora: Amphora, lb_id: str) -> None:
         self._agent.request("DELETE", amphora, f"/1.0/loadbalancer/{lb_id}", allow=(404,))
         if amphora.role in VRRP_ROLES:
