@@ -43,11 +43,13 @@ def build(settings: Settings) -> Cohort:
     upgrade(settings.db_url)
     engine = make_engine(settings.db_url)
     sessions = make_sessionmaker(engine)
+    readers = make_sessionmaker(engine, writer=False)
     drivers = make_drivers(settings)
     reconciler = Reconciler(settings, sessions, drivers,
-                            certificates=lambda session, lb_id: certificates_for(session, settings, lb_id))
+                            certificates=lambda session, lb_id: certificates_for(session, settings, lb_id),
+                            read_sessions=readers)
     app = create_app(AppState(settings, sessions, drivers.network, on_change=reconciler.wake,
-                              read_sessions=make_sessionmaker(engine, writer=False)))
+                              read_sessions=readers))
     failover = FailoverWatcher(settings, sessions, drivers, on_change=reconciler.wake)
     return Cohort(settings, engine, sessions, drivers, reconciler, HealthManager(sessions), failover, app)
 

@@ -11,17 +11,19 @@ from cohort.api.routes import (
     admin,
     catalog,
     healthmonitors,
+    identity,
     l7,
     listeners,
     loadbalancers,
     members,
+    network,
     pools,
     quotas,
     secrets,
     versions,
 )
 
-RESOURCE_ROUTERS = (loadbalancers, listeners, pools, members, healthmonitors, l7, quotas, catalog, admin)
+RESOURCE_ROUTERS = (loadbalancers, listeners, pools, members, healthmonitors, l7, quotas, catalog, admin, network)
 
 
 def create_app(state: AppState) -> FastAPI:
@@ -30,6 +32,7 @@ def create_app(state: AppState) -> FastAPI:
     install_handlers(app)
     app.include_router(versions.router)
     app.include_router(secrets.router)
+    app.include_router(identity.router, include_in_schema=False)
     for prefix, in_schema in (("/v2", True), ("/v2.0", False)):
         for module in RESOURCE_ROUTERS:
             app.include_router(module.router, prefix=prefix, include_in_schema=in_schema)

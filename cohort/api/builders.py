@@ -178,13 +178,16 @@ def build_member(session: Session, pool: m.Pool, body: s.MemberCreate, network: 
                            f"{body.protocol_port}")
     fields = {k: v for k, v in given(body).items() if k != "project_id" and v is not None}
     fields["subnet_id"] = resolve_subnet(network, body.subnet_id)
+    # Read the monitor before the new member joins pool.members (an autoflush in between would warn).
+    watched = pool.health_monitor is not None
     member = m.Member(pool=pool, **pending_create(pool.project_id), **fields)
-    member.operating_status = "OFFLINE" if pool.health_monitor is not None else "NO_MONITOR"
+    member.operating_status = "OFFLINE" if watched else "NO_MONITOR"
     session.add(member)
     return member
 
 
 HTTP_MONITORS = ("HTTP", "HTTPS")
+HTTP_MONITOR_DEFAULTS = {"http_method": "GET", "url_path": "/", "expected_codes": "200"}
 
 
 def monitor_fields(monitor_type: str, fields: dict[str, Any],
@@ -200,12 +203,14 @@ def monitor_fields(monitor_type: str, fields: dict[str, Any],
                 raise InvalidInput(f"{name} is only valid for HTTP and HTTPS health monitors, not {monitor_type}.")
     if fields.get("domain_name") and (fields.get("http_version") or (existing and existing.http_version)) != 1.1:
         raise InvalidInput("domain_name requires http_version 1.1.")
-    if existing is None and monitor_type in HTTP_MONITORS:
-        fields.setdefault("http_method", "GET")
-        fields.setdefault("url_path", "/")
-        fields.setdefault("expected_codes", "200")
-    if existing is None:
-        fields.setdefault("max_retries_down", 3)
+    # Octavia's defaults, on create and when an update unsets (sends null for) one of them.
+    defaults: dict[str, Any] = dict(HTTP_MONITOR_DEFAULTS) if monitor_type in HTTP_MONITORS else {}
+    defaults["max_retries_down"] = 3
+    for name, default in defaults.items():
+        if existing is None:
+            fields.setdefault(name, default)
+        if name in fields and fields[name] is None:
+            fields[name] = default
     return {k: v for k, v in fields.items() if v is not None or existing is not None}
 
 
@@ -312,24 +317,47 @@ def build_l7rule(session: Session, policy: m.L7Policy, body: s.L7RuleCreate) -> 
 
 
 def listeners_using_pool(session: Session, pool_id: str) -> list[str]:
-    default = session.scalars(select(m.Listener.id).where(m.Listener.default_pool_id == pool_id)).all()
-    redirect = session.scalars(
-        select(m.L7Policy.listener_id).where(m.L7Policy.redirect_pool_id == pool_id)).all()
-    return list(dict.fromkeys([*default, *redirect]))
+    return listeners_using_pools(session, [pool_id])[pool_id]
 
 
-def apply_changes(row: Any, changes: dict[str, Any]) -> None:
-    """Set each sent attribute; an explicit null resets it to its default, as Octavia's ``unset`` expects."""
+def listeners_using_pools(session: Session, pool_ids: list[str]) -> dict[str, list[str]]:
+    """The listeners that send traffic to each pool (as default pool or by an L7 redirect), in two queries."""
+    found: dict[str, list[str]] = {pool_id: [] for pool_id in pool_ids}
+    if not pool_ids:
+        return found
+    default = session.execute(select(m.Listener.default_pool_id, m.Listener.id)
+                              .where(m.Listener.default_pool_id.in_(pool_ids)).order_by(m.Listener.created_at))
+    redirect = session.execute(select(m.L7Policy.redirect_pool_id, m.L7Policy.listener_id)
+                               .where(m.L7Policy.redirect_pool_id.in_(pool_ids)).order_by(m.L7Policy.created_at))
+    for pool_id, listener_id in [*default, *redirect]:
+        if listener_id not in found[pool_id]:
+            found[pool_id].append(listener_id)
+    return found
+
+
+def set_fields(row: Any, changes: dict[str, Any]) -> None:
+    """Set each sent attribute; an explicit null resets it to its default, as Octavia's ``unset`` expects.
+
+    A null for an attribute that has neither a default nor may be empty is a 400, not a database error.
+    """
     columns = row.__table__.columns
     for key, value in changes.items():
         if value is None and key in columns:
             default = columns[key].default
             if default is None:
+                if not columns[key].nullable:
+                    raise InvalidInput(f"Invalid input for field/attribute {key}. Value: null. "
+                                       "This attribute cannot be unset.")
                 value = None
             elif callable(default.arg):
                 value = default.arg(None)
             else:
                 value = default.arg
         setattr(row, key, value)
+
+
+def apply_changes(row: Any, changes: dict[str, Any]) -> None:
+    """``set_fields`` on a provisioned object, which then waits for the reconciler to apply the change."""
+    set_fields(row, changes)
     if row.provisioning_status == "ACTIVE" or row.provisioning_status == "ERROR":
         row.provisioning_status = "PENDING_UPDATE"

@@ -20,21 +20,29 @@ def list_collection(
     ctx: RequestContext,
     model: type[Base],
     collection: str,
-    view: Callable[[Any], dict[str, Any]],
+    view: Callable[[Any], dict[str, Any]] | None,
     query: Select[Any] | None = None,
     aliases: dict[str, str] | None = None,
     scoped: bool = True,
     max_limit: int = 1000,
     id_column: str = "id",
+    batch_view: Callable[[list[Any]], list[dict[str, Any]]] | None = None,
+    entities: bool = True,
 ) -> dict[str, Any]:
+    """One page of ``model``; ``batch_view`` (rows to bodies at once) saves per-row queries over ``view``."""
     options = parse_options(list(request.query_params.multi_items()), max_limit)
     query = query if query is not None else select(model)
     if scoped and not ctx.is_admin:
         query = query.where(model.project_id == ctx.project_id)  # type: ignore[attr-defined]
-    rows, has_next, has_previous = apply_options(session, query, model, options, aliases, id_column)
+    rows, has_next, has_previous = apply_options(session, query, model, options, aliases, id_column, entities)
     base_url = str(request.url).split("?", 1)[0]
     links = page_links(base_url, options, rows, has_next, has_previous, lambda row: getattr(row, id_column))
+    if batch_view is not None:
+        bodies = batch_view(rows)
+    else:
+        assert view is not None
+        bodies = [view(row) for row in rows]
     return {
-        collection: [select_fields(view(row), options.fields) for row in rows],
+        collection: [select_fields(body, options.fields) for body in bodies],
         f"{collection}_links": links,
     }

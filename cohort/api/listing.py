@@ -20,6 +20,7 @@ from sqlalchemy import (
     and_,
     cast,
     exists,
+    false,
     func,
     or_,
     select,
@@ -47,6 +48,8 @@ class ListOptions:
     marker: str | None
     page_reverse: bool
     fields: list[str]
+    # The query as sent, so that page links repeat every option but the position.
+    items: tuple[tuple[str, str], ...] = ()
 
 
 def _split(values: Iterable[str]) -> list[str]:
@@ -62,7 +65,8 @@ def parse_options(items: Sequence[tuple[str, str]], max_limit: int) -> ListOptio
         return multi[key][-1] if key in multi else None
 
     limit_text = one("limit")
-    limit: int | None = None
+    # As in Octavia, a list without a limit is one page of at most the maximum (0 means unlimited).
+    limit: int | None = max_limit
     if limit_text is not None:
         try:
             limit = int(limit_text)
@@ -92,6 +96,7 @@ def parse_options(items: Sequence[tuple[str, str]], max_limit: int) -> ListOptio
         marker=one("marker"),
         page_reverse=(one("page_reverse") or "false").lower() in ("true", "1", "yes"),
         fields=_split(multi.get("fields", [])),
+        items=tuple(items),
     )
 
 
@@ -121,8 +126,12 @@ def apply_options(
     options: ListOptions,
     filter_aliases: dict[str, str] | None = None,
     id_column: str = "id",
+    entities: bool = True,
 ) -> tuple[list[Any], bool, bool]:
-    """Run ``query`` with the options; return (rows, has_next, has_previous)."""
+    """Run ``query`` with the options; return (rows, has_next, has_previous).
+
+    ``entities``: ``query`` selects ORM objects (the default); else it selects table rows, returned as such.
+    """
     columns = model.__table__.columns
     aliases = filter_aliases or {}
     for key, raw in options.filters.items():
@@ -156,16 +165,16 @@ def apply_options(
     effective = [(k, _flip(d) if options.page_reverse else d) for k, d in sort]
 
     if options.marker is not None:
-        marker_row = session.get(model, options.marker)
+        table: Any = model.__table__
+        marker_row = session.execute(select(table).where(table.c[id_column] == options.marker)).one_or_none()
         if marker_row is None:
             raise NotFound("Marker", options.marker)
         query = query.where(_after(model, marker_row, effective))
     for key, direction in effective:
-        column = getattr(model, key)
-        query = query.order_by(column.asc() if direction == "asc" else column.desc())
+        query = query.order_by(*_order(getattr(model, key), direction))
     if options.limit:
         query = query.limit(options.limit + 1)
-    rows = list(session.scalars(query).unique())
+    rows = _fetch(session, query, entities)
     more = bool(options.limit) and len(rows) > (options.limit or 0)
     rows = rows[: options.limit] if options.limit else rows
     if options.page_reverse:
@@ -174,18 +183,54 @@ def apply_options(
     return rows, more, options.marker is not None
 
 
+def _fetch(session: Session, query: Select[Any], entities: bool) -> list[Any]:
+    if entities:
+        return list(session.scalars(query).unique())
+    return list(session.execute(query).all())
+
+
 def _flip(direction: str) -> str:
     return "desc" if direction == "asc" else "asc"
+
+
+def _nullable(column: Any) -> bool:
+    return bool(column.property.columns[0].nullable)
+
+
+def _order(column: Any, direction: str) -> list[Any]:
+    """ORDER BY terms: NULLs sort after every value ascending (before them descending), on any database.
+
+    SQLite and PostgreSQL disagree on where NULLs go; an explicit ``IS NULL`` key makes the order the
+    same on both and exactly reversible, which keyset paging backwards relies on.
+    """
+    terms = [column.is_(None)] if _nullable(column) else []
+    terms.append(column)
+    return [term.asc() if direction == "asc" else term.desc() for term in terms]
+
+
+def _beyond(column: Any, value: Any, direction: str) -> ColumnElement[bool]:
+    """Rows whose ``column`` sorts strictly after ``value`` (NULL being the largest value)."""
+    condition: ColumnElement[bool]
+    if value is None:
+        condition = column.is_not(None) if direction == "desc" else false()
+    elif direction == "asc":
+        condition = or_(column > value, column.is_(None)) if _nullable(column) else column > value
+    else:
+        condition = column < value
+    return condition
+
+
+def _equal(column: Any, value: Any) -> ColumnElement[bool]:
+    condition: ColumnElement[bool] = column.is_(None) if value is None else column == value
+    return condition
 
 
 def _after(model: type[Base], marker: Any, sort: list[tuple[str, str]]) -> ColumnElement[bool]:
     """Rows strictly after ``marker`` in the given order (the classic keyset OR-chain)."""
     clauses = []
     for index, (key, direction) in enumerate(sort):
-        equal_prefix = [getattr(model, k) == getattr(marker, k) for k, _ in sort[:index]]
-        column = getattr(model, key)
-        value = getattr(marker, key)
-        beyond = column > value if direction == "asc" else column < value
+        equal_prefix = [_equal(getattr(model, k), getattr(marker, k)) for k, _ in sort[:index]]
+        beyond = _beyond(getattr(model, key), getattr(marker, key), direction)
         clauses.append(and_(*equal_prefix, beyond) if equal_prefix else beyond)
     return or_(*clauses) if clauses else true()
 
@@ -195,14 +240,14 @@ def page_links(base_url: str, options: ListOptions, rows: Sequence[Any], has_nex
     if not rows or not options.limit:
         return []
     links = []
-    keep = {k: v for k, v in options.filters.items()}
-    if options.sort:
-        keep["sort"] = ",".join(f"{k}:{d}" for k, d in options.sort)
+    position = {"limit", "marker", "page_reverse"}
+    keep = [(key, value) for key, value in options.items if key not in position]
+    keep.append(("limit", str(options.limit)))
     if has_next:
-        query = {**keep, "limit": str(options.limit), "marker": id_of(rows[-1])}
+        query = [*keep, ("marker", id_of(rows[-1]))]
         links.append({"href": f"{base_url}?{urlencode(query)}", "rel": "next"})
     if has_previous:
-        query = {**keep, "limit": str(options.limit), "marker": id_of(rows[0]), "page_reverse": "True"}
+        query = [*keep, ("marker", id_of(rows[0])), ("page_reverse", "True")]
         links.append({"href": f"{base_url}?{urlencode(query)}", "rel": "previous"})
     return links
 

@@ -31,7 +31,8 @@ def _common(row: Any) -> dict[str, Any]:
     }
 
 
-def load_balancer(row: m.LoadBalancer) -> dict[str, Any]:
+def load_balancer(row: Any, listener_ids: list[str], pool_ids: list[str]) -> dict[str, Any]:
+    """``row``: a LoadBalancer or a row of its table (the hot reads skip the ORM)."""
     return {
         **_common(row),
         "description": row.description,
@@ -43,8 +44,8 @@ def load_balancer(row: m.LoadBalancer) -> dict[str, Any]:
         "vip_sg_ids": list(row.vip_sg_ids or []),
         "vip_vnic_type": row.vip_vnic_type,
         "additional_vips": list(row.additional_vips or []),
-        "listeners": _refs([listener.id for listener in row.listeners]),
-        "pools": _refs([pool.id for pool in row.pools]),
+        "listeners": _refs(listener_ids),
+        "pools": _refs(pool_ids),
         "provider": row.provider,
         "flavor_id": row.flavor_id,
         "availability_zone": row.availability_zone,

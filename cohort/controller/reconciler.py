@@ -40,9 +40,12 @@ def controller_id() -> str:
 
 class Reconciler:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], drivers: Drivers,
-                 certificates: CertificateSource | None = None, owner: str | None = None) -> None:
+                 certificates: CertificateSource | None = None, owner: str | None = None,
+                 read_sessions: sessionmaker[Session] | None = None) -> None:
         self.settings = settings
         self.sessions = sessions
+        # Polling only reads: on SQLite it must not take the write lock every 0.1 s.
+        self.read_sessions = read_sessions or sessions
         self.drivers = drivers
         self.amphorae = AmphoraManager(sessions, drivers)
         self.cluster = ClusterManager(sessions, drivers, settings.drain_timeout)
@@ -97,7 +100,7 @@ class Reconciler:
 
     def due(self, ignore_backoff: bool = False) -> list[str]:
         now = time.time()
-        with self.sessions() as session:
+        with self.read_sessions() as session:
             query = select(m.LoadBalancer.id).where(
                 m.LoadBalancer.provisioning_status.in_(PENDING),
                 or_(m.LoadBalancer.lease_expires.is_(None), m.LoadBalancer.lease_expires < now,

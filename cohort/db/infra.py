@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cohort.db.base import Base, IdMixin, TimestampMixin
@@ -101,7 +101,7 @@ class BgpSpeaker(IdMixin, TimestampMixin, Base):
     __tablename__ = "bgp_speaker"
 
     name: Mapped[str] = mapped_column(String(255), default="")
-    local_as: Mapped[int] = mapped_column(Integer)
+    local_as: Mapped[int] = mapped_column(BigInteger)  # 4-byte ASNs exceed a signed int4
     ip_version: Mapped[int] = mapped_column(Integer, default=4)
 
 
@@ -111,7 +111,7 @@ class BgpPeer(IdMixin, TimestampMixin, Base):
     name: Mapped[str] = mapped_column(String(255), default="")
     bgp_speaker_id: Mapped[str | None] = mapped_column(ForeignKey("bgp_speaker.id", ondelete="CASCADE"))
     peer_ip: Mapped[str] = mapped_column(String(64))
-    remote_as: Mapped[int] = mapped_column(Integer)
+    remote_as: Mapped[int] = mapped_column(BigInteger)
     auth_type: Mapped[str | None] = mapped_column(String(16))
     md5_password: Mapped[str | None] = mapped_column(String(255))
     ttl_hops: Mapped[int] = mapped_column(Integer, default=1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from cohort.db.base import Base, TenantResourceMixin
@@ -10,6 +10,8 @@ from cohort.db.base import Base, TenantResourceMixin
 
 class LoadBalancer(TenantResourceMixin, Base):
     __tablename__ = "load_balancer"
+    # Default list order and keyset pagination walk (created_at, id).
+    __table_args__ = (Index("ix_load_balancer_created_at_id", "created_at", "id"),)
 
     vip_address: Mapped[str | None] = mapped_column(String(64))
     vip_port_id: Mapped[str | None] = mapped_column(String(36))

@@ -15,11 +15,12 @@ from cohort.api.errors import Conflict, InvalidInput, NotFound
 from cohort.api.guards import lock_load_balancer
 from cohort.api.listing import parse_options, select_fields
 from cohort.api.routes.loadbalancers import request_amphora_replacement
+from cohort.api.routing import JSONRoute
 from cohort.api.schemas import admin as a
 from cohort.api.schemas.common import given, unwrap
 from cohort.db import models as m
 
-router = APIRouter(prefix="/octavia")
+router = APIRouter(prefix="/octavia", route_class=JSONRoute)
 
 LIVE_AMPHORA = ("BOOTING", "ALLOCATED", "READY", "PENDING_CREATE", "ERROR", "PENDING_DELETE")
 
@@ -208,6 +209,9 @@ def _check_peer(session: Session, fields: dict[str, Any], existing: m.BgpPeer | 
     if speaker_id and session.get(m.BgpSpeaker, speaker_id) is None:
         raise InvalidInput(f"BGP speaker {speaker_id} not found.")
     hold = fields.get("hold_time", existing.hold_time if existing else 90)
+    if "hold_time" in fields and "keepalive_interval" not in fields:
+        # The usual BGP timers: keepalives at a third of the hold time (none when it is 0).
+        fields["keepalive_interval"] = hold // 3
     keepalive = fields.get("keepalive_interval", existing.keepalive_interval if existing else 30)
     if hold and keepalive >= hold:
         raise InvalidInput(f"keepalive_interval ({keepalive}) must be less than hold_time ({hold}).")

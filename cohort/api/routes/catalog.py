@@ -10,15 +10,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cohort.api import views
+from cohort.api.builders import set_fields
 from cohort.api.collection import list_collection
 from cohort.api.deps import DB, Ctx, RawBody
 from cohort.api.errors import Conflict, InvalidInput, NotFound
 from cohort.api.listing import parse_options, select_fields
+from cohort.api.routing import JSONRoute
 from cohort.api.schemas import admin as a
 from cohort.api.schemas.common import given, unwrap
 from cohort.db import models as m
 
-router = APIRouter(prefix="/lbaas")
+router = APIRouter(prefix="/lbaas", route_class=JSONRoute)
 
 PROVIDERS = [
     {"name": "amphora", "description": "Cohort amphorae: SINGLE, ACTIVE_STANDBY and ACTIVE_ACTIVE (N+1) "
@@ -156,9 +158,7 @@ def update_flavor(raw: RawBody, ident: str, request: Request, session: DB, ctx: 
     ctx.require_admin()
     body = unwrap(raw, "flavor", a.FlavorUpdate)
     row = _get(session, m.Flavor, ident, "Flavor")
-    for key, value in given(body).items():
-        if value is not None:
-            setattr(row, key, value)
+    set_fields(row, given(body))
     _commit(session, "Flavor")
     return {"flavor": views.flavor(row)}
 
@@ -261,9 +261,7 @@ def update_az(raw: RawBody, name: str, request: Request, session: DB, ctx: Ctx) 
     ctx.require_admin()
     body = unwrap(raw, "availability_zone", a.AvailabilityZoneUpdate)
     row = _get(session, m.AvailabilityZone, name, "Availability zone")
-    for key, value in given(body).items():
-        if value is not None:
-            setattr(row, key, value)
+    set_fields(row, given(body))
     session.commit()
     return {"availability_zone": views.availability_zone(row)}
 

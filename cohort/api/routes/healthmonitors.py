@@ -12,11 +12,12 @@ from cohort.api.collection import list_collection
 from cohort.api.deps import DB, Ctx, RawBody, State
 from cohort.api.guards import check_quota, lock_load_balancer, visible
 from cohort.api.listing import parse_options, select_fields
+from cohort.api.routing import JSONRoute
 from cohort.api.schemas import lbaas as s
 from cohort.api.schemas.common import given, unwrap
 from cohort.db import models as m
 
-router = APIRouter(prefix="/lbaas/healthmonitors")
+router = APIRouter(prefix="/lbaas/healthmonitors", route_class=JSONRoute)
 
 
 @router.post("", status_code=201)

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from cohort.api import views
 from cohort.api.builders import (
@@ -21,11 +22,12 @@ from cohort.api.deps import DB, Ctx, RawBody, State
 from cohort.api.errors import NotFound
 from cohort.api.guards import check_quota, lock_load_balancer, visible
 from cohort.api.listing import parse_options, select_fields
+from cohort.api.routing import JSONRoute
 from cohort.api.schemas import lbaas as s
 from cohort.api.schemas.common import given, unwrap
 from cohort.db import models as m
 
-router = APIRouter(prefix="/lbaas/l7policies")
+router = APIRouter(prefix="/lbaas/l7policies", route_class=JSONRoute)
 
 POLICY_FIELDS = ("action", "redirect_pool_id", "redirect_url", "redirect_prefix", "redirect_http_code")
 
@@ -46,7 +48,8 @@ def create_policy(raw: RawBody, request: Request, session: DB, ctx: Ctx, state: 
 
 @router.get("")
 def list_policies(request: Request, session: DB, ctx: Ctx, state: State) -> dict[str, Any]:
-    return list_collection(request, session, ctx, m.L7Policy, "l7policies", views.l7policy,
+    query = select(m.L7Policy).options(selectinload(m.L7Policy.rules))
+    return list_collection(request, session, ctx, m.L7Policy, "l7policies", views.l7policy, query,
                            max_limit=state.settings.api_max_page)
 
 

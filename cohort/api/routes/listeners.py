@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from cohort.api import views
 from cohort.api.builders import (
@@ -20,12 +22,13 @@ from cohort.api.deps import DB, Ctx, RawBody, State
 from cohort.api.errors import InvalidInput
 from cohort.api.guards import check_quota, lock_load_balancer, visible
 from cohort.api.listing import parse_options, select_fields
+from cohort.api.routing import JSONRoute
 from cohort.api.schemas import lbaas as s
 from cohort.api.schemas.common import given, unwrap
 from cohort.api.stats import stats_body, sum_listener_stats
 from cohort.db import models as m
 
-router = APIRouter(prefix="/lbaas/listeners")
+router = APIRouter(prefix="/lbaas/listeners", route_class=JSONRoute)
 
 
 @router.post("", status_code=201)
@@ -42,7 +45,8 @@ def create(raw: RawBody, request: Request, session: DB, ctx: Ctx, state: State) 
 
 @router.get("")
 def list_(request: Request, session: DB, ctx: Ctx, state: State) -> dict[str, Any]:
-    return list_collection(request, session, ctx, m.Listener, "listeners", views.listener,
+    query = select(m.Listener).options(selectinload(m.Listener.l7policies))
+    return list_collection(request, session, ctx, m.Listener, "listeners", views.listener, query,
                            aliases={"loadbalancer_id": "load_balancer_id"}, max_limit=state.settings.api_max_page)
 
 

@@ -7,31 +7,52 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import bindparam, literal_column, select, union_all
+from sqlalchemy.orm import Session
 
 from cohort.api import views
-from cohort.api.builders import build_listener, build_pool
+from cohort.api.builders import build_listener, build_pool, set_fields
 from cohort.api.collection import list_collection
 from cohort.api.deps import DB, AppState, Ctx, RawBody, State
-from cohort.api.errors import InvalidInput
+from cohort.api.errors import InvalidInput, NotFound
 from cohort.api.guards import check_quota, lock_load_balancer, visible
 from cohort.api.listing import parse_options, select_fields
+from cohort.api.routing import JSONRoute
 from cohort.api.schemas import lbaas as s
 from cohort.api.schemas.common import given, unwrap
 from cohort.api.stats import stats_body, sum_listener_stats
 from cohort.db import models as m
 
-router = APIRouter(prefix="/lbaas/loadbalancers")
+router = APIRouter(prefix="/lbaas/loadbalancers", route_class=JSONRoute)
 
 PROVIDERS = {"amphora", "octavia"}
 
 
-def _load(session: Session, lb_id: str) -> m.LoadBalancer:
-    return session.scalars(
-        select(m.LoadBalancer).where(m.LoadBalancer.id == lb_id)
-        .options(selectinload(m.LoadBalancer.listeners), selectinload(m.LoadBalancer.pools))
-    ).one()
+# The hot reads (show, list) use prebuilt statements on the tables: an ORM load with its
+# relationships costs several times more than the two small queries that the view needs.
+LB_TABLE = m.LoadBalancer.__table__
+LB_BY_ID = select(LB_TABLE).where(LB_TABLE.c.id == bindparam("lb_id"))
+_LISTENER, _POOL = m.Listener.__table__, m.Pool.__table__
+CHILD_IDS = union_all(
+    select(_LISTENER.c.load_balancer_id.label("lb_id"), _LISTENER.c.id, literal_column("'listener'").label("kind"),
+           _LISTENER.c.created_at).where(_LISTENER.c.load_balancer_id.in_(bindparam("lb_ids", expanding=True))),
+    select(_POOL.c.load_balancer_id.label("lb_id"), _POOL.c.id, literal_column("'pool'").label("kind"),
+           _POOL.c.created_at).where(_POOL.c.load_balancer_id.in_(bindparam("lb_ids", expanding=True))),
+).order_by("created_at", "id")
+
+
+def child_ids(session: Session, lb_ids: list[str]) -> dict[str, tuple[list[str], list[str]]]:
+    """Listener and pool ids of each load balancer, in creation order, in one query."""
+    found: dict[str, tuple[list[str], list[str]]] = {lb_id: ([], []) for lb_id in lb_ids}
+    if lb_ids:
+        for row in session.connection().execute(CHILD_IDS, {"lb_ids": lb_ids}):
+            found[row.lb_id][0 if row.kind == "listener" else 1].append(row.id)
+    return found
+
+
+def lb_views(session: Session, rows: list[Any]) -> list[dict[str, Any]]:
+    children = child_ids(session, [row.id for row in rows])
+    return [views.load_balancer(row, *children[row.id]) for row in rows]
 
 
 def resolve_flavor(session: Session, flavor_id: str | None) -> dict[str, Any]:
@@ -110,7 +131,7 @@ def create(raw: RawBody, request: Request, session: DB, ctx: Ctx, state: State) 
     _build_tree(session, state, lb, body)
     session.commit()
     state.on_change()
-    return {"loadbalancer": views.load_balancer(_load(session, lb.id))}
+    return {"loadbalancer": lb_views(session, [lb])[0]}
 
 
 def _build_tree(session: Session, state: AppState, lb: m.LoadBalancer, body: s.LoadBalancerCreate) -> None:
@@ -141,17 +162,18 @@ def _tree_counts(body: s.LoadBalancerCreate) -> dict[type[Any], int]:
 
 @router.get("")
 def list_(request: Request, session: DB, ctx: Ctx, state: State) -> dict[str, Any]:
-    query = select(m.LoadBalancer).options(selectinload(m.LoadBalancer.listeners),
-                                           selectinload(m.LoadBalancer.pools))
-    return list_collection(request, session, ctx, m.LoadBalancer, "loadbalancers", views.load_balancer, query,
-                           max_limit=state.settings.api_max_page)
+    return list_collection(request, session, ctx, m.LoadBalancer, "loadbalancers", None, select(LB_TABLE),
+                           batch_view=lambda rows: lb_views(session, rows), max_limit=state.settings.api_max_page,
+                           entities=False)
 
 
 @router.get("/{lb_id}")
 def show(lb_id: str, request: Request, session: DB, ctx: Ctx) -> dict[str, Any]:
-    visible(session, ctx, m.LoadBalancer, lb_id)
+    row = session.connection().execute(LB_BY_ID, {"lb_id": lb_id}).one_or_none()
+    if row is None or not ctx.can_see(row.project_id):
+        raise NotFound("Load Balancer", lb_id)
     fields = parse_options(list(request.query_params.multi_items()), 1).fields
-    return {"loadbalancer": select_fields(views.load_balancer(_load(session, lb_id)), fields)}
+    return {"loadbalancer": select_fields(lb_views(session, [row])[0], fields)}
 
 
 @router.put("/{lb_id}")
@@ -159,11 +181,11 @@ def update(raw: RawBody, lb_id: str, request: Request, session: DB, ctx: Ctx, st
     body = unwrap(raw, "loadbalancer", s.LoadBalancerUpdate)
     lb = visible(session, ctx, m.LoadBalancer, lb_id)
     lock_load_balancer(session, lb_id)
-    for key, value in given(body).items():
-        setattr(lb, key, value if value is not None or key not in ("name", "description") else "")
+    set_fields(lb, given(body))
     session.commit()
     state.on_change()
-    return {"loadbalancer": views.load_balancer(_load(session, lb_id))}
+    # The object as this change left it (PENDING_UPDATE), even if the reconciler is already done.
+    return {"loadbalancer": lb_views(session, [lb])[0]}
 
 
 @router.delete("/{lb_id}", status_code=204)

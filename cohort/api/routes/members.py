@@ -14,11 +14,12 @@ from cohort.api.deps import DB, Ctx, RawBody, State
 from cohort.api.errors import NotFound
 from cohort.api.guards import check_quota, lock_load_balancer, visible
 from cohort.api.listing import parse_options, select_fields
+from cohort.api.routing import JSONRoute
 from cohort.api.schemas import lbaas as s
 from cohort.api.schemas.common import given, parse_document, unwrap
 from cohort.db import models as m
 
-router = APIRouter(prefix="/lbaas/pools/{pool_id}/members")
+router = APIRouter(prefix="/lbaas/pools/{pool_id}/members", route_class=JSONRoute)
 
 
 def _member(session: Any, ctx: Any, pool_id: str, member_id: str) -> m.Member:

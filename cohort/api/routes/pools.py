@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from cohort.api import views
 from cohort.api.builders import (
@@ -14,6 +15,7 @@ from cohort.api.builders import (
     build_pool,
     check_tls_refs,
     listeners_using_pool,
+    listeners_using_pools,
     validate_pool_fields,
 )
 from cohort.api.collection import list_collection
@@ -21,11 +23,12 @@ from cohort.api.deps import DB, Ctx, RawBody, State
 from cohort.api.errors import Conflict, InvalidInput
 from cohort.api.guards import check_quota, lock_load_balancer, visible
 from cohort.api.listing import parse_options, select_fields
+from cohort.api.routing import JSONRoute
 from cohort.api.schemas import lbaas as s
 from cohort.api.schemas.common import given, unwrap
 from cohort.db import models as m
 
-router = APIRouter(prefix="/lbaas/pools")
+router = APIRouter(prefix="/lbaas/pools", route_class=JSONRoute)
 
 
 def pool_view(session: Any, pool: m.Pool) -> dict[str, Any]:
@@ -53,7 +56,13 @@ def create(raw: RawBody, request: Request, session: DB, ctx: Ctx, state: State) 
 
 @router.get("")
 def list_(request: Request, session: DB, ctx: Ctx, state: State) -> dict[str, Any]:
-    return list_collection(request, session, ctx, m.Pool, "pools", lambda row: pool_view(session, row),
+    query = select(m.Pool).options(selectinload(m.Pool.members), selectinload(m.Pool.health_monitor))
+
+    def bodies(rows: list[m.Pool]) -> list[dict[str, Any]]:
+        users = listeners_using_pools(session, [row.id for row in rows])
+        return [views.pool(row, users[row.id]) for row in rows]
+
+    return list_collection(request, session, ctx, m.Pool, "pools", None, query, batch_view=bodies,
                            aliases={"loadbalancer_id": "load_balancer_id"}, max_limit=state.settings.api_max_page)
 
 

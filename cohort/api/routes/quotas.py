@@ -10,12 +10,13 @@ from sqlalchemy import select
 from cohort.api.deps import DB, Ctx, RawBody, State
 from cohort.api.errors import NotAuthorized
 from cohort.api.guards import quota_limit
+from cohort.api.routing import JSONRoute
 from cohort.api.schemas.admin import QuotaBody
 from cohort.api.schemas.common import unwrap
 from cohort.config import QuotaDefaults
 from cohort.db import models as m
 
-router = APIRouter(prefix="/lbaas/quotas")
+router = APIRouter(prefix="/lbaas/quotas", route_class=JSONRoute)
 FIELDS = tuple(QuotaDefaults.model_fields)
 
 

@@ -16,10 +16,11 @@ from sqlalchemy import or_, select
 from cohort import secrets
 from cohort.api.deps import DB, Ctx, RawBody, State
 from cohort.api.errors import Conflict, InvalidInput, NotFound
+from cohort.api.routing import JSONRoute
 from cohort.api.schemas.common import Body, Ident, Name, parse_document
 from cohort.db import models as m
 
-router = APIRouter(prefix="/v1/secrets")
+router = APIRouter(prefix="/v1/secrets", route_class=JSONRoute)
 
 
 class SecretCreate(Body):

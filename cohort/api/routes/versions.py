@@ -6,7 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-router = APIRouter()
+from cohort.api.routing import JSONRoute
+
+router = APIRouter(route_class=JSONRoute)
 
 LATEST_MINOR = 27
 UPDATED = "2023-03-01T00:00:00Z"

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 19:57:07.103355
+Create Date: 2026-11-22 21:46:30.382936
 """
 
 from alembic import op
@@ -88,7 +88,7 @@ def upgrade() -> None:
     )
     op.create_table('bgp_speaker',
     sa.Column('name', sa.String(length=255), nullable=False),
-    sa.Column('local_as', sa.Integer(), nullable=False),
+    sa.Column('local_as', sa.BigInteger(), nullable=False),
     sa.Column('ip_version', sa.Integer(), nullable=False),
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('created_at', sa.DateTime(), nullable=False),
@@ -153,6 +153,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_load_balancer'))
     )
     with op.batch_alter_table('load_balancer', schema=None) as batch_op:
+        batch_op.create_index('ix_load_balancer_created_at_id', ['created_at', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_load_balancer_project_id'), ['project_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_load_balancer_provisioning_status'), ['provisioning_status'], unique=False)
 
@@ -205,7 +206,7 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=255), nullable=False),
     sa.Column('bgp_speaker_id', sa.String(length=36), nullable=True),
     sa.Column('peer_ip', sa.String(length=64), nullable=False),
-    sa.Column('remote_as', sa.Integer(), nullable=False),
+    sa.Column('remote_as', sa.BigInteger(), nullable=False),
     sa.Column('auth_type', sa.String(length=16), nullable=True),
     sa.Column('md5_password', sa.String(length=255), nullable=True),
     sa.Column('ttl_hops', sa.Integer(), nullable=False),
@@ -490,6 +491,7 @@ def downgrade() -> None:
     with op.batch_alter_table('load_balancer', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_load_balancer_provisioning_status'))
         batch_op.drop_index(batch_op.f('ix_load_balancer_project_id'))
+        batch_op.drop_index('ix_load_balancer_created_at_id')
 
     op.drop_table('load_balancer')
     op.drop_table('flavor_profile')
