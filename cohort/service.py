@@ -36,6 +36,7 @@ class Cohort:
     health: HealthManager
     failover: FailoverWatcher
     app: FastAPI
+    receiver: Any = None  # the heartbeat receiver while the controller runs (its counters)
 
 
 def build(settings: Settings) -> Cohort:
@@ -75,7 +76,7 @@ async def serve(cohort: Cohort, api: bool = True, controller: bool = True,
         for worker in workers:
             worker.start()
         if cohort.drivers.heartbeat_target:
-            receiver = await _heartbeats(cohort)
+            receiver = cohort.receiver = await _heartbeats(cohort)
     try:
         if api:
             config = uvicorn.Config(cohort.app, host=cohort.settings.api_host, port=cohort.settings.api_port,

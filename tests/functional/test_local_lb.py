@@ -155,3 +155,35 @@ def _namespace_pids(namespace: str) -> list[int]:
     output = os.popen(f"ip netns pids {namespace}").read()  # noqa: S605 - fixed command, our own namespace
     return [int(p) for p in output.split()]
 
+
+
+def test_forged_and_replayed_heartbeats_change_nothing(local: LocalCohort) -> None:
+    import socket
+
+    from cohort.controller.wiring import heartbeat_key
+    from cohort.health.heartbeat import sign
+
+    address = local.lab.add_member("h1")
+    lb = local.create_lb([address], name="hb")
+    lb = local.api.wait_active(f"/v2/lbaas/loadbalancers/{lb['id']}", "loadbalancer", timeout=60)
+    pool_id = local.api.get(f"/v2/lbaas/listeners/{lb['listeners'][0]['id']}")[1]["listener"]["default_pool_id"]
+    wait_for(lambda: local.api.get(f"/v2/lbaas/loadbalancers/{lb['id']}")[1]["loadbalancer"]
+             ["operating_status"] == "ONLINE", timeout=20)
+    amphora = local.amphorae(lb["id"])[0]
+    member_id = local.api.get(f"/v2/lbaas/pools/{pool_id}/members")[1]["members"][0]["id"]
+    receiver = local.cohort.receiver
+    host, _, port = local.cohort.drivers.heartbeat_target.rpartition(":")
+    lie = {"id": amphora.id, "ver": 1, "listeners": {}, "pools": {pool_id: {"status": "DOWN", "members": {
+        member_id: "DOWN"}}}}
+    before = receiver.rejected
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        # Signed with the wrong key, then with the right key but an old sequence number (a replay).
+        sock.sendto(sign({**lie, "seq": time.time_ns(), "ts": time.time()}, b"not-the-key"), (host, int(port)))
+        sock.sendto(sign({**lie, "seq": 1, "ts": time.time()}, heartbeat_key(local.cohort.settings)),
+                    (host, int(port)))
+    wait_for(lambda: receiver.rejected >= before + 2, timeout=5)
+    members = local.api.get(f"/v2/lbaas/pools/{pool_id}/members")[1]["members"]
+    assert members[0]["operating_status"] == "ONLINE"
+    local.api.delete(f"/v2/lbaas/loadbalancers/{lb['id']}?cascade=true")
+    wait_for(lambda: local.api.get(f"/v2/lbaas/loadbalancers/{lb['id']}")[0] == 404, timeout=30)
+    local.lab.remove_member("h1")

@@ -67,3 +67,35 @@ def test_cluster_scales_and_keeps_positions(tmp_path: Path) -> None:
         assert api.delete(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 204
         wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 404)
         assert registrations(cohort, lb_id) == {}
+
+
+def test_operating_status_follows_cluster_size(tmp_path: Path) -> None:
+    from sqlalchemy import select
+
+    from cohort.db import models as m
+
+    with running_cohort(tmp_path, drivers="noop") as (cohort, base):
+        api = Api(base)
+        _, profile = api.post("/v2/lbaas/flavorprofiles", {"flavorprofile": {
+            "name": "aa", "provider_name": "amphora",
+            "flavor_data": json.dumps({"loadbalancer_topology": "ACTIVE_ACTIVE", "amp_cluster_size": 3,
+                                       "amp_cluster_min_size": 2})}})
+        _, flavor = api.post("/v2/lbaas/flavors", {"flavor": {"name": "aa",
+                                                              "flavor_profile_id": profile["flavorprofile"]["id"]}})
+        _, body = api.post("/v2/lbaas/loadbalancers", {"loadbalancer": {
+            "vip_subnet_id": "public-subnet", "flavor_id": flavor["flavor"]["id"]}})
+        lb_id = body["loadbalancer"]["id"]
+        api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer")
+        with cohort.sessions() as session:
+            ids = list(session.scalars(select(m.Amphora.id).where(m.Amphora.load_balancer_id == lb_id)))
+
+        def report_and_read(dead: list[str]) -> str:
+            with cohort.sessions() as session, session.begin():
+                for amphora_id in dead:
+                    session.get(m.Amphora, amphora_id).status = "ERROR"  # type: ignore[union-attr]
+            cohort.health.on_heartbeat({"id": ids[-1], "listeners": {}, "pools": {}})
+            return str(api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[1]["loadbalancer"]["operating_status"])
+
+        assert report_and_read([]) == "ONLINE"
+        assert report_and_read(ids[:1]) == "DEGRADED"  # below desired size
+        assert report_and_read(ids[:2]) == "ERROR"  # below min size
