@@ -6,6 +6,7 @@ requests from the lab's client namespace to prove that traffic flows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -190,9 +191,9 @@ def teardown(settings: Settings, console: Console) -> None:
 
 
 def remove_data_plane(settings: Settings, console: Console) -> None:
-    from sqlalchemy import select
+    from sqlalchemy.exc import OperationalError
 
-    from cohort.db import models as m
+    from cohort.controller.teardown import destroy_instances
     from cohort.db.session import make_engine, make_sessionmaker
 
     db_path = settings.state_dir / "cohort.db"
@@ -204,16 +205,9 @@ def remove_data_plane(settings: Settings, console: Console) -> None:
         drivers: Drivers = make_drivers(local)
         if settings.database_url or db_path.exists():
             engine = make_engine(settings.db_url)
-            try:
-                with make_sessionmaker(engine)() as session:
-                    computes = [c for c in session.scalars(select(m.Amphora.compute_id)) if c]
-                    computes += [c for c in session.scalars(select(m.Distributor.compute_id)) if c]
-            except Exception:  # noqa: BLE001 - a missing schema just means nothing was built
-                computes = []
+            with contextlib.suppress(OperationalError):  # no schema: nothing was ever built
+                destroy_instances(make_sessionmaker(engine), drivers)
             engine.dispose()
-            for compute_id in computes:
-                drivers.network.unplug_all(compute_id)
-                drivers.compute.delete(compute_id)
         Lab(settings.state_dir / "lab", prefix=settings.lab_prefix).down()
         console.print("Removed the amphorae and the lab network.")
     if not settings.database_url:

@@ -107,3 +107,21 @@ class Api:
             return None
 
         return dict(wait_for(done, timeout))
+
+
+@contextmanager
+def local_cohort(state_dir: Path, **overrides: Any) -> Iterator[tuple[Cohort, str, Any]]:
+    """A private lab plus Cohort with local drivers; every instance and the lab go away afterwards."""
+    from cohort.controller.teardown import destroy_instances
+    from tests.functional.conftest import new_lab
+
+    lab = new_lab(state_dir / "lab")
+    try:
+        lab.up()
+        with running_cohort(state_dir, drivers="local", lab_prefix=lab.prefix, **overrides) as (cohort, base):
+            try:
+                yield cohort, base, lab
+            finally:
+                destroy_instances(cohort.sessions, cohort.drivers)
+    finally:
+        lab.down()

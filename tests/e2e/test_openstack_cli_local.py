@@ -17,13 +17,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from cohort import netns
-from cohort.db import models as m
 from cohort.lab import PUBLIC_CIDR, Lab
-from tests.functional.conftest import new_lab
-from tests.support import running_cohort, wait_for
+from tests.support import local_cohort, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -47,22 +44,8 @@ def local(tmp_path_factory: pytest.TempPathFactory, openstack_bin: str,
           client_env: dict[str, str]) -> Iterator[tuple[Cli, Lab]]:
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces)")
-    state = tmp_path_factory.mktemp("cohort")
-    lab = new_lab(state / "lab")
-    try:
-        lab.up()
-        with running_cohort(state, drivers="local", lab_prefix=lab.prefix, heartbeat_stale_after=3.0) as (
-                cohort, base):
-            try:
-                yield Cli(openstack_bin, base, client_env), lab
-            finally:
-                with cohort.sessions() as session:
-                    computes = [c for c in session.scalars(select(m.Amphora.compute_id)) if c]
-                for compute_id in computes:
-                    cohort.drivers.network.unplug_all(compute_id)
-                    cohort.drivers.compute.delete(compute_id)
-    finally:
-        lab.down()
+    with local_cohort(tmp_path_factory.mktemp("cohort"), heartbeat_stale_after=3.0) as (_cohort, base, lab):
+        yield Cli(openstack_bin, base, client_env), lab
 
 
 def test_cli_builds_a_load_balancer_that_serves_real_traffic(local: tuple[Cli, Lab]) -> None:

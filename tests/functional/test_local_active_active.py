@@ -18,11 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
-from cohort.db import models as m
-from tests.functional.conftest import new_lab
-from tests.support import Api, running_cohort, wait_for
+from tests.support import Api, local_cohort, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -82,22 +79,8 @@ print(json.dumps({"ok": ok, "failed": failed, "reconnects": reconnects}))
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Api, Any]]:
-    state = tmp_path_factory.mktemp("cohort-aa")
-    lab = new_lab(state / "lab")
-    lab.up()
-    try:
-        with running_cohort(state, drivers="local", lab_prefix=lab.prefix, drain_timeout=5.0) as (cohort, base):
-            try:
-                yield cohort, Api(base), lab
-            finally:
-                with cohort.sessions() as session:
-                    computes = [c for c in session.scalars(select(m.Amphora.compute_id)) if c]
-                    computes += [c for c in session.scalars(select(m.Distributor.compute_id)) if c]
-                for compute_id in computes:
-                    cohort.drivers.network.unplug_all(compute_id)
-                    cohort.drivers.compute.delete(compute_id)
-    finally:
-        lab.down()
+    with local_cohort(tmp_path_factory.mktemp("cohort-aa"), drain_timeout=5.0) as (cohort, base, lab):
+        yield cohort, Api(base), lab
 
 
 def openstack(base: str, *args: str) -> Any:

@@ -18,8 +18,7 @@ from sqlalchemy import select
 
 from cohort.db import models as m
 from cohort.lab import Lab
-from tests.functional.conftest import new_lab
-from tests.support import Api, running_cohort, wait_for
+from tests.support import Api, local_cohort, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -62,22 +61,8 @@ class LocalCohort:
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCohort]:
-    state = tmp_path_factory.mktemp("cohort")
-    lab = new_lab(state / "lab")
-    lab.up()
-    try:
-        with running_cohort(state, drivers="local", lab_prefix=lab.prefix, heartbeat_stale_after=3.0) as (
-                cohort, base):
-            try:
-                yield LocalCohort(cohort, Api(base), lab)
-            finally:
-                with cohort.sessions() as session:
-                    computes = [c for c in session.scalars(select(m.Amphora.compute_id)) if c]
-                for compute_id in computes:
-                    cohort.drivers.network.unplug_all(compute_id)
-                    cohort.drivers.compute.delete(compute_id)
-    finally:
-        lab.down()
+    with local_cohort(tmp_path_factory.mktemp("cohort"), heartbeat_stale_after=3.0) as (cohort, base, lab):
+        yield LocalCohort(cohort, Api(base), lab)
 
 
 def test_single_serves_both_members_and_reports_health(local: LocalCohort) -> None:
@@ -171,6 +156,8 @@ def test_forged_and_replayed_heartbeats_change_nothing(local: LocalCohort) -> No
              ["operating_status"] == "ONLINE", timeout=20)
     amphora = local.amphorae(lb["id"])[0]
     member_id = local.api.get(f"/v2/lbaas/pools/{pool_id}/members")[1]["members"][0]["id"]
+    wait_for(lambda: local.api.get(f"/v2/lbaas/pools/{pool_id}/members/{member_id}")[1]["member"]
+             ["operating_status"] == "ONLINE", timeout=20)
     receiver = local.cohort.receiver
     host, _, port = local.cohort.drivers.heartbeat_target.rpartition(":")
     lie = {"id": amphora.id, "ver": 1, "listeners": {}, "pools": {pool_id: {"status": "DOWN", "members": {

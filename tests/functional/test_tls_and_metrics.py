@@ -26,16 +26,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from sqlalchemy import select
 
 from cohort.agents.amphora.haproxy import HaproxyManager
 from cohort.agents.amphora.metrics import CONTENT_TYPE, MetricsProxies
 from cohort.datamodel import LoadBalancer
-from cohort.db import models as m
 from cohort.drivers.amphora.haproxy_prometheus import AGENT_BACKEND, EXPORTER_FRONTEND, internal_lines
 from cohort.lab import Lab
-from tests.functional.conftest import IS_ROOT, new_lab
-from tests.support import Api, running_cohort, wait_for
+from tests.functional.conftest import IS_ROOT
+from tests.support import Api, local_cohort, wait_for
 
 TENANT = {"X-Project-Id": "tenant-a", "X-Roles": "member"}
 OTHER_TENANT = {"X-Project-Id": "tenant-b", "X-Roles": "member"}
@@ -138,22 +136,8 @@ class Env:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     if not IS_ROOT:
         pytest.skip("needs root (network namespaces)")
-    state = tmp_path_factory.mktemp("cohort")
-    lab = new_lab(state / "lab")
-    try:
-        lab.up()
-        with running_cohort(state, drivers="local", lab_prefix=lab.prefix, heartbeat_stale_after=3.0) as (
-                cohort, base):
-            try:
-                yield Env(cohort, base, lab, tmp_path_factory.mktemp("files"))
-            finally:
-                with cohort.sessions() as session:
-                    computes = [c for c in session.scalars(select(m.Amphora.compute_id)) if c]
-                for compute_id in computes:
-                    cohort.drivers.network.unplug_all(compute_id)
-                    cohort.drivers.compute.delete(compute_id)
-    finally:
-        lab.down()
+    with local_cohort(tmp_path_factory.mktemp("cohort"), heartbeat_stale_after=3.0) as (cohort, base, lab):
+        yield Env(cohort, base, lab, tmp_path_factory.mktemp("files"))
 
 
 def _pool(member: str) -> dict[str, Any]:
