@@ -24,7 +24,6 @@ from cohort.drivers.network.base import VipPort
 
 log = logging.getLogger(__name__)
 
-SERVING = ("ALLOCATED", "READY")
 SCALED_IN = "scaled in: draining"
 AGENT_READY_TIMEOUT = 60.0
 
