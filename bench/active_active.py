@@ -380,6 +380,43 @@ class Config:
         return {ns: env.state_dir / "i" / ns.rsplit("-", 1)[1] / "haproxy" / f"{self.lb_id}.sock"
                 for ns in self.amphorae}
 
+    @property
+    def vips(self) -> list[str]:
+        return [self.vip]
+
+
+@dataclass
+class Baseline:
+    """N SINGLE load balancers loaded at once, each by its own wrk with 1/N of the connections.
+
+    The machine then carries the traffic of an N-amphora cluster, so AA_N / SINGLExN compares
+    the two at equal machine load: what the distributor costs, apart from what a busier
+    machine costs every amphora (on 2 vCPUs, the members, wrk and the kernel's forwarding grow
+    with the total rate and take cache and CPU from the capped amphorae; softirq work is
+    charged to whichever process is running).
+    """
+
+    name: str  # SINGLEx2 | SINGLEx3 | SINGLEx4
+    parts: list[Config]
+
+    @property
+    def size(self) -> int:
+        return len(self.parts)
+
+    @property
+    def amphorae(self) -> dict[str, str]:
+        return {ns: ident for part in self.parts for ns, ident in part.amphorae.items()}
+
+    def sockets(self, env: BenchEnv) -> dict[str, Path]:
+        return {ns: sock for part in self.parts for ns, sock in part.sockets(env).items()}
+
+    @property
+    def vips(self) -> list[str]:
+        return [part.vip for part in self.parts]
+
+
+Measured = Config | Baseline
+
 
 @dataclass
 class Distributor:
@@ -439,14 +476,20 @@ def wait_serving(env: BenchEnv, vip: str, bodies: set[str], timeout: float = 30.
     raise BenchError(f"{vip} does not serve within {timeout}s")
 
 
-def build_configs(env: BenchEnv, members: list[str], names: set[str], cap: float) -> list[Config]:
+def build_configs(env: BenchEnv, members: list[str], names: set[str], cap: float,
+                  matched: bool) -> tuple[list[Config], list[Baseline]]:
+    """SINGLE and AA2..AA4, and with ``matched`` three more SINGLE load balancers for the baselines."""
     flavor = {"compute_flavor": {"cpu": cap}}
-    wanted = [("SINGLE", 1, env.flavor(f"single-{cap}", {"loadbalancer_topology": "SINGLE", **flavor}))]
+    single = env.flavor(f"single-{cap}", {"loadbalancer_topology": "SINGLE", **flavor})
+    wanted = [("SINGLE", 1, single)]
+    if matched:
+        wanted += [(f"SINGLE#{k}", 1, single) for k in range(2, max(SIZES) + 1)]
     for n in SIZES:
         wanted.append((f"AA{n}", n, env.flavor(f"aa{n}-{cap}", {
             "loadbalancer_topology": "ACTIVE_ACTIVE", "amp_cluster_size": n,
             "distributor_affinity": "SOURCE_IP_PORT", **flavor})))
-    created = [(name, n, env.create_lb(f"{name.lower()}-{cap}", members, fid)) for name, n, fid in wanted]
+    created = [(name, n, env.create_lb(f"{name.lower().replace('#', '-')}-{cap}", members, fid))
+               for name, n, fid in wanted]
     configs = []
     for name, n, lb in created:
         vip = env.wait_vip(lb["id"])
@@ -461,7 +504,9 @@ def build_configs(env: BenchEnv, members: list[str], names: set[str], cap: float
         wait_serving(env, vip, names)
         configs.append(cfg)
         console.print(f"  {name}: VIP {vip}, amphorae {sorted(cfg.amphorae)}")
-    return configs
+    singles = [c for c in configs if c.size == 1]
+    baselines = [Baseline(f"SINGLEx{n}", singles[:n]) for n in SIZES] if matched else []
+    return [c for c in configs if "#" not in c.name], baselines
 
 
 # === 1. throughput ==================================================================================
@@ -552,7 +597,42 @@ def frontend_requests(sock: Path) -> int:
     return sum(int(r.get("req_tot") or 0) for r in rows if r.get("svname") == "FRONTEND")
 
 
-def measure(env: BenchEnv, cfg: Config, mode: str, rep: int, args: argparse.Namespace,
+def run_wrk_on(env: BenchEnv, vips: list[str], args: argparse.Namespace, close: bool) -> WrkResult:
+    """One wrk on one VIP; on several, one wrk each (its share of the connections) at once, added up."""
+    if len(vips) == 1:
+        return run_wrk(env.lab.client_ns, f"http://{vips[0]}/", threads=args.threads, connections=args.connections,
+                       seconds=args.seconds, close=close)
+    results: list[WrkResult | BaseException] = [BenchError("wrk did not run")] * len(vips)
+
+    def one(index: int) -> None:
+        try:
+            results[index] = run_wrk(env.lab.client_ns, f"http://{vips[index]}/", threads=1,
+                                     connections=max(1, args.connections // len(vips)), seconds=args.seconds,
+                                     close=close)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
+            results[index] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(vips))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done = []
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+        done.append(result)
+    errors: dict[str, int] = {}
+    for result in done:
+        for key, value in result.socket_errors.items():
+            errors[key] = errors.get(key, 0) + value
+    return WrkResult(requests=sum(r.requests for r in done), seconds=max(r.seconds for r in done),
+                     rps=sum(r.rps for r in done), p50_ms=median([r.p50_ms for r in done]),
+                     p99_ms=max(r.p99_ms for r in done), socket_errors=errors,
+                     non_2xx=sum(r.non_2xx for r in done), cpu_seconds=sum(r.cpu_seconds for r in done))
+
+
+def measure(env: BenchEnv, cfg: Measured, mode: str, rep: int, args: argparse.Namespace,
             member_pids: Callable[[], set[int]], dist: Distributor) -> Run:
     cgroups = {ns: Lab.instance_cgroup(ns) for ns in cfg.amphorae}
     sockets = cfg.sockets(env)
@@ -564,15 +644,15 @@ def measure(env: BenchEnv, cfg: Config, mode: str, rep: int, args: argparse.Name
     for ns, cg in cgroups.items():
         groups[ns] = functools.partial(netns.cgroup_pids, cg)
         groups["haproxy:" + ns] = functools.partial(haproxy_pids, cg)
-    buckets0 = dist.buckets(cfg) if cfg.size > 1 else None
+    clustered = isinstance(cfg, Config) and cfg.size > 1
+    buckets0 = dist.buckets(cfg) if isinstance(cfg, Config) and clustered else None
     throttle0 = {ns: cgroup_throttling(cg) for ns, cg in cgroups.items()}
     requests0 = {ns: frontend_requests(s) for ns, s in sockets.items()}
     inodes = lab_netns_inodes(env.lab)
     watch = CpuWatch(groups)
     census0, t0 = process_census(inodes), time.monotonic()
     watch.start()
-    result = run_wrk(env.lab.client_ns, f"http://{cfg.vip}/", threads=args.threads, connections=args.connections,
-                     seconds=args.seconds, close=MODES[mode])
+    result = run_wrk_on(env, cfg.vips, args, close=MODES[mode])
     cpu, machine = watch.stop()
     processes = census_delta(census0, process_census(inodes), time.monotonic() - t0)
     throttle1 = {ns: cgroup_throttling(cg) for ns, cg in cgroups.items()}
@@ -583,7 +663,8 @@ def measure(env: BenchEnv, cfg: Config, mode: str, rep: int, args: argparse.Name
                result.cpu_seconds / result.seconds if result.seconds else 0.0,
                {ns: cpu[ns].total for ns in cgroups}, {ns: cpu["haproxy:" + ns].total for ns in cgroups}, throttled,
                {ns: requests1[ns] - requests0[ns] for ns in sockets}, cpu["distributor"].total,
-               cpu["bench"].total, None if buckets0 is None else dist.buckets(cfg) != buckets0, processes)
+               cpu["bench"].total,
+               None if buckets0 is None or not isinstance(cfg, Config) else dist.buckets(cfg) != buckets0, processes)
 
 
 def wait_quiet(lab: Lab, max_wait: float, threshold: float) -> dict[str, float]:
@@ -600,14 +681,15 @@ def wait_quiet(lab: Lab, max_wait: float, threshold: float) -> dict[str, float]:
             return {"waited_s": round(time.monotonic() - t0, 1), "other_cpu_last_s": round(other, 3)}
 
 
-def throughput(env: BenchEnv, configs: list[Config], args: argparse.Namespace, member_ns: list[str],
+def throughput(env: BenchEnv, configs: list[Measured], args: argparse.Namespace, member_ns: list[str],
                dist: Distributor, repetitions: int) -> tuple[list[Run], list[dict[str, float]]]:
     def member_pids() -> set[int]:
         return set().union(*(netns.netns_pids(ns) for ns in member_ns))
 
     for cfg in configs:  # warm-up: ARP, HAProxy's connections to the members; not recorded
-        run_wrk(env.lab.client_ns, f"http://{cfg.vip}/", threads=args.threads, connections=args.connections,
-                seconds=1, close=False)
+        for vip in cfg.vips:
+            run_wrk(env.lab.client_ns, f"http://{vip}/", threads=args.threads, connections=args.connections,
+                    seconds=1, close=False)
     runs, quiet = [], []
     for rep in range(repetitions):
         quiet.append(wait_quiet(env.lab, args.quiet_wait, args.quiet_threshold))
@@ -624,16 +706,22 @@ def throughput(env: BenchEnv, configs: list[Config], args: argparse.Namespace, m
     return runs, quiet
 
 
-def summarise(runs: list[Run], configs: list[Config]) -> dict[str, Any]:
+def summarise(runs: list[Run], configs: list[Measured]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for mode in MODES:
-        single_runs = {r.repetition: r.wrk.rps for r in runs if r.mode == mode and r.config == "SINGLE"}
+        def rates(name: str, mode: str = mode) -> dict[int, float]:
+            return {r.repetition: r.wrk.rps for r in runs if r.mode == mode and r.config == name}
+
+        single_runs = rates("SINGLE")
         single = median(list(single_runs.values()))
         per: dict[str, Any] = {}
         for cfg in configs:
             mine = [r for r in runs if r.mode == mode and r.config == cfg.name]
             rate = median([r.wrk.rps for r in mine])
             paired = [r.wrk.rps / single_runs[r.repetition] for r in mine if single_runs.get(r.repetition)]
+            # AA_N against N SINGLEs loaded at once in the same repetition (when the baseline was run).
+            matched_runs = rates(f"SINGLEx{cfg.size}") if isinstance(cfg, Config) and cfg.size > 1 else {}
+            matched = [r.wrk.rps / matched_runs[r.repetition] for r in mine if matched_runs.get(r.repetition)]
             shares = [{ns: n / max(1, sum(r.amphora_requests.values())) for ns, n in r.amphora_requests.items()}
                       for r in mine]
             amp_cpu = [sum(r.amphora_cpu.values()) for r in mine]
@@ -645,6 +733,7 @@ def summarise(runs: list[Run], configs: list[Config]) -> dict[str, Any]:
                 "ratio_to_single": rate / single if single else None,
                 "ratio_to_single_paired_median": median(paired),
                 "efficiency": rate / single / cfg.size if single else None,
+                "efficiency_load_matched": median(matched) if matched else None,
                 "latency_p50_ms_median": median([r.wrk.p50_ms for r in mine]),
                 "latency_p99_ms_median": median([r.wrk.p99_ms for r in mine]),
                 "errors_total": sum(r.wrk.errors for r in mine),
@@ -972,19 +1061,34 @@ def scaling(env: BenchEnv, cfg: Config, dist: Distributor, args: argparse.Namesp
                                                                 "bucket_slots_changed_fraction")}}
 
 
-def compare_cap(env: BenchEnv, configs: list[Config], args: argparse.Namespace, names: list[str],
-                members: list[str], dist: Distributor) -> tuple[dict[str, Any], list[Config]]:
+def all_load_balancers(configs: list[Config], baselines: list[Baseline]) -> list[Config]:
+    seen = {c.lb_id: c for c in configs}
+    for baseline in baselines:
+        seen.update({part.lb_id: part for part in baseline.parts})
+    return list(seen.values())
+
+
+def config_report(configs: list[Config], baselines: list[Baseline]) -> dict[str, Any]:
+    report: dict[str, Any] = {c.name: {"lb_id": c.lb_id, "vip": c.vip, "amphorae": sorted(c.amphorae),
+                                       "cluster_id": c.cluster_id} for c in configs}
+    report.update({b.name: {"load_balancers": [p.lb_id for p in b.parts], "vips": b.vips} for b in baselines})
+    return report
+
+
+def compare_cap(env: BenchEnv, configs: list[Config], baselines: list[Baseline], args: argparse.Namespace,
+                names: list[str], members: list[str], dist: Distributor) -> tuple[dict[str, Any], list[Config]]:
     """The same throughput at another cap (fewer, shorter runs), on fresh load balancers; (figures, them)."""
-    for cfg in configs:
+    for cfg in all_load_balancers(configs, baselines):
         env.delete_lb(cfg.lb_id)
     console.print(f"throughput at cap {args.compare_cap} (comparison):")
-    others = build_configs(env, members, set(names), args.compare_cap)
+    others, other_baselines = build_configs(env, members, set(names), args.compare_cap, args.matched)
+    measured: list[Measured] = [*others, *other_baselines]
     quick = argparse.Namespace(**{**vars(args), "seconds": args.compare_seconds})
-    runs, quiet = throughput(env, others, quick, [env.lab.member_ns(n) for n in names], dist,
+    runs, quiet = throughput(env, measured, quick, [env.lab.member_ns(n) for n in names], dist,
                              args.compare_repetitions)
     return {"cap_cpu": args.compare_cap, "repetitions": args.compare_repetitions, "seconds": args.compare_seconds,
-            "configs": {c.name: {"lb_id": c.lb_id, "vip": c.vip, "amphorae": sorted(c.amphorae)} for c in others},
-            "throughput": summarise(runs, others), "quiet_waits": quiet,
+            "configs": config_report(others, other_baselines),
+            "throughput": summarise(runs, measured), "quiet_waits": quiet,
             "runs": [{**asdict(r), "wrk": asdict(r.wrk)} for r in runs]}, others
 
 
@@ -997,8 +1101,8 @@ def _f(value: Any, spec: str) -> str:
 
 def throughput_tables(figures: dict[str, Any], cap: float, runs: str, nproc: int) -> list[Table]:
     table = Table(title=f"Throughput, every amphora capped at {cap} CPU (medians of {runs})")
-    for col in ("mode", "config", "rate/s", "min - max", "x SINGLE", "paired", "efficiency", "p50 ms", "p99 ms",
-                "errors", "share min-max"):
+    for col in ("mode", "config", "rate/s", "min - max", "x SINGLE", "paired", "efficiency", "load-matched",
+                "p50 ms", "p99 ms", "errors", "share min-max"):
         table.add_column(col, justify="left" if col in ("mode", "config") else "right")
     cpu = Table(title=f"Where the CPU went at cap {cap} (medians; CPUs = CPU-seconds per second)")
     for col in ("mode", "config", f"machine/{nproc}", "members", "busiest worker", "wrk", "amphorae",
@@ -1010,7 +1114,8 @@ def throughput_tables(figures: dict[str, Any], cap: float, runs: str, nproc: int
             table.add_row(mode, name, f"{f['rate_per_s_median']:,.0f}",
                           f"{f['rate_per_s_min']:,.0f} - {f['rate_per_s_max']:,.0f}", _f(f["ratio_to_single"], ".2f"),
                           _f(f["ratio_to_single_paired_median"], ".2f"), _f(f["efficiency"], ".2f"),
-                          f"{f['latency_p50_ms_median']:.2f}", f"{f['latency_p99_ms_median']:.2f}",
+                          _f(f.get("efficiency_load_matched"), ".2f"), f"{f['latency_p50_ms_median']:.2f}",
+                          f"{f['latency_p99_ms_median']:.2f}",
                           str(f["errors_total"]), f"{f['request_share_min']:.2f}-{f['request_share_max']:.2f}")
             cpu.add_row(mode, name, f"{f['machine_busy_cpu_median']:.2f}", f"{f['member_cpu_median']:.2f}",
                         f"{f['member_busiest_worker_cpu_max']:.2f}", f"{f['wrk_cpu_median']:.2f}",
@@ -1066,7 +1171,9 @@ def print_report(report: dict[str, Any]) -> None:
                                        f"{params['repetitions']} x {params['seconds']} s", nproc):
             console.print(table)
         console.print("x SINGLE: ratio of medians; paired: median of per-repetition ratios; efficiency = "
-                      "(AA_N / SINGLE) / N; share: each amphora's part of the requests (HAProxy counters); "
+                      "(AA_N / SINGLE) / N; load-matched: median of per-repetition AA_N / SINGLExN (N SINGLE "
+                      "load balancers loaded at once: the same machine load); share: each amphora's part of the "
+                      "requests (HAProxy counters); "
                       "*unattributed: busy time charged to no process seen at both ends of the run (softirq: "
                       "forwarding, bridges; processes that started and ended within it)")
     if "compare" in report:
@@ -1100,8 +1207,12 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     panels = [(report["cap_cpu"], report["throughput"])]
     if "compare" in report:
         panels.append((report["compare"]["cap_cpu"], report["compare"]["throughput"]))
-    series = {(cap, mode): [(int(f["amphorae"]), float(f["rate_per_s_median"])) for f in per.values()]
+    series = {(cap, mode): [(int(f["amphorae"]), float(f["rate_per_s_median"])) for name, f in per.items()
+                            if not name.startswith("SINGLEx")]
               for cap, figures in panels for mode, per in figures.items()}
+    matched = {(cap, mode): [(int(f["amphorae"]), float(f["rate_per_s_median"])) for name, f in per.items()
+                             if name == "SINGLE" or name.startswith("SINGLEx")]
+               for cap, figures in panels for mode, per in figures.items()}
     try:
         import matplotlib
 
@@ -1113,7 +1224,10 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     for ax, ((cap, mode), points) in zip(axes.flat, series.items(), strict=True):
         xs, ys = [p[0] for p in points], [p[1] for p in points]
         ax.plot(xs, [ys[0] * x for x in xs], "--", color="grey", label="ideal: N x SINGLE")
-        ax.plot(xs, ys, "o-", label="measured (median)")
+        if len(matched[(cap, mode)]) > 1:
+            mx, my = zip(*matched[(cap, mode)], strict=True)
+            ax.plot(mx, my, "s:", color="tab:green", label="N SINGLE load balancers loaded at once")
+        ax.plot(xs, ys, "o-", label="ACTIVE_ACTIVE, N amphorae (median)")
         for x, y in points:
             ax.annotate(f"{y / ys[0] / x:.2f}", (x, y), textcoords="offset points", xytext=(0, -14), ha="center",
                         fontsize=8)
@@ -1178,6 +1292,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet-wait", type=float, default=6.0,
                         help="before each repetition, wait at most this long for other processes to calm down")
     parser.add_argument("--quiet-threshold", type=float, default=0.25, help="CPUs of other processes deemed calm")
+    parser.add_argument("--matched", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure N SINGLE load balancers loaded at once (the load-matched baselines)")
     parser.add_argument("--skip", choices=("throughput", "latency", "scaling"), action="append", default=[])
     parser.add_argument("--output", type=Path, default=RESULTS / "active_active.json")
     args = parser.parse_args(argv)
@@ -1208,17 +1324,18 @@ def main(argv: list[str] | None = None) -> int:
         report["members"] = {"count": args.members, "workers": args.member_workers, "addresses": members,
                              "server": "cohort.lab_member"}
         console.print(f"lab {lab.prefix} up; members {members} ({args.member_workers} workers each); cap {args.cap}")
-        configs = build_configs(env, members, set(names), args.cap)
+        configs, baselines = build_configs(env, members, set(names), args.cap, args.matched)
+        measured: list[Measured] = [*configs, *baselines]
         dist = distributor_of(env)
-        report["configs"] = {c.name: {"lb_id": c.lb_id, "vip": c.vip, "amphorae": sorted(c.amphorae),
-                                      "cluster_id": c.cluster_id} for c in configs}
+        report["configs"] = config_report(configs, baselines)
         report["distributor"] = {"namespace": dist.namespace, "id": dist.ref.id}
         report["setup_s"] = time.monotonic() - started
         by_name = {c.name: c for c in configs}
         if "throughput" not in args.skip:
             console.print("throughput:")
-            runs, quiet = throughput(env, configs, args, [lab.member_ns(n) for n in names], dist, args.repetitions)
-            report["throughput"] = summarise(runs, configs)
+            runs, quiet = throughput(env, measured, args, [lab.member_ns(n) for n in names], dist,
+                                     args.repetitions)
+            report["throughput"] = summarise(runs, measured)
             report["quiet_waits"] = quiet
             others = [r.processes["other"] for r in runs]
             report["other_processes_cpu"] = {"median": median(others), "max": max(others),
@@ -1228,7 +1345,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print("scaling:")
             report["scaling"] = scaling(env, by_name["AA3"], dist, args)
         if args.compare_cap:
-            report["compare"], configs = compare_cap(env, configs, args, names, members, dist)
+            report["compare"], configs = compare_cap(env, configs, baselines, args, names, members, dist)
             by_name = {c.name: c for c in configs}
         if "latency" not in args.skip:
             console.print(f"latency (cap {cgroup_quota(Lab.instance_cgroup(next(iter(by_name['AA4'].amphorae))))}):")

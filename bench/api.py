@@ -1,12 +1,13 @@
 """API benchmark: latency of the Octavia v2 API under 50 concurrent clients, with 1000 load balancers.
 
-Starts ``cohort up --drivers noop`` (SQLite in a temporary state directory) as a subprocess on
-a free loopback port. The 1000 load balancers (each with a listener and a pool, all ACTIVE)
-are written into the database before the server starts: the noop network driver has the
-lab's address plan, room for about 98 amphorae, so the reconciler could not bring 1000 up,
-and a reconciler retrying hundreds of them would disturb what is measured. The reconciler
-is idle during the reads. With N concurrent closed-loop clients (each sends its next request
-when the last one answered) it measures:
+Starts ``cohort up --drivers noop --workers N`` (SQLite in a temporary state directory; N API
+processes, by default one per core) as a subprocess on a free loopback port. The 1000 load
+balancers (each with a listener and a pool, all ACTIVE) are written into the database before
+the server starts: the noop network driver has the lab's address plan, room for about 98
+amphorae, so the reconciler could not bring 1000 up, and a reconciler retrying hundreds of
+them would disturb what is measured. The reconciler is idle during the reads. With N
+concurrent closed-loop clients (each sends its next request when the last one answered) it
+measures:
 
 - ``show``: ``GET /v2/lbaas/loadbalancers/{id}`` of random load balancers;
 - ``list_page``: ``GET /v2/lbaas/loadbalancers?limit=50&marker=...`` (random markers, so every
@@ -24,6 +25,14 @@ The GETs are driven by ``wrk`` (in C, so the client's own CPU does not set the l
 ``--python-client``), and always for the POSTs, the clients are asyncio tasks with one
 ``httpx`` connection each. With a closed loop, latency is about clients / throughput (Little's
 law): 50 clients at 500 requests/s wait about 100 ms each, however fast one request is alone.
+
+The server runs as shipped, with its response cache for load balancer show and list (answers
+kept per process, validated against the database's change counter on every request; see
+``cohort.api.response_cache``): nothing changes during the reads, so after each run's warm-up
+they are served from it (a ``--warmup`` of 5 s at full load before the first run of each
+read lets every worker see every request at least once). Then a second server with the cache off measures ``show`` and
+``list_page`` again (``*_nocache``): every request renders from the database, as when load
+balancers change all the time.
 
 Each measurement runs ``--repeats`` times; the table and ``bench/results/api.json`` give the
 median of the runs' p50/p99 (and every run). Every run is bounded in time (wrk's duration, a
@@ -101,7 +110,8 @@ def preload_database(state: Path, count: int) -> float:
 
 
 @contextmanager
-def cohort_server(log_path: Path, preload: int) -> Iterator[tuple[str, float]]:
+def cohort_server(log_path: Path, preload: int, workers: int = 1,
+                  response_cache: bool = True) -> Iterator[tuple[str, float]]:
     """``cohort up --drivers noop`` on a preloaded temporary state dir; yields (base URL, preload seconds)."""
     state = Path(tempfile.mkdtemp(prefix="cohort-bench-api-"))
     proc: subprocess.Popen[bytes] | None = None
@@ -109,9 +119,11 @@ def cohort_server(log_path: Path, preload: int) -> Iterator[tuple[str, float]]:
         preload_s = preload_database(state, preload)
         port = free_port()
         cohort = Path(sys.executable).parent / "cohort"
-        command = [str(cohort), "up", "--drivers", "noop", "--state-dir", str(state), "--port", str(port)]
+        command = [str(cohort), "up", "--drivers", "noop", "--state-dir", str(state), "--port", str(port),
+                   "--workers", str(workers)]
+        env = {**os.environ, "COHORT_API_RESPONSE_CACHE": "true" if response_cache else "false"}
         with log_path.open("w") as log:
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
@@ -323,15 +335,19 @@ async def create_to_active(base: str, samples: int) -> list[float]:
     return seconds
 
 
-async def benchmark(base: str, args: argparse.Namespace) -> dict[str, Any]:
+async def benchmark(base: str, args: argparse.Namespace, only: set[str] | None = None,
+                    suffix: str = "") -> dict[str, Any]:
+    """Every measurement (or those named in ``only``), reported under their name plus ``suffix``."""
     results: dict[str, Any] = {}
     await wait_all_active(base, 60)
     ids = [row["id"] for row in (await _get_json(base, LB, {"limit": 0, "fields": "id"}))["loadbalancers"]]
     if len(ids) < args.lbs:
         raise RuntimeError(f"expected {args.lbs} preloaded load balancers, the API lists {len(ids)}")
-    latencies = sorted(await create_to_active(base, args.active_samples))
-    results["create_to_active_ms"] = {"samples": len(latencies), "median": round(statistics.median(latencies), 1),
-                                      "p90": round(percentile(latencies, 0.9), 1), "max": round(latencies[-1], 1)}
+    if only is None:
+        latencies = sorted(await create_to_active(base, args.active_samples))
+        results["create_to_active_ms"] = {"samples": len(latencies),
+                                          "median": round(statistics.median(latencies), 1),
+                                          "p90": round(percentile(latencies, 0.9), 1), "max": round(latencies[-1], 1)}
     rng = random.Random(7)
     created: list[str] = []
     use_wrk = shutil.which("wrk") is not None and not args.python_client
@@ -369,18 +385,23 @@ async def benchmark(base: str, args: argparse.Namespace) -> dict[str, Any]:
     ]
     measurements: dict[str, Measurement] = {}
     try:
-        for name, request, template, concurrency, total in plans:
+        for plain_name, request, template, concurrency, total in plans:
+            if only is not None and plain_name not in only:
+                continue
+            name = plain_name + suffix
             measurement = Measurement(name, concurrency)
             for repeat in range(args.repeats):
                 settle_server(base)
                 if template is not None and use_wrk:
                     # Unpaged lists take long enough that a short run would not see one round finish.
-                    seconds = args.seconds * (3 if name == "list_full" else 1)
-                    wrk_run(base, template, ids_file, concurrency, 1, seed=100 + repeat)  # warm-up
+                    seconds = args.seconds * (3 if plain_name == "list_full" else 1)
+                    # Warm-up: opens the connections and, on the first run, fills each worker's cache.
+                    warmup = args.warmup if repeat == 0 else 1
+                    wrk_run(base, template, ids_file, concurrency, warmup, seed=100 + repeat)
                     settle_server(base)
                     run = wrk_run(base, template, ids_file, concurrency, seconds, seed=repeat)
                 else:
-                    if name != "create":
+                    if plain_name != "create":
                         # A short warm-up so that every connection is open before the clock runs.
                         await closed_loop(base, concurrency, concurrency, 30, request)
                     run = await closed_loop(base, concurrency, total, args.deadline, request)
@@ -410,7 +431,7 @@ def table(results: dict[str, Any]) -> str:
             f"{'measurement':<20}{'clients':>8}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'errors':>8}  target"]
     for name, summary in results["measurements"].items():
         target = ""
-        if name in ("show", "list_page"):
+        if name in ("show", "list_page", "show_nocache", "list_page_nocache"):
             target = "ok" if summary["p99_ms"] < TARGET_P99_MS else f"MISSED (p99 < {TARGET_P99_MS:.0f} ms)"
         rows.append(f"{name:<20}{summary['concurrency']:>8}{summary['p50_ms']:>10.1f}{summary['p99_ms']:>10.1f}"
                     f"{summary['rps']:>10.1f}{summary['errors']:>8}  {target}")
@@ -432,21 +453,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement")
     parser.add_argument("--deadline", type=float, default=60.0, help="seconds at most per python-client run")
     parser.add_argument("--seconds", type=float, default=6.0, help="seconds per wrk run")
+    parser.add_argument("--warmup", type=float, default=5.0,
+                        help="seconds of wrk load before the first run of each read measurement")
     parser.add_argument("--python-client", action="store_true",
                         help="use the python load generator even when wrk is installed")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="API worker processes")
+    parser.add_argument("--no-compare-uncached", dest="compare_uncached", action="store_false",
+                        help="skip the show and page runs with the response cache off")
     parser.add_argument("--out", type=Path, default=RESULTS / "api.json")
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     args = parser.parse_args(argv)
     if args.quick:
         args.lbs, args.requests, args.full_requests, args.creates = 100, 300, 10, 20
-        args.active_samples, args.repeats, args.seconds = 5, 1, 3.0
+        args.active_samples, args.repeats, args.seconds, args.warmup = 5, 1, 3.0, 1.0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     log_path = Path(tempfile.gettempdir()) / "cohort-bench-api-server.log"  # kept for a look after a failure
     started = time.monotonic()
     print(f"Cohort API benchmark: {args.lbs} load balancers, {args.clients} clients, {args.repeats} runs each",
           flush=True)
-    with cohort_server(log_path, args.lbs) as (base, preload_s):
+    with cohort_server(log_path, args.lbs, args.workers) as (base, preload_s):
         results = asyncio.run(benchmark(base, args))
+    if args.compare_uncached:
+        print("The same reads with the response cache off (every request renders from the database):", flush=True)
+        with cohort_server(log_path, args.lbs, args.workers, response_cache=False) as (base, _):
+            uncached = asyncio.run(benchmark(base, args, only={"show", "list_page"}, suffix="_nocache"))
+        results["measurements"].update(uncached["measurements"])
     results["preload"] = {"load_balancers": args.lbs, "seconds": round(preload_s, 2),
                           "how": "ACTIVE rows (load balancer + listener + pool) written before the server started"}
     document = {

@@ -28,12 +28,13 @@ HostOpt = Annotated[str | None, typer.Option("--host", help="API address (defaul
 PortOpt = Annotated[int | None, typer.Option("--port", help="API port (default 9876).")]
 StateOpt = Annotated[Path | None, typer.Option("--state-dir", help="State directory.")]
 DriversOpt = Annotated[str | None, typer.Option("--drivers", help="noop (no root needed) or local.")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="API processes sharing the port (default 1).")]
 
 
 def _settings(config: Path | None, db: str | None = None, host: str | None = None, port: int | None = None,
-              state_dir: Path | None = None, drivers: str | None = None) -> Settings:
+              state_dir: Path | None = None, drivers: str | None = None, workers: int | None = None) -> Settings:
     return load_settings(config, database_url=db, api_host=host, api_port=port, state_dir=state_dir,
-                         drivers=drivers)
+                         drivers=drivers, api_workers=workers)
 
 
 def _logging(verbose: bool) -> None:
@@ -53,18 +54,19 @@ def _run(settings: Settings, api: bool, controller: bool) -> None:
 
 @app.command()
 def up(config: ConfigOpt = None, drivers: DriversOpt = None, db: DbOpt = None, host: HostOpt = None,
-       port: PortOpt = None, state_dir: StateOpt = None,
+       port: PortOpt = None, state_dir: StateOpt = None, workers: WorkersOpt = None,
        demo: Annotated[bool, typer.Option(help="Create the demo load balancer once running.")] = False,
        detach: Annotated[bool, typer.Option(help="Run in the background; `cohort down` stops it.")] = False,
        verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Run API, reconciler and health manager in one process. Ctrl-C (or `cohort down`) removes what it made."""
-    settings = _settings(config, db, host, port, state_dir, drivers)
+    settings = _settings(config, db, host, port, state_dir, drivers, workers)
     _logging(verbose)
     if detach:
         from cohort.demo import run_demo, start_detached
 
         argv = ["up", "--state-dir", str(settings.state_dir), "--drivers", settings.drivers,
-                "--host", settings.api_host, "--port", str(settings.api_port)]
+                "--host", settings.api_host, "--port", str(settings.api_port),
+                "--workers", str(settings.api_workers)]
         argv += ["--config", str(config)] if config else []
         argv += ["--db", db] if db else []
         start_detached(settings, argv, console)
@@ -93,9 +95,9 @@ def up(config: ConfigOpt = None, drivers: DriversOpt = None, db: DbOpt = None, h
 
 @app.command()
 def api(config: ConfigOpt = None, db: DbOpt = None, host: HostOpt = None, port: PortOpt = None,
-        state_dir: StateOpt = None, drivers: DriversOpt = None) -> None:
+        state_dir: StateOpt = None, drivers: DriversOpt = None, workers: WorkersOpt = None) -> None:
     """Run only the REST API (beside `cohort controller` on a shared database)."""
-    settings = _settings(config, db, host, port, state_dir, drivers)
+    settings = _settings(config, db, host, port, state_dir, drivers, workers)
     _logging(False)
     _run(settings, api=True, controller=False)
 

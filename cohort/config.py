@@ -46,6 +46,10 @@ class Settings(BaseModel):
     database_url: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 9876
+    # API processes sharing the port; more than one uses more cores (the controller stays one).
+    api_workers: int = Field(default=1, ge=1, le=64)
+    # Cache load balancer show/list answers, validated against the database (SQLite only).
+    api_response_cache: bool = True
     auth_strategy: Literal["noauth", "token"] = "noauth"
     tokens: dict[str, TokenEntry] = Field(default_factory=dict)
     noauth_project_id: str = "admin"

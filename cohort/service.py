@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cohort.api.app import create_app
 from cohort.api.deps import AppState
+from cohort.api.response_cache import with_response_cache
 from cohort.config import Settings
 from cohort.controller.failover import FailoverWatcher
 from cohort.controller.health import HealthManager
@@ -22,6 +23,8 @@ from cohort.controller.reconciler import Reconciler
 from cohort.controller.wiring import Drivers, heartbeat_key, make_drivers
 from cohort.db.session import make_engine, make_sessionmaker, upgrade
 from cohort.secrets import certificates_for
+from cohort.wake import WakeListener, WakeSender, wake_path
+from cohort.workers import serve_api_workers
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +70,13 @@ async def _heartbeats(cohort: Cohort) -> Any:
 
 async def serve(cohort: Cohort, api: bool = True, controller: bool = True,
                 ready: threading.Event | None = None) -> None:
-    """Run the selected parts until cancelled; the reconciler runs in its own thread."""
+    """Run the selected parts until cancelled; the reconciler runs in its own thread.
+
+    With ``api_workers`` > 1 the API runs in that many worker processes instead of this one.
+    """
     workers: list[threading.Thread] = []
     receiver = None
+    waker = WakeListener(wake_path(cohort.settings.state_dir), cohort.reconciler.wake)
     if controller:
         workers = [threading.Thread(target=cohort.reconciler.run, name="reconciler", daemon=True),
                    threading.Thread(target=cohort.failover.run, name="failover", daemon=True)]
@@ -77,9 +84,15 @@ async def serve(cohort: Cohort, api: bool = True, controller: bool = True,
             worker.start()
         if cohort.drivers.heartbeat_target:
             receiver = cohort.receiver = await _heartbeats(cohort)
+        waker.start()
+    else:
+        cohort.app.state.cohort.on_change = WakeSender(waker.path)
     try:
-        if api:
-            config = uvicorn.Config(cohort.app, host=cohort.settings.api_host, port=cohort.settings.api_port,
+        if api and cohort.settings.api_workers > 1:
+            await serve_api_workers(cohort.settings, ready)
+        elif api:
+            app = with_response_cache(cohort.app, cohort.settings.db_url, cohort.settings.api_response_cache)
+            config = uvicorn.Config(app, host=cohort.settings.api_host, port=cohort.settings.api_port,
                                     log_level="warning", access_log=False, lifespan="off")
             server = uvicorn.Server(config)
             if ready is not None:
@@ -90,6 +103,7 @@ async def serve(cohort: Cohort, api: bool = True, controller: bool = True,
                 ready.set()
             await asyncio.Event().wait()
     finally:
+        waker.close()
         cohort.reconciler.stop()
         cohort.failover.stop()
         if receiver is not None:

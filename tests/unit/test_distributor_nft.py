@@ -305,6 +305,7 @@ class RecordingKernel:
         self.bucket_updates: list[VipPlan] = []
         self.released: list[tuple[str, list[str]]] = []
         self.flows: dict[str, dict[int, int]] = {}
+        self.counter_calls: list[list[str] | None] = []  # flows_of of each listing (None: everything)
 
     def prepare(self) -> None:
         pass
@@ -327,8 +328,10 @@ class RecordingKernel:
     def apply_buckets(self, plan: VipPlan) -> None:
         self.bucket_updates.append(plan)
 
-    def counters(self) -> dict[str, nft.VipCounters]:
-        return {k: nft.VipCounters(flows=f) for k, f in self.flows.items()}
+    def counters(self, flows_of: Iterable[str] | None = None) -> dict[str, nft.VipCounters]:
+        self.counter_calls.append(None if flows_of is None else sorted(flows_of))
+        return {k: nft.VipCounters(flows=f if flows_of is None or k in flows_of else {})
+                for k, f in self.flows.items()}
 
     def plan(self, lb_id: str) -> VipPlan:
         return next(p for p in self.applied[-1][0] if p.lb_id == lb_id)
@@ -397,6 +400,32 @@ def test_draining_keeps_the_route_until_no_pinned_flow_is_left(tmp_path: Path) -
     assert svc.state.vips["lb-a"].members["z"].drained
     svc.set_members("lb-a", specs("x", "y", "z"))  # back to ACTIVE: routed again, same mark
     assert mark_z in kernel.plan("lb-a").buckets
+
+
+def test_flow_maps_are_listed_only_for_draining_and_every_ten_seconds_for_heartbeats(tmp_path: Path) -> None:
+    kernel = RecordingKernel()
+    svc = service(tmp_path, kernel)
+    now = [100.0]
+    svc.monotonic = lambda: now[0]
+    svc.plug_vip(VIP_SPEC)
+    svc.set_members("lb-a", specs("x", "y"))
+    key = nft.object_key("lb-a")
+    kernel.flows = {key: {svc.state.vips["lb-a"].members["x"].mark: 7}}
+    svc.housekeeping()
+    assert kernel.counter_calls == []  # nothing draining: no listing at all
+    assert svc.heartbeat_body()["vips"]["lb-a"]["members"]["x"]["flows"] == 7
+    now[0] += 0.5
+    svc.heartbeat_body()
+    now[0] += 1.0
+    assert svc.heartbeat_body()["vips"]["lb-a"]["members"]["x"]["flows"] == 7  # kept from the full listing
+    now[0] += 10.0
+    svc.heartbeat_body()
+    assert kernel.counter_calls == [None, [], None]  # whole table, counters only, whole table again
+    assert svc.status(max_age=0)["vips"]["lb-a"]["members"]["x"]["flows"] == 7  # the API counts afresh
+    assert kernel.counter_calls[-1] is None
+    svc.set_members("lb-a", specs("x", "y", draining=("y",)))
+    svc.housekeeping()
+    assert kernel.counter_calls[-1] == [key]  # only the draining VIP's flow map
 
 
 def test_a_drain_ends_at_its_timeout_even_with_flows(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ transaction), which is what makes an agent restart invisible to open connections
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -107,9 +108,21 @@ class DataPlane:
     def apply_buckets(self, plan: nft.VipPlan) -> None:
         run(["nft", "-f", "-"], stdin=nft.render_buckets(plan))
 
-    def counters(self) -> dict[str, nft.VipCounters]:
+    def counters(self, flows_of: Iterable[str] | None = None) -> dict[str, nft.VipCounters]:
+        """One listing of the whole table when every VIP's flows are wanted, else the named counters
+        and only the wanted flow maps: their elements are what makes a listing expensive."""
+        if flows_of is None:
+            return self._listing(["list", "table", nft.FAMILY, nft.TABLE])
+        found = self._listing(["list", "counters", "table", nft.FAMILY, nft.TABLE])
+        for key in flows_of:
+            pinned = self._listing(["list", "map", nft.FAMILY, nft.TABLE, f"flows_{key}"]).get(key)
+            if pinned is not None:
+                found[key] = dataclasses.replace(found.get(key, nft.VipCounters()), flows=pinned.flows)
+        return found
+
+    @staticmethod
+    def _listing(command: list[str]) -> dict[str, nft.VipCounters]:
         try:
-            data = json.loads(run(["nft", "-j", "list", "table", nft.FAMILY, nft.TABLE]))
+            return nft.parse_table(json.loads(run(["nft", "-j", *command])))
         except CommandFailed:
             return {}
-        return nft.parse_table(data)

@@ -10,6 +10,7 @@ timeout passes.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -25,6 +26,9 @@ from cohort.distributor.probes import ProbeSettings, ProbeTarget
 
 LOG = logging.getLogger(__name__)
 COUNTERS_MAX_AGE = 1.0
+# Counting pinned flows means listing every element of every flow map (tens of thousands under
+# load); heartbeats carry counts at most this old. The status API and draining count afresh.
+HEARTBEAT_FLOWS_MAX_AGE = 10.0
 HEARTBEAT_BUDGET = 60_000  # bytes of JSON body; a heartbeat datagram must stay under 65000
 
 
@@ -49,7 +53,9 @@ class Kernel(Protocol):
 
     def apply_buckets(self, plan: nft.VipPlan) -> None: ...
 
-    def counters(self) -> dict[str, nft.VipCounters]: ...
+    def counters(self, flows_of: Iterable[str] | None = None) -> dict[str, nft.VipCounters]:
+        """Counters per VIP key, with the pinned flows of the keys in ``flows_of`` (None: of all)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,8 @@ class DistributorService:
         self.on_change: Callable[[], None] = lambda: None  # the prober's wake()
         self._lock = threading.RLock()
         self._counters: tuple[float, dict[str, nft.VipCounters]] = (float("-inf"), {})
+        self._flows: tuple[float, dict[str, dict[int, int]]] = (float("-inf"), {})
+        self.monotonic: Callable[[], float] = time.monotonic  # the counters' ages (replaced in tests)
         self._heartbeat_offset = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -275,7 +283,12 @@ class DistributorService:
 
     def housekeeping(self) -> None:
         """Withdraw the routes of DRAINING members whose pinned flows are gone (or that timed out)."""
-        counters = self.counters(max_age=0)
+        with self._lock:
+            draining = [nft.object_key(v.lb_id) for v in self.state.vips.values()
+                        if any(m.state == "DRAINING" and not m.drained for m in v.members.values())]
+        if not draining:
+            return
+        counters = self.dataplane.counters(flows_of=draining)
         with self._lock:
             now, changed = self.clock(), False
             for vip in self.state.vips.values():
@@ -301,16 +314,21 @@ class DistributorService:
 
     # --- reporting -----------------------------------------------------------------------------
 
-    def counters(self, max_age: float = COUNTERS_MAX_AGE) -> dict[str, nft.VipCounters]:
-        taken, data = self._counters
-        now = time.monotonic()
-        if now - taken > max_age:
-            data = self.dataplane.counters()
+    def counters(self, max_age: float = COUNTERS_MAX_AGE,
+                 flows_max_age: float = COUNTERS_MAX_AGE) -> dict[str, nft.VipCounters]:
+        """Counters at most ``max_age`` seconds old, with flow counts at most ``flows_max_age`` old."""
+        now = self.monotonic()
+        if now - self._flows[0] > flows_max_age:
+            data = self.dataplane.counters(flows_of=None)
             self._counters = (now, data)
-        return data
+            self._flows = (now, {key: c.flows for key, c in data.items()})
+        elif now - self._counters[0] > max_age:
+            self._counters = (now, self.dataplane.counters(flows_of=()))
+        flows = self._flows[1]
+        return {key: dataclasses.replace(c, flows=flows.get(key, {})) for key, c in self._counters[1].items()}
 
-    def status(self, max_age: float = COUNTERS_MAX_AGE) -> dict[str, Any]:
-        counters = self.counters(max_age)
+    def status(self, max_age: float = COUNTERS_MAX_AGE, flows_max_age: float | None = None) -> dict[str, Any]:
+        counters = self.counters(max_age, max_age if flows_max_age is None else flows_max_age)
         with self._lock:
             vips = {}
             for vip in self.state.vips.values():
@@ -353,7 +371,7 @@ class DistributorService:
         slice of VIPs (``"partial": true``, ``"vips_total"``), so every VIP is reported in turn
         and a distributor with many load balancers never falls silent.
         """
-        vips = self.status()["vips"]
+        vips = self.status(flows_max_age=HEARTBEAT_FLOWS_MAX_AGE)["vips"]
         slim = {
             lb_id: {
                 "members": {

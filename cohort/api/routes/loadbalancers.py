@@ -7,12 +7,12 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from sqlalchemy import bindparam, literal_column, select, union_all
+from sqlalchemy import Select, bindparam, literal_column, select, union_all
 from sqlalchemy.orm import Session
 
-from cohort.api import views
+from cohort.api import lb_json, views
 from cohort.api.builders import build_listener, build_pool, set_fields
-from cohort.api.collection import list_collection
+from cohort.api.collection import list_collection, page_of
 from cohort.api.deps import DB, AppState, Ctx, RawBody, State
 from cohort.api.errors import InvalidInput, NotFound
 from cohort.api.guards import check_quota, lock_load_balancer, visible
@@ -160,20 +160,47 @@ def _tree_counts(body: s.LoadBalancerCreate) -> dict[type[Any], int]:
     return counts
 
 
+def rendered_bodies(session: Session, rows: list[Any], fields: list[str]) -> list[str]:
+    """JSON texts of rows selected with :func:`lb_json.body_column`, with their listener and pool ids."""
+    children = child_ids(session, [row.id for row in rows])
+    return [lb_json.with_children(row.body, *children[row.id], fields=fields) for row in rows]
+
+
+def _rendered_select(fields: list[str]) -> Select[Any]:
+    return select(LB_TABLE.c.id, LB_TABLE.c.project_id, lb_json.body_column(fields))
+
+
+RENDERED_BY_ID = _rendered_select([]).where(LB_TABLE.c.id == bindparam("lb_id"))
+
+
 @router.get("")
-def list_(request: Request, session: DB, ctx: Ctx, state: State) -> dict[str, Any]:
-    return list_collection(request, session, ctx, m.LoadBalancer, "loadbalancers", None, select(LB_TABLE),
-                           batch_view=lambda rows: lb_views(session, rows), max_limit=state.settings.api_max_page,
-                           entities=False)
+def list_(request: Request, session: DB, ctx: Ctx, state: State) -> Any:
+    if not lb_json.supported(lb_json.session_engine(session)):
+        return list_collection(request, session, ctx, m.LoadBalancer, "loadbalancers", None, select(LB_TABLE),
+                               batch_view=lambda rows: lb_views(session, rows),
+                               max_limit=state.settings.api_max_page, entities=False)
+    options = parse_options(list(request.query_params.multi_items()), state.settings.api_max_page)
+    rows, links = page_of(request, session, ctx, m.LoadBalancer, _rendered_select(options.fields), options,
+                          entities=False)
+    bodies = ",".join(rendered_bodies(session, rows, options.fields))
+    content = f'{{"loadbalancers":[{bodies}],"loadbalancers_links":{json.dumps(links)}}}'
+    return Response(content, media_type="application/json")
 
 
 @router.get("/{lb_id}")
-def show(lb_id: str, request: Request, session: DB, ctx: Ctx) -> dict[str, Any]:
-    row = session.connection().execute(LB_BY_ID, {"lb_id": lb_id}).one_or_none()
+def show(lb_id: str, request: Request, session: DB, ctx: Ctx) -> Any:
+    fields = parse_options(list(request.query_params.multi_items()), 1).fields
+    if not lb_json.supported(lb_json.session_engine(session)):
+        row = session.connection().execute(LB_BY_ID, {"lb_id": lb_id}).one_or_none()
+        if row is None or not ctx.can_see(row.project_id):
+            raise NotFound("Load Balancer", lb_id)
+        return {"loadbalancer": select_fields(lb_views(session, [row])[0], fields)}
+    statement = RENDERED_BY_ID if not fields else _rendered_select(fields).where(LB_TABLE.c.id == bindparam("lb_id"))
+    row = session.connection().execute(statement, {"lb_id": lb_id}).one_or_none()
     if row is None or not ctx.can_see(row.project_id):
         raise NotFound("Load Balancer", lb_id)
-    fields = parse_options(list(request.query_params.multi_items()), 1).fields
-    return {"loadbalancer": select_fields(lb_views(session, [row])[0], fields)}
+    return Response(f'{{"loadbalancer":{rendered_bodies(session, [row], fields)[0]}}}',
+                    media_type="application/json")
 
 
 @router.put("/{lb_id}")
