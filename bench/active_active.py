@@ -3,19 +3,28 @@ distributor adds, and what scaling 3->4->3 does to open and new connections.
 
 In one run, on a private lab with Cohort on local drivers (see ``bench.common``):
 
-1. throughput. Four load balancers live side by side, each with the same ROUND_ROBIN pool of
-   lab members: SINGLE (one amphora, no distributor) and ACTIVE_ACTIVE with
-   ``amp_cluster_size`` 2, 3 and 4 (SOURCE_IP_PORT affinity, so one client spreads), every
-   amphora capped by the flavor's ``compute_flavor`` at ``--cap`` CPU. ``wrk -t2 -c64`` from
-   the lab's client namespace measures requests/s over keep-alive connections and new
-   connections/s (``Connection: close``); each repetition runs every configuration once, in a
-   rotating order, so machine noise hits all alike. Figures are medians; scaling efficiency
-   is (AA_N / SINGLE) / N. With each run go the CPU of the members, wrk, each amphora (and its
-   HAProxy), the distributor agent, this process (Cohort runs in it), other processes on the
-   machine and the whole machine, and each amphora's cgroup throttling: a saturated amphora is
-   throttled in most 100 ms CFS periods. The default cap, 0.05 CPU, is what keeps the amphorae
-   the limit on a 2-vCPU machine; the same throughput is then measured again, fewer and
-   shorter runs, at ``--compare-cap`` (0.25) on fresh load balancers, where the machine is.
+1. throughput. Load balancers live side by side, each with the same ROUND_ROBIN pool of lab
+   members: SINGLE (one amphora, no distributor), ACTIVE_ACTIVE with ``amp_cluster_size`` 2, 3
+   and 4 (SOURCE_IP_PORT affinity, so one client spreads), and (``--matched``) three more
+   SINGLE load balancers for the load-matched baselines SINGLEx2..4: N SINGLE load balancers
+   loaded at once, each by its own wrk with 1/N of the connections, so that the machine
+   carries the traffic of an N-amphora cluster. Every amphora is capped by the flavor's
+   ``compute_flavor`` at ``--cap`` CPU. ``wrk -t2 -c64`` from the lab's client namespace
+   measures requests/s over keep-alive connections and new connections/s (``Connection:
+   close``); each repetition runs every configuration once, in a rotating order, so machine
+   noise hits all alike. Figures are medians; scaling efficiency is (AA_N / SINGLE) / N, and
+   the load-matched efficiency the median of the repetitions' AA_N / SINGLExN (what the
+   distributor costs, apart from what a busier 2-vCPU machine costs every amphora). The
+   client's packets are processed in a kernel thread of their own (``--client-kthread``, see
+   ``bench.common.client_nic_kthread``): otherwise the client's answers to an amphora, and
+   their way through the gateway and the distributor, are billed to that amphora's capped
+   cgroup. With each run go the CPU of the members, wrk, each amphora (and its HAProxy), the
+   distributor agent, this process (Cohort runs in it), kernel threads, other processes on
+   the machine and the whole machine, and each amphora's cgroup throttling: a saturated
+   amphora is throttled in most 100 ms CFS periods. The default cap, 0.05 CPU, is what keeps
+   the amphorae the limit on a 2-vCPU machine; the same throughput is then measured again,
+   fewer and shorter runs, at ``--compare-cap`` (0.25) on fresh load balancers, where the
+   machine is.
 2. latency the distributor adds, at low load, on the N=4 cluster of the last set: one
    sampler (SCHED_FIFO, in a namespace of the benchmark on the lab's front-end bridge)
    alternates sample by sample between two source addresses; from one the VIP is on-link
@@ -33,7 +42,7 @@ In one run, on a private lab with Cohort on local drivers (see ``bench.common``)
    after each change, looked up in the distributor's flow-pinning map; the fraction that
    changed amphora is compared with the ideal 1/4.
 
-Run as root: ``.venv/bin/python bench/active_active.py`` (``--help`` for the knobs; about 7
+Run as root: ``.venv/bin/python bench/active_active.py`` (``--help`` for the knobs; about 11
 minutes). Writes ``bench/results/active_active.json`` and ``bench/results/active_active.png``.
 """
 
@@ -76,6 +85,7 @@ from bench.common import (  # noqa: E402
     cgroup_quota,
     cgroup_throttling,
     check_lab_address,
+    client_nic_kthread,
     cmdline,
     machine_info,
     median,
@@ -1268,7 +1278,7 @@ def _plot_svg(series: dict[tuple[float, str], list[tuple[int, float]]], path: Pa
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--cap", type=float, default=0.05, help="CPU quota of every amphora (compute_flavor cpu)")
-    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=64)
@@ -1292,6 +1302,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet-wait", type=float, default=6.0,
                         help="before each repetition, wait at most this long for other processes to calm down")
     parser.add_argument("--quiet-threshold", type=float, default=0.25, help="CPUs of other processes deemed calm")
+    parser.add_argument("--client-kthread", action=argparse.BooleanOptionalAction, default=True,
+                        help="process the client's packets in a kernel thread (bench.common.client_nic_kthread)")
     parser.add_argument("--matched", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure N SINGLE load balancers loaded at once (the load-matched baselines)")
     parser.add_argument("--skip", choices=("throughput", "latency", "scaling"), action="append", default=[])
@@ -1306,7 +1318,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    require_root_and_tools("wrk", "haproxy", "ip", "nft", "ss", "curl", "chrt")
+    require_root_and_tools("wrk", "haproxy", "ip", "nft", "ss", "curl", "chrt", "ethtool")
     started = time.monotonic()
     machine = machine_info()
     busy0 = system_busy_seconds()
@@ -1319,6 +1331,12 @@ def main(argv: list[str] | None = None) -> int:
         lab = env.lab
         tune_load_namespace(lab.client_ns)
         netns.sysctl(lab.client_ns, "net.ipv4.ip_local_port_range", EPHEMERAL_PORTS)
+        if args.client_kthread:
+            port = client_nic_kthread(lab)
+            report["client_packets"] = (f"processed in kernel thread napi/{port}-N (GRO + threaded NAPI on the "
+                                        "client's switch port), as another host's; see bench.common")
+        else:
+            report["client_packets"] = "processed in the sender's context (billed to whoever sent or answered)"
         names = [f"web{i + 1}" for i in range(args.members)]
         members = [lab.add_member(name, workers=args.member_workers) for name in names]
         report["members"] = {"count": args.members, "workers": args.member_workers, "addresses": members,

@@ -298,6 +298,32 @@ def tune_load_namespace(ns: str) -> None:
     netns.sysctl(ns, "net.ipv4.tcp_tw_reuse", 1)
 
 
+def client_nic_kthread(lab: Lab) -> str:
+    """Process what the client sends in a kernel thread of its own, as another host's NIC would.
+
+    On one machine a packet is processed, through every namespace it crosses, in the context of
+    whoever sent it, and softirq time is billed to that process (this kernel has no
+    IRQ_TIME_ACCOUNTING). When an amphora's answer reaches the client, the client's ACK or FIN
+    is sent right there, so the gateway, the distributor and the amphora's own receive of that
+    packet were billed to the *amphora's* capped cgroup: the benchmark charged the amphora for
+    the client's and the network's work, more so behind a distributor (one more hop). With GRO
+    on the client's switch port, veth receives through NAPI, and threaded NAPI runs it in the
+    kernel thread ``napi/<port>-N`` (with TSO off on the client's end, which veth requires for
+it): everything the client sends is processed there, in every
+    configuration alike, and an amphora is billed for HAProxy, its own sends and the path of its
+    answers to the client. Returns the port's name.
+    """
+    port = "c-client"
+    # veth hands a packet to NAPI only if the sender cannot do TSO (veth_skb_is_eligible_for_gro).
+    netns.run_in(lab.client_ns, ["ethtool", "-K", "eth0", "tso", "off"])
+    netns.run_in(lab.sw_ns, ["ethtool", "-K", port, "gro", "on"])
+    netns.run_in(lab.sw_ns, ["sh", "-c", f"echo 1 > /sys/class/net/{port}/threaded"])
+    threaded = netns.run_in(lab.sw_ns, ["cat", f"/sys/class/net/{port}/threaded"]).stdout.strip()
+    if threaded != "1":
+        raise BenchError(f"threaded NAPI did not take on {port}: {threaded!r}")
+    return port
+
+
 @contextmanager
 def backend_loadgen(lab: Lab, name: str = "loadgen") -> Iterator[tuple[str, str]]:
     """A namespace on the lab's back-end bridge, for direct-to-member load; yields (namespace, address).

@@ -11,6 +11,7 @@ declare -A packages=(
   [arping]=iputils-arping
   [curl]=curl
   [wrk]=wrk
+  [ethtool]=ethtool
   [ps]=procps
   [initdb]=postgresql
 )

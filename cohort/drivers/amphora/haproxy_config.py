@@ -13,9 +13,12 @@ One HAProxy process serves one load balancer. The agent relies on these names:
 - PING monitors run ``{state_dir}/ping-wrapper.sh`` (see haproxy_backend);
   PROMETHEUS listeners use two unix sockets (see haproxy_prometheus).
 
-Non-local VIP: when the topology is ACTIVE_STANDBY or ACTIVE_ACTIVE, binds
-carry ``transparent`` (IP_TRANSPARENT/IP_FREEBIND), so HAProxy starts before
-the VIP is local, or on a standby that never holds it; no sysctl is needed.
+Non-local VIP: in ACTIVE_STANDBY, binds carry ``transparent``
+(IP_TRANSPARENT/IP_FREEBIND), so HAProxy starts on a backup that does not hold
+the VIP (keepalived moves it); no sysctl is needed. An ACTIVE_ACTIVE amphora
+holds the VIP on ``lo`` from the moment it is plugged, before any listener is
+configured, so its binds are plain: a transparent listener's connections cost
+the capped amphora measurably more per new connection (bench/active_active.py).
 
 No global ``maxconn``: HAProxy derives it from the RLIMIT_NOFILE it starts
 with (two descriptors per proxied connection plus listeners and checks), about
@@ -182,7 +185,7 @@ def render_haproxy(lb: LoadBalancer, amphora: Amphora, cert_dir: str, state_dir:
     for listener in lb.listeners:
         settings = haproxy_frontend.FrontendSettings(
             vip_address=vip.compressed,
-            transparent=lb.topology.name in ("ACTIVE_STANDBY", "ACTIVE_ACTIVE"),
+            transparent=lb.topology.name == "ACTIVE_STANDBY",
             enabled=lb.admin_state_up and listener.admin_state_up,
             maxconn=_maxconn(listener),
             cert_dir=cert_dir,

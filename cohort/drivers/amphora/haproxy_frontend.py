@@ -38,7 +38,7 @@ class FrontendSettings:
     """What a frontend takes from its load balancer and the rest of the configuration."""
 
     vip_address: str
-    transparent: bool  # bind a VIP that is not (yet) local: ACTIVE_STANDBY backups, ACTIVE_ACTIVE
+    transparent: bool  # bind a VIP that may not be local: ACTIVE_STANDBY backups
     enabled: bool  # listener and load balancer both admin up
     maxconn: int | None  # connection_limit; None: HAProxy's global maxconn
     cert_dir: str
