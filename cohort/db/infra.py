@@ -45,6 +45,8 @@ class AmphoraHealth(Base):
     amphora_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     last_update: Mapped[float] = mapped_column(Float)
     busy: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The newest heartbeat sequence accepted, so a restarted controller still refuses replays.
+    last_seq: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class AmphoraCluster(IdMixin, TimestampMixin, Base):
@@ -81,6 +83,7 @@ class DistributorHealth(Base):
     distributor_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     last_update: Mapped[float] = mapped_column(Float)
     busy: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_seq: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class AmphoraRegistration(Base):
