@@ -44,7 +44,7 @@ class Cohort:
 
 def build(settings: Settings) -> Cohort:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.db_url)
+    upgrade(settings.db_url, secrets_key=settings.secrets_key_file)
     engine = make_engine(settings.db_url)
     sessions = make_sessionmaker(engine)
     readers = make_sessionmaker(engine, writer=False)
@@ -62,7 +62,10 @@ async def _heartbeats(cohort: Cohort) -> Any:
     from cohort.health.heartbeat import HeartbeatReceiver, HeartbeatVerifier
 
     host, _, port = cohort.drivers.heartbeat_target.rpartition(":")
-    receiver = HeartbeatReceiver((host, int(port)), HeartbeatVerifier(heartbeat_key(cohort.settings)),
+    # Sequences accepted before a restart stay refused after it.
+    verifier = HeartbeatVerifier(heartbeat_key(cohort.settings),
+                                 last_seq=await asyncio.to_thread(cohort.health.last_sequences))
+    receiver = HeartbeatReceiver((host, int(port)), verifier,
                                  lambda payload: asyncio.to_thread(cohort.health.on_heartbeat, payload))
     await receiver.start()
     return receiver

@@ -1,4 +1,8 @@
-"""The health manager: turns verified heartbeats into amphora health, statistics and operating status."""
+"""The health manager: turns verified heartbeats into amphora health, statistics and operating status.
+
+It also keeps each agent's last accepted heartbeat sequence on the health row it writes
+anyway, and hands them back to the verifier when the controller starts.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,27 @@ from sqlalchemy.orm import Session, sessionmaker
 from cohort.controller import status as st
 from cohort.db import models as m
 from cohort.db.session import transaction
+from cohort.health.heartbeat import SenderKey
+from cohort.health.keys import AMPHORA, DISTRIBUTOR
+from cohort.health.report import COUNTERS, AmphoraReport, parse_amphora_report
 
 log = logging.getLogger(__name__)
 
-COUNTERS = ("bytes_in", "bytes_out", "active_connections", "total_connections", "request_errors")
+MAX_SEQ = 2**63 - 1
+
+
+def _seq(payload: dict[str, Any]) -> int | None:
+    seq = payload.get("seq")
+    if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq <= MAX_SEQ:
+        return seq
+    return None
+
+
+def _newest(stored: int | None, seq: int | None) -> int | None:
+    # Heartbeats are handled in worker threads, so an older one may land after a newer one.
+    if seq is None:
+        return stored
+    return seq if stored is None else max(stored, seq)
 
 
 class HealthManager:
@@ -23,58 +44,75 @@ class HealthManager:
         self.sessions = sessions
         self.processed = 0
 
+    def last_sequences(self) -> dict[SenderKey, int]:
+        """The persisted last heartbeat sequence of every agent, for the verifier at start."""
+        with self.sessions() as session:
+            amphorae = session.execute(select(m.AmphoraHealth.amphora_id, m.AmphoraHealth.last_seq)
+                                       .where(m.AmphoraHealth.last_seq.is_not(None))).all()
+            distributors = session.execute(
+                select(m.DistributorHealth.distributor_id, m.DistributorHealth.last_seq)
+                .where(m.DistributorHealth.last_seq.is_not(None))).all()
+        found = {(AMPHORA, agent_id): seq for agent_id, seq in amphorae if seq is not None}
+        found.update({(DISTRIBUTOR, agent_id): seq for agent_id, seq in distributors if seq is not None})
+        return found
+
     def on_heartbeat(self, payload: dict[str, Any]) -> None:
-        if payload.get("distributor"):
-            self._distributor(str(payload.get("id", "")))
+        if payload.get("distributor") is True:
+            self._distributor(str(payload.get("id", "")), _seq(payload))
             return
         amphora_id = str(payload.get("id", ""))
+        report = parse_amphora_report(payload)
+        if report is None:
+            log.warning("heartbeat of amphora %s has a malformed body; only its liveness counts", amphora_id)
         with transaction(self.sessions) as session:
             amphora = session.get(m.Amphora, amphora_id)
             if amphora is None or amphora.status == "DELETED" or amphora.load_balancer_id is None:
                 return
             health = session.get(m.AmphoraHealth, amphora_id)
             if health is None:
-                session.add(m.AmphoraHealth(amphora_id=amphora_id, last_update=time.time(), busy=False))
+                session.add(m.AmphoraHealth(amphora_id=amphora_id, last_update=time.time(), busy=False,
+                                            last_seq=_seq(payload)))
             else:
                 health.last_update = time.time()
+                health.last_seq = _newest(health.last_seq, _seq(payload))
             lb = session.get(m.LoadBalancer, amphora.load_balancer_id)
-            if lb is None:
+            if lb is None or report is None:
                 return
-            self._record(session, lb, amphora_id, payload)
+            self._record(session, lb, amphora_id, report)
         self.processed += 1
 
-    def _distributor(self, distributor_id: str) -> None:
+    def _distributor(self, distributor_id: str, seq: int | None) -> None:
         with transaction(self.sessions) as session:
             if session.get(m.Distributor, distributor_id) is None:
                 return
             health = session.get(m.DistributorHealth, distributor_id)
             if health is None:
-                session.add(m.DistributorHealth(distributor_id=distributor_id, last_update=time.time(), busy=False))
+                session.add(m.DistributorHealth(distributor_id=distributor_id, last_update=time.time(), busy=False,
+                                                last_seq=seq))
             else:
                 health.last_update = time.time()
+                health.last_seq = _newest(health.last_seq, seq)
         self.processed += 1
 
-    def _record(self, session: Session, lb: m.LoadBalancer, amphora_id: str, payload: dict[str, Any]) -> None:
+    def _record(self, session: Session, lb: m.LoadBalancer, amphora_id: str, report: AmphoraReport) -> None:
         listeners = {row.id: row for row in lb.listeners}
-        reported_listeners: dict[str, Any] = payload.get("listeners") or {}
-        for listener_id, report in reported_listeners.items():
+        for listener_id, listener_report in report.listeners.items():
             if listener_id not in listeners:
                 continue
-            stats = report.get("stats") or {}
             row = session.get(m.ListenerStatistics, (listener_id, amphora_id))
             if row is None:
-                row = m.ListenerStatistics(listener_id=listener_id, amphora_id=amphora_id)
+                row = m.ListenerStatistics(listener_id=listener_id, amphora_id=amphora_id,
+                                           **dict.fromkeys(COUNTERS, 0))
                 session.add(row)
-            for name in COUNTERS:
-                setattr(row, name, int(stats.get(name, 0) or 0))
+            for name, value in listener_report.stats.items():
+                setattr(row, name, value)
         pools = {row.id: row for row in lb.pools}
-        reported_pools: dict[str, Any] = payload.get("pools") or {}
-        for pool_id, report in reported_pools.items():
+        for pool_id, pool_report in report.pools.items():
             pool = pools.get(pool_id)
             if pool is None:
                 continue
             members = {row.id: row for row in pool.members}
-            for member_id, member_status in (report.get("members") or {}).items():
+            for member_id, member_status in pool_report.members.items():
                 member = members.get(member_id)
                 if member is not None and member.admin_state_up:
                     member.operating_status = st.MEMBER_STATUS.get(member_status, "ERROR")
@@ -83,15 +121,15 @@ class HealthManager:
                 monitor.operating_status = "ONLINE" if monitor.admin_state_up else "OFFLINE"
             if pool.admin_state_up:
                 pool.operating_status = st.pool_from_members(
-                    st.POOL_STATUS.get(str(report.get("status")), "ERROR"),
+                    st.POOL_STATUS.get(str(pool_report.status), "ERROR"),
                     [mb.operating_status for mb in pool.members if mb.admin_state_up],
                 )
         for listener_id, listener in listeners.items():
             if not listener.admin_state_up:
                 listener.operating_status = "OFFLINE"
                 continue
-            report = reported_listeners.get(listener_id)
-            own = st.LISTENER_STATUS.get(str(report.get("status")), "OFFLINE") if report else "OFFLINE"
+            reported = report.listeners.get(listener_id)
+            own = st.LISTENER_STATUS.get(str(reported.status), "OFFLINE") if reported is not None else "OFFLINE"
             pool_ids = {listener.default_pool_id, *(p.redirect_pool_id for p in listener.l7policies)}
             listener.operating_status = st.worst(own, [pools[p].operating_status for p in pool_ids if p in pools])
         if lb.admin_state_up:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from cohort.drivers.amphora.base import AmphoraDriver
 from cohort.drivers.compute.base import ComputeDriver
 from cohort.drivers.distributor.base import DistributorDriver
 from cohort.drivers.network.base import NetworkDriver
+from cohort.health.keys import agent_key, master_key, write_key_file
 
 
 @dataclass
@@ -28,19 +28,27 @@ class Drivers:
 
 
 def heartbeat_key(settings: Settings) -> bytes:
-    """The HMAC key shared with agents: from the settings, else generated once into the state dir."""
+    """The master heartbeat key: from the settings, else generated once into the state dir.
+
+    It never leaves the controller: agents get keys derived from it (``write_agent_key``).
+    """
     if settings.heartbeat_key:
         return settings.heartbeat_key.encode()
-    path = key_file(settings)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+    return master_key(key_file(settings))
 
 
 def key_file(settings: Settings) -> Path:
     return settings.state_dir / "heartbeat.key"
+
+
+def agent_key_file(settings: Settings, kind: str, agent_id: str) -> Path:
+    return settings.state_dir / "heartbeat" / f"{kind}-{agent_id}.key"
+
+
+def write_agent_key(settings: Settings, kind: str, agent_id: str) -> Path:
+    """Write the key ``kind`` agent ``agent_id`` signs its heartbeats with to a 0600 file of its own."""
+    return write_key_file(agent_key_file(settings, kind, agent_id),
+                          agent_key(heartbeat_key(settings), kind, agent_id))
 
 
 def make_drivers(settings: Settings) -> Drivers:
@@ -76,7 +84,7 @@ def _local_drivers(settings: Settings) -> Drivers:
             "--bind", f"{mgmt_ip}:{settings.agent_port}",
             "--cert", str(paths.cert), "--key", str(paths.key), "--ca", str(paths.ca),
             "--state-dir", str(settings.state_dir / "i" / instance_id[:8]),
-            "--heartbeat-to", target, "--heartbeat-key-file", str(key_file(settings)),
+            "--heartbeat-to", target, "--heartbeat-key-file", str(write_agent_key(settings, kind, instance_id)),
             "--heartbeat-interval", str(settings.heartbeat_interval),
         ]
 

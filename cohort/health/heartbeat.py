@@ -1,9 +1,10 @@
 """Signed heartbeats: the wire format, its verification, and the UDP sender and receiver.
 
-A datagram is compact JSON followed by a 32-byte HMAC-SHA256 of that JSON. The
-payload carries ``id`` (amphora or distributor id), ``seq`` (strictly increasing
-per sender), ``ts`` (sender's Unix time) and a body merged at top level; for an
-amphora, modelled on Octavia's heartbeat v2::
+A datagram is compact JSON followed by a 32-byte HMAC-SHA256 of that JSON, keyed with
+the sending agent's own key (see ``cohort.health.keys``). The payload carries ``id``
+(amphora or distributor id), ``seq`` (strictly increasing per sender), ``ts`` (sender's
+Unix time), ``distributor: true`` from a distributor, and a body merged at top level;
+for an amphora, modelled on Octavia's heartbeat v2::
 
     {"id": ..., "seq": ..., "ts": ..., "ver": 1,
      "listeners": {listener_id: {"status": "OPEN"|"FULL"|"DOWN",
@@ -14,7 +15,8 @@ amphora, modelled on Octavia's heartbeat v2::
 
 Listener counters are HAProxy's totals since its last reload, not deltas.
 Senders derive ``seq`` from ``time.time_ns()`` so that a restarted agent keeps
-counting upwards and is not taken for a replay.
+counting upwards and is not taken for a replay; the verifier holds them to it, so a
+sequence number far from the clock cannot push an agent's counter out of its own reach.
 """
 
 from __future__ import annotations
@@ -25,17 +27,23 @@ import hmac
 import inspect
 import json
 import logging
+import math
 import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, NoReturn
+
+from cohort.health.keys import AMPHORA, DISTRIBUTOR, agent_key
 
 LOG = logging.getLogger(__name__)
 MAC_LEN = 32
 MAX_DATAGRAM = 65000
+MAX_ID_LEN = 255
 HeartbeatCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
+# (kind, id): one sequence counter per agent.
+SenderKey = tuple[str, str]
 
 
 class HeartbeatRejected(Exception):
@@ -56,46 +64,87 @@ def sign(payload: dict[str, Any], key: bytes) -> bytes:
     return data + _mac(data, key)
 
 
-class HeartbeatVerifier:
-    """Checks MAC, shape, freshness (``max_skew`` seconds) and per-sender sequence order."""
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a number")
 
-    def __init__(self, key: bytes, max_skew: float = 30.0, max_senders: int = 100_000) -> None:
-        if not key:
+
+def _decode(data: bytes) -> dict[str, Any]:
+    try:
+        # NaN and Infinity are refused anywhere in the payload, so no consumer meets them.
+        payload = json.loads(data, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise HeartbeatRejected(f"malformed JSON: {type(e).__name__}") from e
+    if not isinstance(payload, dict):
+        raise HeartbeatRejected("payload is not an object")
+    return payload
+
+
+def sender_kind(payload: Mapping[str, Any]) -> str:
+    """``distributor`` or ``amphora``: whose key the payload must be signed with."""
+    flag = payload.get("distributor", False)
+    if not isinstance(flag, bool):
+        raise HeartbeatRejected("malformed distributor flag")
+    return DISTRIBUTOR if flag else AMPHORA
+
+
+class HeartbeatVerifier:
+    """Checks the sender's own MAC, shape, freshness and per-sender sequence order.
+
+    ``ts`` must be within ``max_skew`` seconds of now, and ``seq`` (nanoseconds) within
+    ``max_skew`` of both. ``last_seq`` primes the sequence counters, e.g. with what the
+    health manager persisted before a restart.
+    """
+
+    def __init__(
+        self,
+        master_key: bytes,
+        max_skew: float = 30.0,
+        max_senders: int = 100_000,
+        last_seq: Mapping[SenderKey, int] | None = None,
+    ) -> None:
+        if not master_key:
             raise ValueError("heartbeat key must not be empty")
-        self._key = key
+        self._master = master_key
         self._max_skew = max_skew
+        self._max_skew_ns = int(max_skew * 1e9)
         self._max_senders = max_senders
-        self._last_seq: OrderedDict[str, int] = OrderedDict()
+        self._last_seq: OrderedDict[SenderKey, int] = OrderedDict(last_seq or {})
         self._lock = threading.Lock()
 
     def verify(self, datagram: bytes, now: float | None = None) -> dict[str, Any]:
         if len(datagram) <= MAC_LEN:
             raise HeartbeatRejected("too short")
         data, mac = datagram[:-MAC_LEN], datagram[-MAC_LEN:]
-        if not hmac.compare_digest(mac, _mac(data, self._key)):
-            raise HeartbeatRejected("bad MAC")
-        try:
-            payload = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise HeartbeatRejected(f"malformed JSON: {e}") from e
-        if not isinstance(payload, dict):
-            raise HeartbeatRejected("payload is not an object")
-        sender, seq, ts = payload.get("id"), payload.get("seq"), payload.get("ts")
-        if not isinstance(sender, str) or not sender:
+        # The claimed sender picks the key, so the JSON is read before the MAC is checked.
+        payload = _decode(data)
+        sender = payload.get("id")
+        if not isinstance(sender, str) or not sender or len(sender) > MAX_ID_LEN:
             raise HeartbeatRejected("missing id")
+        kind = sender_kind(payload)
+        if not hmac.compare_digest(mac, _mac(data, agent_key(self._master, kind, sender))):
+            raise HeartbeatRejected("bad MAC")
+        seq, ts = payload.get("seq"), payload.get("ts")
         if not isinstance(seq, int) or isinstance(seq, bool):
             raise HeartbeatRejected("missing seq")
         if not isinstance(ts, int | float) or isinstance(ts, bool):
             raise HeartbeatRejected("missing ts")
+        try:
+            ts_ns = int(float(ts) * 1e9)
+        except (OverflowError, ValueError) as e:  # a huge int, or a float that is not finite
+            raise HeartbeatRejected("malformed ts") from e
         now = time.time() if now is None else now
-        if abs(now - ts) > self._max_skew:
+        if not math.isfinite(ts) or abs(now - ts) > self._max_skew:
             raise HeartbeatRejected(f"timestamp {ts:.3f} is {now - ts:.1f}s off")
+        now_ns = int(now * 1e9)
+        if abs(seq - now_ns) > self._max_skew_ns or abs(seq - ts_ns) > self._max_skew_ns:
+            raise HeartbeatRejected("seq is not the sender's clock in nanoseconds")
+        key = (kind, sender)
         with self._lock:
-            last = self._last_seq.get(sender)
+            last = self._last_seq.get(key)
             if last is not None and seq <= last:
                 raise HeartbeatRejected(f"replayed or old seq {seq} (last {last})")
-            self._last_seq[sender] = seq
-            self._last_seq.move_to_end(sender)
+            self._last_seq[key] = seq
+            self._last_seq.move_to_end(key)
             # Forgetting the longest-silent senders is safe: their old datagrams are stale by ts.
             while len(self._last_seq) > self._max_senders:
                 self._last_seq.popitem(last=False)

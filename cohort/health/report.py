@@ -1,0 +1,75 @@
+"""An amphora heartbeat's body, read defensively into typed reports for the health manager.
+
+A signed payload is authentic, not well formed: the agent inside a tenant's amphora is the
+one that signs it. Anything of the wrong type is dropped here (a malformed section makes the
+whole body unusable, a malformed entry or counter is skipped), so the consumer never raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+COUNTERS = ("bytes_in", "bytes_out", "active_connections", "total_connections", "request_errors")
+MAX_COUNTER = 2**63 - 1  # a BIGINT column
+
+
+@dataclass(frozen=True)
+class ListenerReport:
+    status: str | None
+    # Only the counters that were well formed; the others keep their stored value.
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PoolReport:
+    status: str | None
+    members: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AmphoraReport:
+    listeners: dict[str, ListenerReport]
+    pools: dict[str, PoolReport]
+
+
+def _status(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _counter(value: object) -> int | None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    return min(max(value, 0), MAX_COUNTER)
+
+
+def _listener(report: Mapping[str, Any]) -> ListenerReport:
+    stats = report.get("stats")
+    counters: dict[str, int] = {}
+    if isinstance(stats, dict):
+        for name in COUNTERS:
+            value = _counter(stats.get(name, 0))
+            if value is not None:
+                counters[name] = value
+    return ListenerReport(_status(report.get("status")), counters)
+
+
+def _pool(report: Mapping[str, Any]) -> PoolReport:
+    members = report.get("members")
+    statuses: dict[str, str] = {}
+    if isinstance(members, dict):
+        statuses = {k: v for k, v in members.items() if isinstance(k, str) and isinstance(v, str)}
+    return PoolReport(_status(report.get("status")), statuses)
+
+
+def parse_amphora_report(payload: Mapping[str, Any]) -> AmphoraReport | None:
+    """The listeners and pools an amphora reports, or None when a section is not an object."""
+    listeners = payload.get("listeners") or {}
+    pools = payload.get("pools") or {}
+    if not isinstance(listeners, dict) or not isinstance(pools, dict):
+        return None
+    return AmphoraReport(
+        listeners={k: _listener(v) for k, v in listeners.items() if isinstance(v, dict)},
+        pools={k: _pool(v) for k, v in pools.items() if isinstance(v, dict)},
+    )
