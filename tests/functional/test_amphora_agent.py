@@ -34,6 +34,7 @@ from cohort.datamodel import Amphora, Listener, LoadBalancer, Member, Pool
 from cohort.drivers.errors import DriverError, PermanentDriverError
 from cohort.drivers.network.base import PluggedPort
 from cohort.health.heartbeat import HeartbeatReceiver, HeartbeatVerifier
+from cohort.health.keys import agent_key
 from cohort.pki import CertificateAuthority, CertPaths, client_ssl_context
 
 pytestmark = pytest.mark.root
@@ -254,8 +255,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         ca = CertificateAuthority(tmp / "pki")
         amp_id = f"amp-{tag}"
         receiver = Receiver((f"198.18.{net}.1", 0))
-        hb_key_file = tmp / "hb.key"
-        hb_key_file.write_bytes(HB_KEY)
+        hb_key_file = tmp / "hb.key"  # the agent's own key; the receiver holds the master
+        hb_key_file.write_bytes(agent_key(HB_KEY, "amphora", amp_id))
         amphora = Amphora(id=amp_id, load_balancer_id="lb-" + tag, role="STANDALONE",
                           lb_network_ip=f"198.18.{net}.2", vrrp_ip="203.0.113.2", ha_ip=VIP)  # fmt: skip
         member = Member(id="mem-" + tag, address="192.0.2.10", protocol_port=8080)

@@ -40,6 +40,7 @@ from cohort.drivers.errors import DriverError, PermanentDriverError
 from cohort.drivers.network.base import PluggedPort
 from cohort.drivers.network.local import SHARED_PROJECT, LocalNetworkDriver
 from cohort.health.heartbeat import HeartbeatReceiver, HeartbeatVerifier
+from cohort.health.keys import agent_key
 from cohort.lab import FRONTEND_PORT_RANGE, PUBLIC_CIDR, Lab, address_mac, allocate_address, short_hash
 from cohort.pki import CertificateAuthority, CertPaths, client_ssl_context
 
@@ -242,8 +243,6 @@ def add_manual_port(lab: Lab, ns: str, ifname: str) -> PluggedPort:
 def env(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("dist")
     ca = CertificateAuthority(tmp / "pki")
-    hb_key_file = tmp / "hb.key"
-    hb_key_file.write_bytes(HB_KEY)
     receiver = Receiver(lab.mgmt_host_ip)
     names: dict[str, str] = {}
     commands: dict[str, list[str]] = {}
@@ -252,6 +251,8 @@ def env(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         if kind == "amphora":
             return [sys.executable, "-c", AMPHORA, names[instance_id]]
         paths = ca.issue_server(f"distributor-{instance_id}", [mgmt_ip])
+        hb_key_file = tmp / f"hb-{instance_id}.key"  # each agent its own key; the receiver holds the master
+        hb_key_file.write_bytes(agent_key(HB_KEY, "distributor", instance_id))
         commands[instance_id] = [
             sys.executable, "-m", "cohort.agents.distributor", "--distributor-id", instance_id,
             "--bind", f"{mgmt_ip}:{AGENT_PORT}", "--cert", str(paths.cert), "--key", str(paths.key),

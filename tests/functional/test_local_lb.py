@@ -144,9 +144,11 @@ def _namespace_pids(namespace: str) -> list[int]:
 
 def test_forged_and_replayed_heartbeats_change_nothing(local: LocalCohort) -> None:
     import socket
+    from pathlib import Path
 
-    from cohort.controller.wiring import heartbeat_key
+    from cohort.controller.wiring import agent_key_file, heartbeat_key, key_file
     from cohort.health.heartbeat import sign
+    from cohort.health.keys import agent_key
 
     address = local.lab.add_member("h1")
     lb = local.create_lb([address], name="hb")
@@ -158,17 +160,35 @@ def test_forged_and_replayed_heartbeats_change_nothing(local: LocalCohort) -> No
     member_id = local.api.get(f"/v2/lbaas/pools/{pool_id}/members")[1]["members"][0]["id"]
     wait_for(lambda: local.api.get(f"/v2/lbaas/pools/{pool_id}/members/{member_id}")[1]["member"]
              ["operating_status"] == "ONLINE", timeout=20)
+    settings = local.cohort.settings
+    # The agent was handed a private key of its own, never the master key.
+    own_file = agent_key_file(settings, "amphora", amphora.id)
+    own_key = own_file.read_bytes().strip()
+    assert own_key != heartbeat_key(settings) and own_file.stat().st_mode & 0o777 == 0o600
+    pid = local.cohort.drivers.compute.agent_pid(amphora.compute_id)
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert str(own_file).encode() in cmdline and str(key_file(settings)).encode() not in cmdline
+    another_agents_key = agent_key(heartbeat_key(settings), "amphora", "another-tenants-amphora")
     receiver = local.cohort.receiver
     host, _, port = local.cohort.drivers.heartbeat_target.rpartition(":")
     lie = {"id": amphora.id, "ver": 1, "listeners": {}, "pools": {pool_id: {"status": "DOWN", "members": {
         member_id: "DOWN"}}}}
-    before = receiver.rejected
+    rejected, accepted = receiver.rejected, receiver.accepted
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        # Signed with the wrong key, then with the right key but an old sequence number (a replay).
-        sock.sendto(sign({**lie, "seq": time.time_ns(), "ts": time.time()}, b"not-the-key"), (host, int(port)))
-        sock.sendto(sign({**lie, "seq": 1, "ts": time.time()}, heartbeat_key(local.cohort.settings)),
-                    (host, int(port)))
-    wait_for(lambda: receiver.rejected >= before + 2, timeout=5)
+        for datagram in (
+            sign({**lie, "seq": time.time_ns(), "ts": time.time()}, b"not-the-key"),
+            sign({**lie, "seq": time.time_ns(), "ts": time.time()}, another_agents_key),
+            sign({**lie, "seq": time.time_ns(), "ts": time.time()}, heartbeat_key(settings)),
+            # The agent's own key, but older than what it already sent (a replay) or off the clock.
+            sign({**lie, "seq": time.time_ns() - 10 * 10**9, "ts": time.time() - 10}, own_key),
+            sign({**lie, "seq": 2**62, "ts": time.time()}, own_key),
+        ):
+            sock.sendto(datagram, (host, int(port)))
+    wait_for(lambda: receiver.rejected >= rejected + 5, timeout=5)
+    # The genuine agent is not locked out by the huge sequence number: it stays heard, and alive.
+    wait_for(lambda: receiver.accepted >= accepted + 3, timeout=10)
+    time.sleep(settings.heartbeat_stale_after + 1)
+    assert [a.id for a in local.amphorae(lb["id"]) if a.status == "ALLOCATED"] == [amphora.id]
     members = local.api.get(f"/v2/lbaas/pools/{pool_id}/members")[1]["members"]
     assert members[0]["operating_status"] == "ONLINE"
     local.api.delete(f"/v2/lbaas/loadbalancers/{lb['id']}?cascade=true")
