@@ -14,6 +14,7 @@ from rich.console import Console
 
 from cohort.config import Settings, load_settings
 from cohort.lab_cli import app as lab_app
+from cohort.statedir import PRIVATE_UMASK, make_private
 
 app = typer.Typer(help="Cohort: active-active, N+1 load balancing behind the Octavia v2 API.",
                   no_args_is_help=True, add_completion=False)
@@ -117,8 +118,8 @@ def db_upgrade(config: ConfigOpt = None, db: DbOpt = None, state_dir: StateOpt =
     from cohort.db.session import upgrade
 
     settings = _settings(config, db, state_dir=state_dir)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.db_url)
+    make_private(settings.state_dir)
+    upgrade(settings.db_url, secrets_key=settings.secrets_key_file)
     console.print(f"Schema is up to date: {settings.db_url}")
 
 
@@ -141,6 +142,8 @@ def down(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
 
 
 def main() -> None:
+    # Keys, the database and agents' state are created private from the first write on.
+    os.umask(PRIVATE_UMASK)
     app()
 
 

@@ -23,6 +23,7 @@ from cohort.controller.reconciler import Reconciler
 from cohort.controller.wiring import Drivers, heartbeat_key, make_drivers
 from cohort.db.session import make_engine, make_sessionmaker, upgrade
 from cohort.secrets import certificates_for
+from cohort.statedir import make_private
 from cohort.wake import WakeListener, WakeSender, wake_path
 from cohort.workers import serve_api_workers
 
@@ -43,7 +44,7 @@ class Cohort:
 
 
 def build(settings: Settings) -> Cohort:
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    make_private(settings.state_dir)
     upgrade(settings.db_url, secrets_key=settings.secrets_key_file)
     engine = make_engine(settings.db_url)
     sessions = make_sessionmaker(engine)

@@ -432,6 +432,68 @@ def test_loopback_vip_never_answers_arp(serving: Env, driver: Any) -> None:
     assert serving.traffic(count=2)["ok"] == 2  # the interface VIP still answers ARP
 
 
+# Capability bits (linux/capability.h) keepalived keeps for VRRP: setgid, net_admin, net_raw.
+KEEPALIVED_CAPS = {6, 12, 13}
+
+
+def _status_fields(pid: str) -> dict[str, str]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+def _opens_inside(pid: str, uid: str, path: str) -> bool:
+    """Whether ``path`` can be read by a process with the view (mount namespace, root) and user of ``pid``."""
+    probe = subprocess.run(["nsenter", "-t", pid, "--mount", "--root", "--setuid", uid, "--setgid", uid,
+                            "/usr/bin/head", "-c", "1", path], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+def _assert_jailed(env: Env, expected_caps: dict[str, set[int]]) -> None:
+    """Every daemon of the amphora runs as a non-root user with only ``expected_caps``, chrooted in the
+    amphora's jail, and can open its own files but nothing of the host's."""
+    jail_root = os.path.realpath(env.state_dir / "jail")
+    seen: dict[str, int] = {}
+    for pid in sh("ip", "netns", "pids", env.amp_ns).split():
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            status = _status_fields(pid)
+        except FileNotFoundError:
+            continue
+        if comm not in expected_caps or status.get("State", "").startswith("Z"):
+            continue
+        seen[comm] = seen.get(comm, 0) + 1
+        uids, gids = status["Uid"].split(), status["Gid"].split()
+        assert "0" not in uids and "0" not in gids, f"{comm} {pid} runs as root: {uids} {gids}"
+        caps = int(status["CapEff"], 16) | int(status["CapPrm"], 16)
+        assert {bit for bit in range(64) if caps >> bit & 1} <= expected_caps[comm], f"{comm} {pid} caps {caps:x}"
+        assert status["NoNewPrivs"] == "1"
+        assert os.readlink(f"/proc/{pid}/root") == jail_root, f"{comm} {pid} is not chrooted in the jail"
+        uid = uids[0]
+        assert _opens_inside(pid, uid, f"/haproxy/{env.lb.id}.cfg")  # its own files
+        for outside in (str(env.server.key), str(env.hb_key_file), "/etc/shadow", "/proc/1/root/etc/hostname",
+                        f"/proc/{os.getpid()}/environ", str(env.state_dir / "jail" / "haproxy" / f"{env.lb.id}.cfg")):
+            assert not _opens_inside(pid, uid, outside), f"{comm} {pid} can open {outside}"
+    assert set(seen) == set(expected_caps), f"daemons found: {seen}"
+
+
+def test_haproxy_runs_jailed(serving: Env, driver: Any) -> None:
+    _assert_jailed(serving, {"haproxy": set()})
+
+
+def test_config_cannot_reach_host_files(serving: Env, driver: Any) -> None:
+    """A configuration the renderer would never write still finds nothing of the host to serve."""
+    config = driver.get_config(serving.amphora, serving.lb.id)
+    leak = config.replace("frontend ", f"frontend leak\n    mode http\n    bind 127.0.0.1:8081\n"
+                                       f"    http-request return status 200 file {serving.server.key}\n\nfrontend ", 1)
+    with httpx.Client(verify=client_ssl_context(serving.controller), timeout=30) as c:
+        r = c.put(serving.url(f"/1.0/loadbalancer/{serving.lb.id}/haproxy"), content=leak)
+    assert r.status_code == 400, r.text
+    assert driver.get_config(serving.amphora, serving.lb.id) == config
+
+
 def test_active_standby_runs_keepalived(serving: Env, driver: Any) -> None:
     with httpx.Client(verify=client_ssl_context(serving.controller), timeout=30) as c:
         r = c.put(serving.url("/1.0/vrrp/config"), content="vrrp_instance x {\n  bogus_keyword 1\n}\n")
@@ -445,8 +507,14 @@ def test_active_standby_runs_keepalived(serving: Env, driver: Any) -> None:
         assert c.get(serving.url("/1.0/details")).json()["keepalived_running"] is True
         config = c.get(serving.url("/1.0/vrrp/config")).text
     assert "unicast_peer" in config and "203.0.113.3" in config and "interface fe0" in config
-    # keepalived starts by removing the VIP; with the peer silent it becomes MASTER and serves it.
+    # keepalived starts by removing the VIP; with the peer silent it becomes MASTER (after three
+    # advertisement intervals) and serves it.
+    deadline = time.monotonic() + 10
+    while f"{VIP}/32" not in sh(*ns_exec(serving.amp_ns, "ip", "-4", "addr", "show", "fe0")):
+        assert time.monotonic() < deadline, "keepalived never took the VIP"
+        time.sleep(0.1)
     assert serving.traffic(count=2, seconds=15)["ok"] == 2
+    _assert_jailed(serving, {"haproxy": set(), "keepalived": KEEPALIVED_CAPS})
     driver.update(serving.amphora, serving.lb, [], {})
     driver.remove_lb(master, "lb-gone")  # stops VRRP with it
     with httpx.Client(verify=client_ssl_context(serving.controller), timeout=30) as c:

@@ -29,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cohort.agents.amphora.haproxy import HaproxyManager
 from cohort.agents.amphora.metrics import CONTENT_TYPE, MetricsProxies
+from cohort.agents.common.jail import Jail
 from cohort.datamodel import LoadBalancer
 from cohort.drivers.amphora.haproxy_prometheus import AGENT_BACKEND, EXPORTER_FRONTEND, internal_lines
 from cohort.lab import Lab
@@ -38,6 +39,7 @@ from tests.support import Api, local_cohort, wait_for
 TENANT = {"X-Project-Id": "tenant-a", "X-Roles": "member"}
 OTHER_TENANT = {"X-Project-Id": "tenant-b", "X-Roles": "member"}
 LB_TIMEOUT = 90.0
+JAIL_UID = 2_000_000_321
 
 
 # --- TLS material --------------------------------------------------------------------------------
@@ -272,15 +274,18 @@ def test_metrics_proxy_lives_with_haproxy_and_is_resumed_by_a_new_agent(tmp_path
     """HAProxy bound on unix sockets only: its frontend ``lis-1`` plays the PROMETHEUS listener."""
     if shutil.which("haproxy") is None:
         pytest.skip("haproxy is not installed")
+    if not IS_ROOT:
+        pytest.skip("jails need root")
     lb_id = "lb-1"
-    manager = HaproxyManager(tmp_path, stop_grace=0.5)
+    jail = Jail(tmp_path / "jail", JAIL_UID, JAIL_UID)
+    manager = HaproxyManager(jail, stop_grace=0.5)
     listen = manager.dir / "lis-1.sock"
     balancer = LoadBalancer(id=lb_id, project_id="p", vip_address="203.0.113.50", vip_subnet_id="s")
     config = "\n".join([
         "global", "    master-worker", "", "defaults", "    mode http", "    timeout connect 5s",
         "    timeout client 10s", "    timeout server 10s", "", "frontend lis-1",
-        f"    bind unix@{listen} mode 600", f"    default_backend {AGENT_BACKEND}", "",
-        *internal_lines(balancer, str(manager.dir)), ""])
+        f"    bind unix@{manager.inner_dir}/lis-1.sock mode 600", f"    default_backend {AGENT_BACKEND}", "",
+        *internal_lines(balancer, manager.inner_dir), ""])
     manager.put_config(lb_id, config)
     manager.start(lb_id)
     try:
@@ -291,7 +296,7 @@ def test_metrics_proxy_lives_with_haproxy_and_is_resumed_by_a_new_agent(tmp_path
         # A new agent finds HAProxy running and serves its metrics again.
         manager.metrics.stop_all()
         assert _unix_get(listen, "/metrics").status_code == 503
-        successor = HaproxyManager(tmp_path, stop_grace=0.5)
+        successor = HaproxyManager(jail, stop_grace=0.5)
         successor.resume()
         assert successor.metrics.running(lb_id)
         assert re.search(r'^octavia_listener_http_requests_total\{listener="lis-1"\} 3$',

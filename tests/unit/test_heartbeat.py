@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import multiprocessing
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cohort.agents.amphora.haproxy import HaproxyManager
 from cohort.agents.amphora.heartbeat import HeartbeatBody
 from cohort.agents.amphora.stats import parse_csv, summarize
+from cohort.agents.common.jail import Jail
 from cohort.config import Settings
 from cohort.controller.health import HealthManager
 from cohort.controller.wiring import agent_key_file, heartbeat_key, write_agent_key
@@ -393,7 +395,8 @@ def test_show_stat_maps_to_heartbeat_sections() -> None:
 
 
 def test_heartbeat_counters_stay_monotonic_across_reloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    manager = HaproxyManager(tmp_path)
+    uid = 2_000_000_123 if os.geteuid() == 0 else os.geteuid()
+    manager = HaproxyManager(Jail(tmp_path / "jail", uid, uid))
     try:
         rows = parse_csv(SHOW_STAT)
         monkeypatch.setattr(manager, "lb_ids", lambda: ["lb-1"])

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
+from pathlib import Path
 
 from cohort.agents.amphora.api import AmphoraApi
 from cohort.agents.amphora.haproxy import HaproxyManager
 from cohort.agents.amphora.heartbeat import HeartbeatBody
 from cohort.agents.amphora.keepalived import KeepalivedManager
 from cohort.agents.common import cli
+from cohort.agents.common.jail import Jail, uid_for
+from cohort.agents.common.net import set_sysctl
+from cohort.statedir import PRIVATE_UMASK
 
 NOFILE = 100_000
 
@@ -29,12 +34,28 @@ def raise_nofile(target: int = NOFILE) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def amphora_jail(state_dir: Path, amphora_id: str, uid: int | None) -> Jail:
+    """The jail HAProxy and keepalived of this amphora run in (under ``<state>/jail``)."""
+    uid = uid if uid is not None else uid_for(amphora_id)
+    return Jail(state_dir.resolve() / "jail", uid, uid)
+
+
+def allow_unprivileged_daemons(gid: int) -> None:
+    """Let the jailed daemons do, in this amphora's own network namespace only, what needed root:
+    bind listeners below 1024 and send ICMP echo (PING health monitors) without raw sockets."""
+    set_sysctl("net.ipv4.ip_unprivileged_port_start", "0")
+    set_sysctl("net.ipv4.ping_group_range", f"{gid} {gid}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse_args("amphora", __doc__, argv)
+    os.umask(PRIVATE_UMASK)
     hb_key = cli.prepare(args)
     raise_nofile()
-    haproxy = HaproxyManager(args.state_dir)
-    keepalived = KeepalivedManager(args.state_dir)
+    jail = amphora_jail(args.state_dir, args.amphora_id, args.jail_uid)
+    allow_unprivileged_daemons(jail.gid)
+    haproxy = HaproxyManager(jail)
+    keepalived = KeepalivedManager(jail)
     api = AmphoraApi(args.amphora_id, args.state_dir, haproxy, keepalived)
     # HAProxy and keepalived deliberately keep running when the agent stops: the next agent adopts them.
     return cli.serve("amphora", args.amphora_id, args, hb_key, api.router(), HeartbeatBody(haproxy))

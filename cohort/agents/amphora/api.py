@@ -90,8 +90,9 @@ class AmphoraApi:
                 "agent_version": __version__,
                 "haproxy_version": self._haproxy_version,
                 # What the controller renders configurations against (see haproxy_config).
-                "haproxy_state_dir": str(self.haproxy.dir),
-                "cert_dir_template": str(self.haproxy.certs_root / "{lb_id}"),
+                # As HAProxy sees them in its jail: these are the paths a configuration names.
+                "haproxy_state_dir": self.haproxy.inner_dir,
+                "cert_dir_template": self.haproxy.inner_certs_root + "/{lb_id}",
                 "vip_interface": self._vip_record().get("interface"),
             },
         )

@@ -1,4 +1,10 @@
-"""HAProxy instances of the amphora: one per load balancer, each in master-worker mode.
+"""HAProxy instances of the amphora: one per load balancer, each in master-worker mode, jailed.
+
+Every HAProxy process (the ``-c`` check included) runs in the amphora's jail
+(``cohort.agents.common.jail``): its own unprivileged user, chrooted into a directory that
+holds nothing but its own configuration, sockets and certificates. Paths in the
+configuration and on HAProxy's command line are therefore the jail's (``/haproxy/...``,
+``/certs/...``); the agent, as root outside, reaches the same files under the jail's root.
 
 Owns the layout the configuration renderer (``cohort.drivers.amphora.haproxy_config``)
 refers to, under one flat directory (``haproxy_state_dir`` in ``/1.0/info``): for load
@@ -31,6 +37,7 @@ from pathlib import Path
 from cohort.agents.amphora import stats
 from cohort.agents.amphora.metrics import MetricsProxies
 from cohort.agents.common.files import atomic_write
+from cohort.agents.common.jail import Jail
 from cohort.agents.common.proc import CommandFailed, cmdline, pid_alive, read_pid, run
 
 HAPROXY = "haproxy"
@@ -85,18 +92,21 @@ def _short_dir(real: Path) -> Path:
 
 
 class HaproxyManager:
-    def __init__(self, state_dir: Path, stop_grace: float = 5.0) -> None:
-        real = state_dir.absolute() / "haproxy"
-        real.mkdir(parents=True, exist_ok=True, mode=0o700)
+    def __init__(self, jail: Jail, stop_grace: float = 5.0) -> None:
+        self.jail = jail
+        jail.prepare()
+        real = jail.private_dir("haproxy")
         self.dir = _short_dir(real)
-        self.certs_root = state_dir.absolute() / "certs"
-        self.certs_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.inner_dir = jail.inside(real)
+        certs = jail.private_dir("certs")
+        self.certs_root = certs
+        self.inner_certs_root = jail.inside(certs)
         wrapper = self.dir / "ping-wrapper.sh"
         wrapper.write_text(PING_WRAPPER)
         wrapper.chmod(0o755)
         self.stop_grace = stop_grace
         self._lock = threading.RLock()
-        self.metrics = MetricsProxies(self.dir)
+        self.metrics = MetricsProxies(self.dir, self.inner_dir, jail.give)
 
     def resume(self) -> None:
         """Serve the metrics of the HAProxy instances a previous agent left running."""
@@ -107,6 +117,10 @@ class HaproxyManager:
     # -- layout ---------------------------------------------------------------------------------
     def _path(self, lb_id: str, suffix: str) -> Path:
         return self.dir / f"{check_id(lb_id, 'load balancer id')}{suffix}"
+
+    def _inner(self, lb_id: str, suffix: str) -> str:
+        """The path HAProxy, in its jail, knows ``_path(lb_id, suffix)`` by."""
+        return f"{self.inner_dir}/{check_id(lb_id, 'load balancer id')}{suffix}"
 
     def cert_dir(self, lb_id: str) -> Path:
         return self.certs_root / check_id(lb_id, "load balancer id")
@@ -139,11 +153,12 @@ class HaproxyManager:
     def _write_extra(self, lb_id: str, path: Path, text: str) -> None:
         """The agent's own snippet, always passed with ``-f`` (a reload re-executes the same
         command line): a stats socket where the agent reads it, unless the config binds one there."""
-        sock = str(self.stats_socket(lb_id))
+        sock = self._inner(lb_id, ".sock")
         if re.search(rf"^\s*stats\s+socket\s+{re.escape(sock)}\s", text, re.MULTILINE):
             path.write_text("# the configuration binds the agent's stats socket itself\n")
         else:
             path.write_text(f"global\n    stats socket {sock} mode 600 level admin expose-fd listeners\n")
+        self.jail.give(path)
 
     def put_config(self, lb_id: str, text: str) -> bool:
         """Validate ``text`` and install it; InvalidConfig leaves the installed one untouched.
@@ -154,12 +169,14 @@ class HaproxyManager:
             path = self.config_path(lb_id)
             if path.exists() and path.read_text() == text:
                 return False
-            self.cert_dir(lb_id).mkdir(exist_ok=True, mode=0o700)
+            self._cert_dir_made(lb_id)
             candidate, extra = self._path(lb_id, ".cfg.new"), self._path(lb_id, ".agent.new")
             candidate.write_text(text)
+            self.jail.give(candidate)
             self._write_extra(lb_id, extra, text)
             try:
-                run([HAPROXY, "-c", "-f", str(candidate), "-f", str(extra)])
+                run(self.jail.command([HAPROXY, "-c", "-f", self._inner(lb_id, ".cfg.new"),
+                                       "-f", self._inner(lb_id, ".agent.new")]))
             except CommandFailed as e:
                 candidate.unlink(missing_ok=True)
                 extra.unlink(missing_ok=True)
@@ -175,10 +192,11 @@ class HaproxyManager:
         if pid is None or not pid_alive(pid):
             return None
         args = cmdline(pid)
-        # The pid may have been reused by an unrelated process after a host reboot.
-        if not args or "haproxy" not in args[0] or str(self.config_path(lb_id)) not in args:
+        # The pid may have been reused by an unrelated process after a host reboot, or belong to the
+        # same load balancer's HAProxy on another amphora: only this jail's process counts.
+        if not args or "haproxy" not in args[0] or self._inner(lb_id, ".cfg") not in args:
             return None
-        return pid
+        return pid if self.jail.holds(pid) else None
 
     def running(self, lb_id: str) -> bool:
         return self.master_pid(lb_id) is not None
@@ -195,13 +213,13 @@ class HaproxyManager:
         master = self._master_socket(lb_id)
         master.unlink(missing_ok=True)
         run(
-            [
+            self.jail.command([
                 HAPROXY, "-W", "-D",
-                "-S", f"{master},mode,600",
-                "-p", str(self._pid_file(lb_id)),
-                "-f", str(self.config_path(lb_id)),
-                "-f", str(self._extra_cfg(lb_id)),
-            ]
+                "-S", f"{self._inner(lb_id, '.master')},mode,600",
+                "-p", self._inner(lb_id, ".pid"),
+                "-f", self._inner(lb_id, ".cfg"),
+                "-f", self._inner(lb_id, ".agent"),
+            ])
         )  # fmt: skip
 
     def _workers(self, lb_id: str) -> set[int]:
@@ -226,7 +244,9 @@ class HaproxyManager:
             state = stats.query(str(self.stats_socket(lb_id)), "show servers state")
         except OSError:
             return
-        atomic_write(self._path(lb_id, ".state"), state)
+        path = self._path(lb_id, ".state")
+        atomic_write(path, state)
+        self.jail.give(path)
 
     def reload(self, lb_id: str, timeout: float = 10.0) -> None:
         """Seamless reload onto the installed configuration; starts HAProxy if it is not running."""
@@ -291,13 +311,19 @@ class HaproxyManager:
         """Store a PEM file (0600); returns its path and whether its content changed."""
         if not _FILE_RE.match(filename):
             raise ValueError(f"invalid certificate file name {filename!r}")
-        d = self.cert_dir(lb_id)
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        d = self._cert_dir_made(lb_id)
         path = d / filename
         if path.exists() and path.read_bytes() == pem:
             return path, False
         atomic_write(path, pem, mode=0o600)
+        self.jail.give(path)
         return path, True
+
+    def _cert_dir_made(self, lb_id: str) -> Path:
+        d = self.cert_dir(lb_id)
+        d.mkdir(exist_ok=True, mode=0o700)
+        self.jail.give(d)
+        return d
 
     # -- runtime state --------------------------------------------------------------------------
     def show_stat(self, lb_id: str) -> list[dict[str, str]]:

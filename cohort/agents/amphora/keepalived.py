@@ -1,8 +1,12 @@
 """keepalived (VRRP) for ACTIVE_STANDBY amphorae: validated config, start, reload, stop.
 
-keepalived's pid files default to /run, which every namespace on a host shares;
-each amphora therefore keeps its own under ``<state>/vrrp/``. Like HAProxy it
-daemonizes, so it survives a restart of the agent.
+keepalived runs in the amphora's jail (``cohort.agents.common.jail``) like HAProxy, as the
+same unprivileged user, keeping only the capabilities VRRP needs: ``net_admin`` (the VIP),
+``net_raw`` (VRRP and gratuitous ARP) and ``setgid`` (it insists on setting the group of
+its track script, which runs as that same user). Its procfs shows that user's processes
+only, enough for the track script to find HAProxy's master. Its configuration, pid files
+and the track script's view of HAProxy's pid file are the jail's paths (``/vrrp/...``,
+``/haproxy/...``). Like HAProxy it daemonizes, so it survives a restart of the agent.
 """
 
 from __future__ import annotations
@@ -12,21 +16,30 @@ import shutil
 import signal
 import threading
 import time
-from pathlib import Path
 
 from cohort.agents.amphora.haproxy import InvalidConfig
+from cohort.agents.common.jail import Jail
 from cohort.agents.common.proc import CommandFailed, cmdline, pid_alive, read_pid, run
 
 KEEPALIVED = "keepalived"
+CAPABILITIES = ("net_admin", "net_raw", "setgid")
 
 
 class KeepalivedManager:
-    def __init__(self, state_dir: Path) -> None:
-        self.dir = state_dir / "vrrp"
-        self.dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, jail: Jail) -> None:
+        self.jail = jail
+        jail.prepare()
+        self.dir = jail.private_dir("vrrp")
+        self.inner_dir = jail.inside(self.dir)
         self.config_path = self.dir / "keepalived.conf"
         self._pid_file = self.dir / "keepalived.pid"
         self._lock = threading.Lock()
+
+    def _inner(self, name: str) -> str:
+        return f"{self.inner_dir}/{name}"
+
+    def _run(self, argv: list[str]) -> str:
+        return run(self.jail.command(argv, caps=CAPABILITIES, proc=True))
 
     def put_config(self, text: str) -> bool:
         """Validate with ``keepalived -t`` when keepalived is installed, then install; True if changed."""
@@ -35,9 +48,10 @@ class KeepalivedManager:
                 return False
             candidate = self.dir / ".keepalived.conf.new"
             candidate.write_text(text)
+            self.jail.give(candidate)
             if shutil.which(KEEPALIVED):
                 try:
-                    run([KEEPALIVED, "-t", "-f", str(candidate)])
+                    self._run([KEEPALIVED, "-t", "-f", self._inner(candidate.name)])
                 except CommandFailed as e:
                     candidate.unlink(missing_ok=True)
                     raise InvalidConfig(e.output.strip()) from e
@@ -54,9 +68,9 @@ class KeepalivedManager:
         if pid is None or not pid_alive(pid):
             return None
         args = cmdline(pid)
-        if not args or "keepalived" not in args[0] or str(self.config_path) not in args:
+        if not args or "keepalived" not in args[0] or self._inner(self.config_path.name) not in args:
             return None
-        return pid
+        return pid if self.jail.holds(pid) else None
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -67,14 +81,14 @@ class KeepalivedManager:
                 return
             if not self.config_path.exists():
                 raise LookupError("no keepalived configuration")
-            run(
+            self._run(
                 [
                     KEEPALIVED, "--vrrp",
-                    "-f", str(self.config_path),
-                    "-p", str(self._pid_file),
-                    "-r", str(self.dir / "vrrp.pid"),
-                    "-c", str(self.dir / "checkers.pid"),
-                    "-b", str(self.dir / "bfd.pid"),
+                    "-f", self._inner(self.config_path.name),
+                    "-p", self._inner(self._pid_file.name),
+                    "-r", self._inner("vrrp.pid"),
+                    "-c", self._inner("checkers.pid"),
+                    "-b", self._inner("bfd.pid"),
                 ]
             )  # fmt: skip
             deadline = time.monotonic() + 5.0

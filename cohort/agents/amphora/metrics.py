@@ -17,6 +17,7 @@ import logging
 import socket
 import socketserver
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,11 @@ def fetch_exporter(path: str, timeout: float = EXPORTER_TIMEOUT) -> str:
 class MetricsProxy:
     """Serves one load balancer's metrics socket until stopped."""
 
-    def __init__(self, listen: Path, exporter: Path, config: Path) -> None:
+    def __init__(self, listen: Path, exporter: Path, config: Path, give: Callable[[Path], None] | None = None) -> None:
         self.listen = listen
         self.exporter = exporter
         self.config = config
+        self._give = give
         self._server: _UnixHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -93,6 +95,9 @@ class MetricsProxy:
         self.listen.unlink(missing_ok=True)
         server = _UnixHTTPServer(str(self.listen), self)
         self.listen.chmod(0o600)
+        if self._give is not None:
+            # HAProxy, jailed under its own user, is the one client of this socket.
+            self._give(self.listen)
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.5}, name=f"metrics {self.listen.name}", daemon=True
@@ -162,11 +167,15 @@ class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
 class MetricsProxies:
     """The running proxies of an amphora, one per load balancer whose configuration uses one.
 
-    ``directory`` is HAProxy's state directory, the one the renderer names the sockets in.
+    ``directory`` is HAProxy's state directory as the agent reaches it; ``inside`` is the same
+    directory as HAProxy sees it in its jail, the one the renderer names the sockets in.
+    ``give`` hands a socket the agent made to HAProxy's user.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, inside: str | None = None, give: Callable[[Path], None] | None = None) -> None:
         self.directory = directory
+        self.inside = inside if inside is not None else str(directory)
+        self._give = give
         self._proxies: dict[str, MetricsProxy] = {}
         self._lock = threading.Lock()
 
@@ -175,7 +184,7 @@ class MetricsProxies:
 
     def wanted(self, lb_id: str, config: str) -> bool:
         """Whether ``config`` routes a PROMETHEUS listener to this agent."""
-        return f"unix@{self.listen_path(lb_id)}" in config
+        return f"unix@{agent_socket(self.inside, lb_id)}" in config
 
     def sync(self, lb_id: str, config_path: Path) -> None:
         """Run the proxy of ``lb_id`` when its installed configuration needs one, stop it otherwise."""
@@ -193,7 +202,7 @@ class MetricsProxies:
             if proxy is not None:
                 proxy.stop()
             proxy = MetricsProxy(self.listen_path(lb_id), Path(exporter_socket(str(self.directory), lb_id)),
-                                 config_path)
+                                 config_path, self._give)
             proxy.start()
             self._proxies[lb_id] = proxy
             LOG.info("serving the metrics of load balancer %s on %s", lb_id, proxy.listen)

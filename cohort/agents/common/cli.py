@@ -41,6 +41,8 @@ def parse_args(kind: str, description: str | None, argv: list[str] | None = None
     p.add_argument("--heartbeat-to", type=host_port, required=True, help="IP:PORT of the health manager")
     p.add_argument("--heartbeat-key-file", type=Path, required=True)
     p.add_argument("--heartbeat-interval", type=float, default=1.0)
+    p.add_argument("--jail-uid", type=int, default=None,
+                   help="uid (and gid) of the jail tenant-shaped daemons run in; default derived from the id")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 

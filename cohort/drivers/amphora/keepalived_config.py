@@ -21,6 +21,9 @@ from cohort.drivers.amphora import haproxy_values as v
 
 DEFAULT_STATE_DIR = "/var/lib/cohort-amphora"
 PGREP = "/usr/bin/pgrep"
+# The user of the amphora's jail (cohort.agents.common.jail), which keepalived runs in: the
+# track script runs as that same unprivileged user and sees only its processes.
+SCRIPT_USER = "cohort-jail"
 _PRIORITIES = {"MASTER": 100, "BACKUP": 90}
 CHECK_INTERVAL = 1
 CHECK_FALL = 2
@@ -69,7 +72,7 @@ def render_keepalived(
         "global_defs {",
         f"    router_id {v.name(amphora.id, 'amphora id')}",
         "    enable_script_security",
-        "    script_user root",
+        f"    script_user {SCRIPT_USER}",
         "    vrrp_garp_master_delay 1",
         "    vrrp_garp_master_refresh 10",
         "    vrrp_garp_master_refresh_repeat 2",

@@ -10,12 +10,17 @@ limit; everything the agent forks inherits the cgroup, which is how delete() fin
 Management ports are bridge ports with ``isolated on``: agents reach the host (controller)
 but never each other, whatever tenant they serve.
 
+Each instance also gets a uid of its own (``jail_uid``, unique among the lab's instances), the
+user its agent runs tenant-shaped daemons as (``cohort.agents.common.jail``): HAProxy and
+keepalived of two amphorae never share a user, so they cannot signal or trace each other.
+
 Records live in the lab state (``instances``, keyed by instance id) so a restarted
 controller finds its instances and their agents (pid + start time, to survive pid reuse).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +39,21 @@ from cohort.lab import (
 
 AgentCommand = Callable[[str, str, str], list[str]]
 KINDS = ("amphora", "distributor")
+JAIL_UID_BASE = 2_100_000_000
+JAIL_UIDS_PER_LAB = 100_000
+
+
+def jail_uid_base(prefix: str) -> int:
+    """The first jail uid of the lab ``prefix``: labs side by side on one host get disjoint ranges."""
+    return JAIL_UID_BASE + zlib.crc32(prefix.encode()) % 1000 * JAIL_UIDS_PER_LAB
+
+
+def allocate_jail_uid(instances: dict[str, Any], base: int) -> int:
+    taken = {rec.get("jail_uid") for rec in instances.values()}
+    for uid in range(base, base + JAIL_UIDS_PER_LAB):
+        if uid not in taken:
+            return uid
+    raise DriverError("no free jail uid left in this lab")
 
 
 def parse_flavor(flavor: dict[str, Any]) -> tuple[float | None, int | None]:
@@ -86,13 +106,15 @@ class LocalComputeDriver:
                 raise DriverError(str(exc)) from exc
             if rec is not None and netns.pid_alive(rec.get("pid"), rec.get("starttime")):
                 netns.kill_pids([rec["pid"]])  # its namespace vanished under it; start afresh
-            rec = {"compute_id": ns, "kind": kind, "mgmt_ip": mgmt_ip, "pid": None, "starttime": None}
+            uid = allocate_jail_uid(instances, jail_uid_base(self.lab.prefix))
+            rec = {"compute_id": ns, "kind": kind, "mgmt_ip": mgmt_ip, "pid": None, "starttime": None,
+                   "jail_uid": uid}
             rec["flavor"] = {"cpu": cpu, "memory_mb": memory_mb}
             instances[instance_id] = rec
             self._plumb(ns, mgmt_ip)
             cgroup = self.lab.instance_cgroup(ns)
             netns.cgroup_create(cgroup, cpu=cpu, memory_mb=memory_mb)
-            cmd = self.agent_command(instance_id, kind, mgmt_ip)
+            cmd = [*self.agent_command(instance_id, kind, mgmt_ip), "--jail-uid", str(uid)]
             log = self.lab.state_dir / "instances" / instance_id / "agent.log"
             rec["pid"], rec["starttime"] = netns.spawn(ns, cmd, log, cgroup=cgroup, nofile=NOFILE)
             return ComputeInstance(ns, mgmt_ip, self._status(rec))
