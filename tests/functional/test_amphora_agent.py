@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cohort.datamodel import Amphora, Listener, LoadBalancer, Member, Pool
+from cohort.datamodel import Amphora, HealthMonitor, Listener, LoadBalancer, Member, Pool
 from cohort.drivers.errors import DriverError, PermanentDriverError
 from cohort.drivers.network.base import PluggedPort
 from cohort.health.heartbeat import HeartbeatReceiver, HeartbeatVerifier
@@ -481,6 +481,28 @@ def _assert_jailed(env: Env, expected_caps: dict[str, set[int]]) -> None:
 
 def test_haproxy_runs_jailed(serving: Env, driver: Any) -> None:
     _assert_jailed(serving, {"haproxy": set()})
+
+
+def test_ping_monitor_pings_from_the_jail(serving: Env, driver: Any) -> None:
+    """PING checks fork ping as the jail's user (ICMP datagram sockets, no raw-socket capability)."""
+    pool = serving.lb.pools[0]
+    absent = Member(id="mem-absent-" + serving.tag, address="192.0.2.99", protocol_port=8080)
+    monitor = HealthMonitor(id="hm-" + serving.tag, type="PING", delay=1, timeout=1, max_retries=1,
+                            max_retries_down=1)
+    lb = replace(serving.lb, pools=(replace(pool, members=(*pool.members, absent), healthmonitor=monitor),))
+    driver.update(serving.amphora, lb, [], {})
+    try:
+        def members() -> dict[str, str]:
+            with httpx.Client(verify=client_ssl_context(serving.controller), timeout=30) as c:
+                body = c.get(serving.url(f"/1.0/loadbalancer/{lb.id}/stats")).json()
+            return dict(body["pools"].get(pool.id, {}).get("members", {}))
+
+        deadline = time.monotonic() + 15
+        while members() != {pool.members[0].id: "UP", absent.id: "DOWN"}:
+            assert time.monotonic() < deadline, members()
+            time.sleep(0.3)
+    finally:
+        driver.update(serving.amphora, serving.lb, [], {})
 
 
 def test_config_cannot_reach_host_files(serving: Env, driver: Any) -> None:

@@ -15,6 +15,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from cohort.agents.amphora.keepalived import CAPABILITIES as KEEPALIVED_CAPS
+from cohort.agents.common.jail import Jail
 from cohort.datamodel import (
     Amphora,
     HealthMonitor,
@@ -410,10 +412,15 @@ def test_standby_binds_a_vip_that_is_not_local_yet(nslab: labmod.Lab) -> None:
         script = next(line for line in keepalived.splitlines() if line.strip().startswith("script "))
         command = script.split('"')[1].split()
         assert subprocess.run(command, capture_output=True, timeout=5).returncode == 0
-        path = nslab.tmp / "keepalived.conf"
+        # keepalived checks its configuration where it runs: in an amphora's jail, whose user it names.
+        jail = Jail(nslab.tmp / "jail", 2_000_000_999, 2_000_000_999)
+        jail.prepare()
+        path = jail.private_dir("vrrp") / "keepalived.conf"
         path.write_text(keepalived)
+        jail.give(path)
         test = subprocess.run(
-            ["ip", "netns", "exec", nslab.ns, "keepalived", "-t", "-f", str(path)],
+            ["ip", "netns", "exec", nslab.ns,
+             *jail.command(["keepalived", "-t", "-f", jail.inside(path)], caps=KEEPALIVED_CAPS, proc=True)],
             capture_output=True,
             text=True,
             timeout=10,
