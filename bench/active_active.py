@@ -387,7 +387,7 @@ class Config:
 
     def sockets(self, env: BenchEnv) -> dict[str, Path]:
         """HAProxy admin socket of each amphora (the agent's state lives under ``i/<8 hex>``)."""
-        return {ns: env.state_dir / "i" / ns.rsplit("-", 1)[1] / "haproxy" / f"{self.lb_id}.sock"
+        return {ns: env.state_dir / "i" / ns.rsplit("-", 1)[1] / "jail" / "haproxy" / f"{self.lb_id}.sock"
                 for ns in self.amphorae}
 
     @property

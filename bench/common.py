@@ -444,7 +444,7 @@ class CpuWatch:
 
 def haproxy_socket(env: BenchEnv, lb_id: str) -> Path | None:
     """The admin socket of the HAProxy serving ``lb_id`` (under the agent's state directory)."""
-    found = sorted(env.state_dir.glob(f"i/*/haproxy/{lb_id}.sock"))
+    found = sorted(env.state_dir.glob(f"i/*/jail/haproxy/{lb_id}.sock"))
     return found[0] if found else None
 
 
