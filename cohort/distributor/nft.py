@@ -29,6 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from cohort import validation
+
 TABLE = "cohort_dist"
 FAMILY = "ip"
 FWMARK_PREF = 100  # fwmark -> per-amphora table
@@ -79,6 +81,16 @@ class VipPlan:
     @property
     def key(self) -> str:
         return object_key(self.lb_id)
+
+
+def _check_addresses(plan: VipPlan) -> None:
+    """Every address a plan writes into a ruleset or an ``ip -batch`` line is a bare literal."""
+    validation.ip_address(plan.vip, f"load balancer {plan.lb_id} VIP")
+    validation.ip_address(plan.own_address, f"load balancer {plan.lb_id} distributor address")
+    if plan.gateway:
+        validation.ip_address(plan.gateway, f"load balancer {plan.lb_id} gateway")
+    for forward in plan.forwards:
+        validation.ip_address(forward.address, f"load balancer {plan.lb_id} amphora address")
 
 
 def _q(name: str) -> str:
@@ -177,6 +189,7 @@ def render_nft(
         f"add chain {t} input {{ type filter hook input priority filter; policy accept; }}",
     ]
     for p in plans:
+        _check_addresses(p)
         if p.affinity not in AFFINITIES:
             raise ValueError(f"unknown affinity {p.affinity!r}")
         lines += _ensure_vip_objects(p.key, p.flow_timeout, p.flow_size)
@@ -257,6 +270,7 @@ class Routing:
 def desired_routing(plans: Sequence[VipPlan]) -> Routing:
     rules, routes, neigh = set(), set(), set()
     for p in plans:
+        _check_addresses(p)
         for f in p.forwards:
             rules.add(Rule(FWMARK_PREF, f"fwmark {f.mark}", f.mark))
             routes.add(Route(f.mark, f"{p.vip}/32", f"via {f.address} dev {p.ifname}"))

@@ -5,14 +5,13 @@ Also the provider ``amphora``'s flavor capabilities, which validate ``flavor_dat
 
 from __future__ import annotations
 
-import ipaddress
-import json
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from cohort import validation
 from cohort.api.errors import InvalidInput, describe_validation_error
-from cohort.api.schemas.common import Body, Ident, Name
+from cohort.api.schemas.common import Body, Ident, IPAddress, Name, load_json
 
 QuotaValue = Annotated[int, Field(ge=-1, le=2147483647)]
 ASN = Annotated[int, Field(ge=1, le=4294967295)]
@@ -41,6 +40,13 @@ class QuotaBody(Body):
         return given
 
 
+class ComputeFlavor(Body):
+    """An amphora's share of the host: finite, and within what HAProxy and a cgroup can use."""
+
+    cpu: Annotated[float, Field(gt=0, le=validation.HAPROXY_MAX_THREADS, allow_inf_nan=False)] | None = None
+    memory_mb: Annotated[float, Field(ge=32, le=1 << 24, allow_inf_nan=False)] | None = None
+
+
 class AmphoraFlavorData(Body):
     """What ``flavor_data`` of provider ``amphora`` may hold (its flavor capabilities)."""
 
@@ -51,20 +57,8 @@ class AmphoraFlavorData(Body):
     distributor_type: Literal["L2", "L3_BGP"] | None = None
     distributor_affinity: Literal["SOURCE_IP", "SOURCE_IP_PORT"] | None = None
     bgp_speaker_id: Ident | None = None
-    compute_flavor: dict[str, float] | None = None
+    compute_flavor: ComputeFlavor | None = None
     amp_image_tag: Name | None = None
-
-    @field_validator("compute_flavor")
-    @classmethod
-    def _compute(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value is None:
-            return value
-        unknown = set(value) - {"cpu", "memory_mb"}
-        if unknown:
-            raise ValueError(f"compute_flavor accepts cpu and memory_mb, not {', '.join(sorted(unknown))}")
-        if value.get("cpu", 1) <= 0 or value.get("memory_mb", 64) < 32:
-            raise ValueError("compute_flavor.cpu must be > 0 and memory_mb >= 32")
-        return value
 
     @model_validator(mode="after")
     def _sizes(self) -> AmphoraFlavorData:
@@ -122,9 +116,9 @@ def parse_az_data(text: str) -> dict[str, Any]:
 
 def _json_object(text: str, field: str) -> dict[str, Any]:
     try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise InvalidInput(f"Invalid input for field/attribute {field}: not valid JSON ({exc})") from exc
+        data = load_json(text, field)
+    except InvalidInput as exc:
+        raise InvalidInput(f"Invalid input for field/attribute {field}: not valid JSON ({exc.message})") from exc
     if not isinstance(data, dict):
         raise InvalidInput(f"Invalid input for field/attribute {field}: a JSON object is required")
     return data
@@ -220,17 +214,9 @@ class _BgpPeerFields(Body):
 
 
 class BgpPeerCreate(_BgpPeerFields):
-    peer_ip: str
+    peer_ip: IPAddress
     remote_as: ASN
     bgp_speaker_id: Ident | None = None
-
-    @field_validator("peer_ip")
-    @classmethod
-    def _peer_ip(cls, value: str) -> str:
-        try:
-            return str(ipaddress.ip_address(value))
-        except ValueError as exc:
-            raise ValueError(f"'{value}' is not a valid IP address") from exc
 
 
 class BgpPeerUpdate(_BgpPeerFields):

@@ -1,14 +1,24 @@
-"""Shared request-body pieces: strict models, bounded types and body unwrapping."""
+"""Shared request-body pieces: strict models, bounded types and body unwrapping.
+
+Every value check that a renderer repeats comes from ``cohort.validation``, so the API never
+accepts what an amphora would refuse; every integer is bounded (32-bit, as Octavia's are) so
+that none overflows the database.
+"""
 
 from __future__ import annotations
 
-import ipaddress
 import json
+from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from cohort import validation
 from cohort.api.errors import InvalidInput, describe_validation_error
+
+# Octavia's bodies nest about ten levels deep (load balancer > listener > L7 policy > pool >
+# member > tags); anything much deeper is an attack on the parser, not a request.
+MAX_JSON_DEPTH = 32
 
 
 class Body(BaseModel):
@@ -17,24 +27,37 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
+def rule(check: Callable[[str], object]) -> AfterValidator:
+    """A ``cohort.validation`` check as a pydantic validator that keeps the value as sent."""
+
+    def apply(value: str) -> str:
+        check(value)
+        return value
+
+    return AfterValidator(apply)
+
+
 def _ip(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError as exc:
-        raise ValueError(f"'{value}' is not a valid IP address") from exc
+    return validation.canonical_ip(value)
 
 
 def _cidr(value: str) -> str:
-    try:
-        return str(ipaddress.ip_network(value, strict=False))
-    except ValueError as exc:
-        raise ValueError(f"'{value}' is not a valid CIDR") from exc
+    return validation.canonical_cidr(value)
+
+
+def _netmask(value: str) -> str:
+    mask = validation.canonical_ip(value, "persistence_granularity")
+    validation.netmask_bits(mask)
+    return mask
 
 
 Name = Annotated[str, StringConstraints(max_length=255)]
 Ident = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 IPAddress = Annotated[str, AfterValidator(_ip)]
 CIDR = Annotated[str, AfterValidator(_cidr)]
+Netmask = Annotated[str, AfterValidator(_netmask)]
+Int32 = Annotated[int, Field(ge=-(2**31), le=validation.INT32_MAX)]
+NonNegative32 = Annotated[int, Field(ge=0, le=validation.INT32_MAX)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 TimeoutMs = Annotated[int, Field(ge=0, le=31536000000)]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=255)]
@@ -43,13 +66,33 @@ Tags = Annotated[list[Tag], Field(max_length=50)]
 M = TypeVar("M", bound=BaseModel)
 
 
-def load_json(raw: bytes) -> Any:
+def load_json(raw: bytes | str, what: str = "request body") -> Any:
+    """A JSON document, or a 400: malformed, too deeply nested, or empty."""
     if not raw.strip():
-        raise InvalidInput("The request body is empty; a JSON object is required.")
+        raise InvalidInput(f"The {what} is empty; a JSON object is required.")
     try:
-        return json.loads(raw)
+        document = json.loads(raw)
+    except RecursionError:
+        raise InvalidInput(f"Malformed JSON in {what}: nested deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"Malformed JSON in request body: {exc}") from exc
+        raise InvalidInput(f"Malformed JSON in {what}: {exc}") from exc
+    if _depth_exceeds(document, MAX_JSON_DEPTH):
+        raise InvalidInput(f"Malformed JSON in {what}: nested deeper than {MAX_JSON_DEPTH} levels")
+    return document
+
+
+def _depth_exceeds(document: Any, limit: int) -> bool:
+    # Iterative: the document may be nested close to the interpreter's recursion limit.
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def unwrap(raw: bytes, wrapper: str, model: type[M]) -> M:

@@ -2,6 +2,8 @@
 
 ``*Create`` bodies are POSTs, ``*Update`` bodies are PUTs (immutable fields are absent, so
 sending one is a 400), ``*Tree`` bodies are the nested forms of a single-call create.
+Values that reach an amphora's configuration are checked with ``cohort.validation``, the
+rules the renderers apply.
 """
 
 from __future__ import annotations
@@ -10,7 +12,20 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from cohort.api.schemas.common import CIDR, Body, Ident, IPAddress, Name, Port, Tags, TimeoutMs
+from cohort import validation
+from cohort.api.schemas.common import (
+    CIDR,
+    Body,
+    Ident,
+    IPAddress,
+    Name,
+    Netmask,
+    NonNegative32,
+    Port,
+    Tags,
+    TimeoutMs,
+    rule,
+)
 
 ListenerProtocol = Literal["HTTP", "HTTPS", "TCP", "TERMINATED_HTTPS", "UDP", "SCTP", "PROMETHEUS"]
 PoolProtocol = Literal["HTTP", "HTTPS", "TCP", "PROXY", "PROXYV2", "UDP", "SCTP"]
@@ -28,14 +43,19 @@ InsertHeader = Literal["X-Forwarded-For", "X-Forwarded-Port", "X-Forwarded-Proto
                        "X-SSL-Client-SHA1", "X-SSL-Client-Not-Before", "X-SSL-Client-Not-After"]
 Weight = Annotated[int, Field(ge=0, le=256)]
 Retries = Annotated[int, Field(ge=1, le=10)]
-Alpn = Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,255}$")]
-Cipher = Annotated[str, Field(max_length=2048, pattern=r"^[A-Za-z0-9_:+!@=.-]*$")]
-SafeText = Annotated[str, Field(max_length=255, pattern=r"^[^\r\n]*$")]
-UrlPath = Annotated[str, Field(max_length=2048, pattern=r"^/[\x21-\x7e]*$")]
-ExpectedCodes = Annotated[str, Field(pattern=r"^\d{3}((-\d{3})|(,\d{3})*)$")]
-DomainName = Annotated[str, Field(max_length=255, pattern=r"^[A-Za-z0-9.-]+$")]
-Url = Annotated[str, Field(max_length=2048, pattern=r"^https?://[\x21-\x7e]+$")]
+Alpn = Annotated[str, Field(max_length=255), rule(validation.alpn_protocol)]
+# An empty cipher list is Octavia's "the default".
+Cipher = Annotated[str, Field(max_length=2048), rule(lambda v: v == "" or validation.ciphers(v))]
+RuleKey = Annotated[str, Field(max_length=255), rule(lambda v: validation.token(v, "L7 rule key"))]
+RuleValue = Annotated[str, Field(max_length=255), rule(lambda v: validation.printable(v, "L7 rule value"))]
+UrlPath = Annotated[str, Field(max_length=2048), rule(validation.url_path)]
+ExpectedCodes = Annotated[str, Field(max_length=2048), rule(validation.api_expected_codes)]
+DomainName = Annotated[str, Field(max_length=255), rule(lambda v: validation.hostname(v, "domain_name"))]
+Url = Annotated[str, Field(max_length=2048), rule(validation.redirect_url)]
+CookieName = Annotated[str, Field(max_length=255), rule(lambda v: validation.token(v, "cookie_name"))]
 RedirectCode = Literal[301, 302, 303, 307, 308]
+# HAProxy needs a positive check interval and timeout.
+MonitorSeconds = Annotated[int, Field(ge=1, le=validation.INT32_MAX)]
 
 
 def _http_version(value: float) -> float:
@@ -49,9 +69,9 @@ HttpVersion = Annotated[float, AfterValidator(_http_version)]
 
 class SessionPersistenceBody(Body):
     type: Literal["SOURCE_IP", "HTTP_COOKIE", "APP_COOKIE"]
-    cookie_name: Annotated[str, Field(max_length=255, pattern=r"^[\x21-\x7e]+$")] | None = None
-    persistence_timeout: Annotated[int, Field(ge=0)] | None = None
-    persistence_granularity: IPAddress | None = None
+    cookie_name: CookieName | None = None
+    persistence_timeout: NonNegative32 | None = None
+    persistence_granularity: Netmask | None = None
 
     @model_validator(mode="after")
     def _cookie_rules(self) -> SessionPersistenceBody:
@@ -65,8 +85,8 @@ class SessionPersistenceBody(Body):
 class _MonitorFields(Body):
     name: Name | None = None
     admin_state_up: bool | None = None
-    delay: Annotated[int, Field(ge=0, le=2147483647)] | None = None
-    timeout: Annotated[int, Field(ge=0, le=2147483647)] | None = None
+    delay: MonitorSeconds | None = None
+    timeout: MonitorSeconds | None = None
     max_retries: Retries | None = None
     max_retries_down: Retries | None = None
     http_method: HttpMethod | None = None
@@ -79,8 +99,8 @@ class _MonitorFields(Body):
 
 class HealthMonitorTree(_MonitorFields):
     type: MonitorType
-    delay: Annotated[int, Field(ge=0, le=2147483647)]
-    timeout: Annotated[int, Field(ge=0, le=2147483647)]
+    delay: MonitorSeconds
+    timeout: MonitorSeconds
     max_retries: Retries
     project_id: Ident | None = None
 
@@ -163,8 +183,8 @@ class PoolUpdate(_PoolFields):
 class _L7RuleFields(Body):
     type: L7RuleType | None = None
     compare_type: CompareType | None = None
-    key: SafeText | None = None
-    value: SafeText | None = None
+    key: RuleKey | None = None
+    value: RuleValue | None = None
     invert: bool | None = None
     admin_state_up: bool | None = None
     tags: Tags | None = None
@@ -173,12 +193,22 @@ class _L7RuleFields(Body):
 class L7RuleCreate(_L7RuleFields):
     type: L7RuleType
     compare_type: CompareType
-    value: SafeText
+    value: RuleValue
     project_id: Ident | None = None
+
+    @model_validator(mode="after")
+    def _rule(self) -> L7RuleCreate:
+        validation.l7_rule(self.type, self.compare_type, self.key, self.value)
+        return self
 
 
 class L7RuleUpdate(_L7RuleFields):
-    pass
+    @model_validator(mode="after")
+    def _rule(self) -> L7RuleUpdate:
+        # The stored type and compare_type are not known here; the route checks the merged rule.
+        if self.compare_type == "REGEX" and self.value is not None:
+            validation.regex(self.value, "L7 rule value")
+        return self
 
 
 class _L7PolicyFields(Body):
@@ -216,7 +246,7 @@ class _ListenerFields(Body):
     name: Name | None = None
     description: Name | None = None
     admin_state_up: bool | None = None
-    connection_limit: Annotated[int, Field(ge=-1)] | None = None
+    connection_limit: Annotated[int, Field(ge=-1, le=validation.INT32_MAX)] | None = None
     default_tls_container_ref: Ident | None = None
     sni_container_refs: list[Ident] | None = None
     default_pool_id: Ident | None = None
@@ -232,7 +262,7 @@ class _ListenerFields(Body):
     tls_ciphers: Cipher | None = None
     tls_versions: list[TlsVersion] | None = None
     alpn_protocols: list[Alpn] | None = None
-    hsts_max_age: Annotated[int, Field(ge=0)] | None = None
+    hsts_max_age: NonNegative32 | None = None
     hsts_include_subdomains: bool | None = None
     hsts_preload: bool | None = None
     tags: Tags | None = None

@@ -17,11 +17,11 @@ address HAProxy passes, and exits 0 on an answer).
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import posixpath
 import random
 from dataclasses import dataclass
 
+from cohort import validation
 from cohort.datamodel import HealthMonitor, Member, Pool, SessionPersistence
 from cohort.drivers.amphora import haproxy_tls
 from cohort.drivers.amphora import haproxy_values as v
@@ -66,16 +66,7 @@ def _active_monitor(pool: Pool) -> HealthMonitor | None:
 
 def expected_codes(codes: str) -> list[int]:
     """Octavia's ``expected_codes``: ``200``, ``200,202`` or ``200-204`` (and mixes)."""
-    result: list[int] = []
-    for part in codes.replace(" ", "").split(","):
-        low, sep, high = part.partition("-")
-        if not low.isdigit() or (sep and not high.isdigit()):
-            raise ValueError(f"expected_codes {codes!r} is not like 200, 200,202 or 200-204")
-        first, last = int(low), int(high) if sep else int(low)
-        if not 100 <= first <= last <= 599:
-            raise ValueError(f"expected_codes {codes!r} is outside 100-599")
-        result.extend(code for code in range(first, last + 1) if code not in result)
-    return result
+    return validation.expected_codes(codes)
 
 
 def _http_check(hm: HealthMonitor) -> list[str]:
@@ -102,7 +93,7 @@ def _monitor_lines(hm: HealthMonitor | None, state_dir: str) -> list[str]:
         raise ValueError(f"health monitor {hm.id}: delay and timeout must be at least 1 second")
     if not (1 <= hm.max_retries <= 10 and 1 <= hm.max_retries_down <= 10):
         raise ValueError(f"health monitor {hm.id}: max_retries and max_retries_down must be 1-10")
-    lines = [f"timeout check {hm.timeout}s"]
+    lines = [f"timeout check {v.seconds(hm.timeout, f'health monitor {hm.id} timeout')}"]
     match hm.type:
         case "HTTP" | "HTTPS":
             lines += _http_check(hm)
@@ -120,14 +111,7 @@ def _monitor_lines(hm: HealthMonitor | None, state_dir: str) -> list[str]:
 
 
 def _netmask_bits(granularity: str, ipv6: bool) -> int:
-    text = granularity.strip().lstrip("/")
-    if text.isdigit():
-        bits = int(text)
-    else:
-        try:
-            bits = ipaddress.IPv4Network(f"0.0.0.0/{text}").prefixlen
-        except ValueError:
-            raise ValueError(f"persistence_granularity {granularity!r} is not a netmask") from None
+    bits = validation.netmask_bits(granularity)
     if not 0 < bits <= (128 if ipv6 else 32):
         raise ValueError(f"persistence_granularity {granularity!r} is out of range")
     return bits
@@ -136,7 +120,7 @@ def _netmask_bits(granularity: str, ipv6: bool) -> int:
 def _persistence_lines(sp: SessionPersistence | None, settings: BackendSettings, pool_id: str) -> list[str]:
     if sp is None:
         return []
-    expire = f" expire {sp.persistence_timeout}s" if sp.persistence_timeout else ""
+    expire = f" expire {v.seconds(sp.persistence_timeout, 'persistence_timeout')}" if sp.persistence_timeout else ""
     if sp.type == "SOURCE_IP":
         table = "ipv6" if settings.ipv6 else "ip"
         key = "src"
@@ -192,13 +176,14 @@ def _server_line(member: Member, sid: int, pool: Pool, hm: HealthMonitor | None,
         f"weight {member.weight}",
     ]
     if hm is not None:
-        words.append(f"check inter {hm.delay}s fall {hm.max_retries_down} rise {hm.max_retries}")
+        inter = v.seconds(hm.delay, f"health monitor {hm.id} delay")
+        words.append(f"check inter {inter} fall {hm.max_retries_down} rise {hm.max_retries}")
         if hm.type == "HTTPS":
             # A pool without TLS of its own still checks over TLS; one with TLS
             # keeps its own verification for the checks too.
             words.append("check-ssl" if pool.tls_enabled else "check-ssl verify none")
         if member.monitor_address:
-            words.append(f"addr {v.ip(member.monitor_address, f'member {member.id} monitor_address')}")
+            words.append(f"addr {v.ip(member.monitor_address, f'member {member.id} monitor_address').compressed}")
         if member.monitor_port:
             words.append(f"port {v.port_number(member.monitor_port, f'member {member.id} monitor')}")
     sp = pool.session_persistence
@@ -225,8 +210,8 @@ def backend_lines(pool: Pool, settings: BackendSettings, amphora_id: str, cert_d
     body += _monitor_lines(hm, state_dir)
     if any(member.backup for member in pool.members):
         body.append("option allbackups")
-    body.append(f"timeout connect {settings.timeout_connect_ms}")
-    body.append(f"timeout server {settings.timeout_server_ms}")
+    body.append(f"timeout connect {v.milliseconds(settings.timeout_connect_ms, 'timeout_member_connect')}")
+    body.append(f"timeout server {v.milliseconds(settings.timeout_server_ms, 'timeout_member_data')}")
     tls = haproxy_tls.server_options(pool, cert_dir)
     ids = server_ids(pool.members)
     for member in ordered_members(pool, amphora_id):

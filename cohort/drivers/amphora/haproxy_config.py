@@ -35,6 +35,7 @@ import math
 import posixpath
 from collections.abc import Iterable
 
+from cohort import validation
 from cohort.datamodel import CLUSTER_HEALTH_PORT, Amphora, Listener, LoadBalancer, Pool
 from cohort.drivers.amphora import haproxy_backend, haproxy_frontend, haproxy_prometheus
 from cohort.drivers.amphora import haproxy_values as v
@@ -115,9 +116,9 @@ def _backend_settings(pool: Pool, listeners: list[Listener], ipv6: bool) -> hapr
 def _threads(amphora: Amphora) -> list[str]:
     """One thread per CPU the amphora may use: more threads than its cgroup quota only contend."""
     cpu = amphora.compute_flavor.get("cpu") if amphora.compute_flavor else None
-    if not isinstance(cpu, int | float) or cpu <= 0:
+    if isinstance(cpu, bool) or not isinstance(cpu, int | float) or not math.isfinite(cpu) or cpu <= 0:
         return []
-    return [f"    nbthread {max(1, math.ceil(cpu))}"]
+    return [f"    nbthread {min(validation.HAPROXY_MAX_THREADS, max(1, math.ceil(cpu)))}"]
 
 
 def _global_lines(lb: LoadBalancer, amphora: Amphora, state_dir: str, pools: Iterable[Pool]) -> list[str]:
@@ -152,6 +153,8 @@ def _maxconn(listener: Listener) -> int | None:
     # Octavia treats -1 (and 0) as unlimited.
     if listener.connection_limit is None or listener.connection_limit <= 0:
         return None
+    if listener.connection_limit > validation.INT32_MAX:
+        raise ValueError(f"listener {listener.id}: connection_limit {listener.connection_limit} is too large")
     return listener.connection_limit
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cohort import validation
 from cohort.datamodel import Listener
 from cohort.drivers.amphora import haproxy_l7, haproxy_prometheus, haproxy_tls
 from cohort.drivers.amphora import haproxy_values as v
@@ -68,8 +69,8 @@ def header_lines(listener: Listener) -> list[str]:
 def _hsts_line(listener: Listener) -> list[str]:
     if listener.hsts_max_age is None or listener.protocol != "TERMINATED_HTTPS":
         return []
-    if listener.hsts_max_age < 0:
-        raise ValueError(f"listener {listener.id}: hsts_max_age must not be negative")
+    if not 0 <= listener.hsts_max_age <= validation.INT32_MAX:
+        raise ValueError(f"listener {listener.id}: hsts_max_age must be 0-{validation.INT32_MAX}")
     value = f"max-age={listener.hsts_max_age};"
     if listener.hsts_include_subdomains:
         value += " includeSubDomains;"
@@ -124,9 +125,9 @@ def frontend_lines(listener: Listener, settings: FrontendSettings) -> list[str]:
         body.append(f"maxconn {settings.maxconn}")
     body += [_bind_line(listener, settings), f"mode {mode}"]
     body += _cidr_lines(listener)
-    body.append(f"timeout client {listener.timeout_client_data}")
+    body.append(f"timeout client {v.milliseconds(listener.timeout_client_data, 'timeout_client_data')}")
     if listener.timeout_tcp_inspect:
-        body.append(f"tcp-request inspect-delay {listener.timeout_tcp_inspect}")
+        body.append(f"tcp-request inspect-delay {v.milliseconds(listener.timeout_tcp_inspect, 'timeout_tcp_inspect')}")
     if mode == "http" and listener.protocol != "PROMETHEUS":
         body += header_lines(listener)
         body += _hsts_line(listener)

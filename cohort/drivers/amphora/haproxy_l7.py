@@ -14,9 +14,9 @@ instead of the whole path, so EQUAL_TO "jpg" matches ``/a/b.jpg``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
+from cohort import validation
 from cohort.datamodel import L7Policy, L7Rule
 from cohort.drivers.amphora import haproxy_values as v
 
@@ -49,10 +49,7 @@ def _key(rule: L7Rule) -> str:
 
 def _value(rule: L7Rule) -> str:
     if rule.compare_type == "REGEX":
-        try:
-            re.compile(rule.value)
-        except re.error as exc:
-            raise ValueError(f"L7 rule {rule.id}: invalid regex {rule.value!r}: {exc}") from None
+        validation.regex(rule.value, f"L7 rule {rule.id} value")
     return v.quote(rule.value, f"L7 rule {rule.id} value")
 
 
@@ -78,11 +75,7 @@ def acl_line(rule: L7Rule) -> str:
         case "SSL_CONN_HAS_CERT":
             return f"acl {acl} ssl_c_used"
         case "SSL_VERIFY_RESULT":
-            try:
-                code = int(rule.value)
-            except ValueError:
-                raise ValueError(f"L7 rule {rule.id}: SSL_VERIFY_RESULT value must be an integer") from None
-            return f"acl {acl} ssl_c_verify eq {code}"
+            return f"acl {acl} ssl_c_verify eq {validation.ssl_verify_result(rule.value)}"
         case "SSL_DN_FIELD":
             return f"acl {acl} ssl_c_s_dn({_key(rule)}) {_match(rule)} -- {_value(rule)}"
     raise ValueError(f"L7 rule {rule.id}: unknown type {rule.type!r}")
@@ -108,12 +101,14 @@ def _action(policy: L7Policy, condition: str, pool_ids: frozenset[str]) -> str |
                 raise ValueError(f"L7 policy {policy.id}: REDIRECT_TO_URL needs redirect_url")
             # The ``redirect`` keyword takes its location literally (unlike
             # ``http-request redirect``, which reads a log-format string).
-            url = v.quote(policy.redirect_url, f"L7 policy {policy.id} redirect_url")
+            what = f"L7 policy {policy.id} redirect_url"
+            url = v.quote(validation.redirect_url(policy.redirect_url, what), what)
             return f"redirect location {url} code {_code(policy)} if {condition}"
         case "REDIRECT_PREFIX":
             if not policy.redirect_prefix:
                 raise ValueError(f"L7 policy {policy.id}: REDIRECT_PREFIX needs redirect_prefix")
-            prefix = v.quote(policy.redirect_prefix, f"L7 policy {policy.id} redirect_prefix")
+            what = f"L7 policy {policy.id} redirect_prefix"
+            prefix = v.quote(validation.redirect_url(policy.redirect_prefix, what), what)
             return f"redirect prefix {prefix} code {_code(policy)} if {condition}"
         case "REDIRECT_TO_POOL":
             # A disabled or absent pool is not rendered; the policy then does

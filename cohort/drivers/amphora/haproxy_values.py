@@ -4,25 +4,41 @@ Tenant strings (L7 rule values, URLs, cookie names, health-check paths...) are
 written into a line-oriented file whose parser splits words on blanks, treats
 ``#`` as a comment, expands ``$VAR`` inside double quotes and reads a leading
 ``-`` as a flag. Everything rendered goes through one of these helpers, so a
-value either comes out as exactly one inert word or is refused with ValueError
-(the API turns that into a 400 before it reaches the controller).
+value either comes out as exactly one inert word or is refused with ValueError.
+The rules themselves live in ``cohort.validation``, which the API applies too,
+so a value refused here was a 400 there; they are checked again here because a
+renderer does not trust the database.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
+from cohort import validation
+from cohort.validation import IPAddress, ciphers, hostname, printable, token
+
+__all__ = [
+    "address_port",
+    "alpn",
+    "cidr",
+    "ciphers",
+    "hostname",
+    "http_method",
+    "interface",
+    "ip",
+    "milliseconds",
+    "name",
+    "port_number",
+    "quote",
+    "seconds",
+    "token",
+    "url_path",
+]
+
+# Patterns end in \Z, not $: $ also matches before a trailing newline.
 # HAProxy proxy, server and ACL names: letters, digits, '-', '_', '.', ':'.
-_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-# RFC 7230 token minus the characters that mean something to HAProxy's parser
-# (quotes, '$', '#', backslash) or to sample-fetch arguments (',', '(', ')').
-_TOKEN = re.compile(r"^[A-Za-z0-9!%&*+.^_|~-]{1,256}$")
-_CIPHERS = re.compile(r"^[A-Za-z0-9:+!@=._-]{1,4096}$")
-_ALPN = re.compile(r"^[A-Za-z0-9._/-]{1,64}$")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*\.?$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_INTERFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}\Z")
+_INTERFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
 
 
 def name(value: str, what: str) -> str:
@@ -32,44 +48,14 @@ def name(value: str, what: str) -> str:
     return value
 
 
-def token(value: str, what: str) -> str:
-    """A header or cookie name, or a DN field, used inside a sample fetch's parentheses."""
-    if not _TOKEN.match(value):
-        raise ValueError(f"{what} {value!r} must be an HTTP token (letters, digits, -_.!%&*+^|~)")
-    return value
-
-
 def interface(value: str) -> str:
     if not _INTERFACE.match(value):
         raise ValueError(f"interface name {value!r} is invalid")
     return value
 
 
-def hostname(value: str, what: str) -> str:
-    if not _HOSTNAME.match(value):
-        raise ValueError(f"{what} {value!r} is not a valid host name")
-    return value
-
-
-def ciphers(value: str) -> str:
-    if not _CIPHERS.match(value):
-        raise ValueError(f"cipher string {value!r} has characters outside an OpenSSL cipher list")
-    return value
-
-
 def alpn(protocols: tuple[str, ...]) -> str:
-    for proto in protocols:
-        if not _ALPN.match(proto):
-            raise ValueError(f"ALPN protocol {proto!r} is invalid")
-    return ",".join(protocols)
-
-
-def _printable(value: str, what: str) -> str:
-    if value == "":
-        raise ValueError(f"{what} must not be empty")
-    if _CONTROL.search(value):
-        raise ValueError(f"{what} {value!r} contains control characters")
-    return value
+    return ",".join(validation.alpn_protocol(proto) for proto in protocols)
 
 
 def quote(value: str, what: str) -> str:
@@ -78,22 +64,16 @@ def quote(value: str, what: str) -> str:
     An embedded single quote closes the quote, adds an escaped quote and reopens,
     as in a POSIX shell; HAProxy's parser joins the pieces into one word.
     """
-    _printable(value, what)
+    printable(value, what)
     return "'" + value.replace("'", "'\\''") + "'"
 
 
-def ip(value: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    try:
-        return ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError(f"{what} {value!r} is not an IP address") from None
+def ip(value: str, what: str) -> IPAddress:
+    return validation.ip_address(value, what)
 
 
 def cidr(value: str) -> str:
-    try:
-        return str(ipaddress.ip_network(value, strict=False))
-    except ValueError:
-        raise ValueError(f"allowed CIDR {value!r} is invalid") from None
+    return validation.canonical_cidr(value, "allowed CIDR")
 
 
 def address_port(address: str, port: int, what: str) -> str:
@@ -112,12 +92,24 @@ def port_number(port: int, what: str) -> int:
 
 
 def url_path(value: str) -> str:
-    if not value.startswith("/") or re.search(r"[\s\x00-\x1f\x7f]", value):
-        raise ValueError(f"health monitor url_path {value!r} must start with '/' and contain no blanks")
-    return quote(value, "url_path")
+    return quote(validation.url_path(value), "url_path")
 
 
 def http_method(value: str) -> str:
-    if not re.match(r"^[A-Z]{1,16}$", value):
-        raise ValueError(f"health monitor http_method {value!r} is invalid")
-    return value
+    return validation.http_method(value)
+
+
+def milliseconds(value: int, what: str) -> str:
+    """A duration HAProxy reads as milliseconds, capped to what it can hold."""
+    try:
+        return str(validation.haproxy_ms(value))
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+
+
+def seconds(value: int, what: str) -> str:
+    """A duration in seconds with its unit, capped to what HAProxy can hold."""
+    try:
+        return f"{validation.haproxy_seconds(value)}s"
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
