@@ -3,17 +3,24 @@
 The lock is a compare-and-set on the load balancer's provisioning_status (ACTIVE or ERROR to
 PENDING_UPDATE) in the writer's transaction, so of two concurrent changes exactly one wins
 and the other gets 409, on SQLite and PostgreSQL alike.
+
+Quotas are checked for everything a request would create, nested objects included, by
+:func:`check_quotas` on the request body before anything is built.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from cohort.api.auth import RequestContext
 from cohort.api.errors import Immutable, NotFound, QuotaExceeded
+from cohort.api.schemas import lbaas as s
 from cohort.config import Settings
 from cohort.db import models as m
 
@@ -71,9 +78,52 @@ def quota_limit(session: Session, settings: Settings, project_id: str, field: st
     return int(value) if value is not None else int(getattr(settings.quotas, field))
 
 
-def check_quota(session: Session, settings: Settings, project_id: str, model: type[Any], adding: int = 1) -> None:
-    field = QUOTA_FIELDS[model]
-    limit = quota_limit(session, settings, project_id, field)
+# Each request body that makes one object of a model when built; the first match counts.
+QUOTA_BODIES: tuple[tuple[type[BaseModel], type[Any]], ...] = (
+    (s.LoadBalancerCreate, m.LoadBalancer),
+    (s.ListenerTree, m.Listener),
+    (s.PoolTree, m.Pool),
+    (s.MemberCreate, m.Member),
+    (s.HealthMonitorTree, m.HealthMonitor),
+    (s.L7PolicyTree, m.L7Policy),
+    (s.L7PolicyCreate, m.L7Policy),
+    (s.L7RuleCreate, m.L7Rule),
+)
+
+
+def objects_in(body: BaseModel) -> Counter[type[Any]]:
+    """How many objects of each model building ``body`` makes, at any depth of nesting.
+
+    The walk follows every field rather than a list of known nestings, so an object nested
+    where a new schema allows it (a redirect pool's members, say) is never left uncounted.
+    """
+    counts: Counter[type[Any]] = Counter()
+    pending: list[object] = [body]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list | tuple):
+            pending.extend(item)
+        elif isinstance(item, BaseModel):
+            for kind, model in QUOTA_BODIES:
+                if isinstance(item, kind):
+                    counts[model] += 1
+                    break
+            pending.extend(getattr(item, name) for name in type(item).model_fields)
+    return counts
+
+
+def check_quotas(session: Session, settings: Settings, project_id: str,
+                 new: BaseModel | Mapping[type[Any], int]) -> None:
+    """403 unless the project may have every object ``new`` makes (a body, or counts per model) on top of its own."""
+    counts = objects_in(new) if isinstance(new, BaseModel) else new
+    for model in QUOTA_FIELDS:
+        adding = counts.get(model, 0)
+        if adding:
+            _check_quota(session, settings, project_id, model, adding)
+
+
+def _check_quota(session: Session, settings: Settings, project_id: str, model: type[Any], adding: int) -> None:
+    limit = quota_limit(session, settings, project_id, QUOTA_FIELDS[model])
     if limit < 0:
         return
     used = session.scalar(

@@ -10,7 +10,7 @@ from cohort.api import views
 from cohort.api.builders import apply_changes, build_health_monitor, monitor_fields
 from cohort.api.collection import list_collection
 from cohort.api.deps import DB, Ctx, RawBody, State
-from cohort.api.guards import check_quota, lock_load_balancer, visible
+from cohort.api.guards import check_quotas, lock_load_balancer, visible
 from cohort.api.listing import parse_options, select_fields
 from cohort.api.routing import JSONRoute
 from cohort.api.schemas import lbaas as s
@@ -24,7 +24,7 @@ router = APIRouter(prefix="/lbaas/healthmonitors", route_class=JSONRoute)
 def create(raw: RawBody, request: Request, session: DB, ctx: Ctx, state: State) -> dict[str, Any]:
     body = unwrap(raw, "healthmonitor", s.HealthMonitorCreate)
     pool = visible(session, ctx, m.Pool, body.pool_id)
-    check_quota(session, state.settings, pool.project_id, m.HealthMonitor)
+    check_quotas(session, state.settings, pool.project_id, body)
     lock_load_balancer(session, pool.load_balancer_id)
     monitor = build_health_monitor(session, pool, body)
     session.commit()

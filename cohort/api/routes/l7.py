@@ -20,7 +20,7 @@ from cohort.api.builders import (
 from cohort.api.collection import list_collection
 from cohort.api.deps import DB, Ctx, RawBody, State
 from cohort.api.errors import NotFound
-from cohort.api.guards import check_quota, lock_load_balancer, visible
+from cohort.api.guards import check_quotas, lock_load_balancer, visible
 from cohort.api.listing import parse_options, select_fields
 from cohort.api.routing import JSONRoute
 from cohort.api.schemas import lbaas as s
@@ -36,9 +36,7 @@ POLICY_FIELDS = ("action", "redirect_pool_id", "redirect_url", "redirect_prefix"
 def create_policy(raw: RawBody, request: Request, session: DB, ctx: Ctx, state: State) -> dict[str, Any]:
     body = unwrap(raw, "l7policy", s.L7PolicyCreate)
     listener = visible(session, ctx, m.Listener, body.listener_id)
-    check_quota(session, state.settings, listener.project_id, m.L7Policy)
-    if body.rules:
-        check_quota(session, state.settings, listener.project_id, m.L7Rule, len(body.rules))
+    check_quotas(session, state.settings, listener.project_id, body)
     lock_load_balancer(session, listener.load_balancer_id)
     policy = build_l7policy(session, listener, body)
     session.commit()
@@ -106,7 +104,7 @@ def _rule(session: Any, ctx: Any, policy_id: str, rule_id: str) -> m.L7Rule:
 def create_rule(raw: RawBody, policy_id: str, request: Request, session: DB, ctx: Ctx, state: State) -> dict[str, Any]:
     body = unwrap(raw, "rule", s.L7RuleCreate)
     policy = visible(session, ctx, m.L7Policy, policy_id)
-    check_quota(session, state.settings, policy.project_id, m.L7Rule)
+    check_quotas(session, state.settings, policy.project_id, body)
     lock_load_balancer(session, policy.listener.load_balancer_id)
     rule = build_l7rule(session, policy, body)
     session.commit()

@@ -20,7 +20,7 @@ from cohort.api.builders import (
 from cohort.api.collection import list_collection
 from cohort.api.deps import DB, Ctx, RawBody, State
 from cohort.api.errors import InvalidInput
-from cohort.api.guards import check_quota, lock_load_balancer, visible
+from cohort.api.guards import check_quotas, lock_load_balancer, visible
 from cohort.api.listing import parse_options, select_fields
 from cohort.api.routing import JSONRoute
 from cohort.api.schemas import lbaas as s
@@ -35,7 +35,7 @@ router = APIRouter(prefix="/lbaas/listeners", route_class=JSONRoute)
 def create(raw: RawBody, request: Request, session: DB, ctx: Ctx, state: State) -> dict[str, Any]:
     body = unwrap(raw, "listener", s.ListenerCreate)
     lb = visible(session, ctx, m.LoadBalancer, body.loadbalancer_id)
-    check_quota(session, state.settings, lb.project_id, m.Listener)
+    check_quotas(session, state.settings, lb.project_id, body)
     lock_load_balancer(session, lb.id)
     listener = build_listener(session, lb, body, network=state.network)
     session.commit()

@@ -15,7 +15,7 @@ from cohort.api.builders import build_listener, build_pool, set_fields
 from cohort.api.collection import list_collection, page_of
 from cohort.api.deps import DB, AppState, Ctx, RawBody, State
 from cohort.api.errors import InvalidInput, NotFound
-from cohort.api.guards import check_quota, lock_load_balancer, visible
+from cohort.api.guards import check_quotas, lock_load_balancer, visible
 from cohort.api.listing import parse_options, select_fields
 from cohort.api.routing import JSONRoute
 from cohort.api.schemas import lbaas as s
@@ -110,7 +110,7 @@ def create(raw: RawBody, request: Request, session: DB, ctx: Ctx, state: State) 
         if zone is None or not zone.enabled:
             raise InvalidInput(f"Availability zone {body.availability_zone} not found or disabled.")
     subnet_id, network_id = _vip(state, body)
-    check_quota(session, state.settings, project_id, m.LoadBalancer)
+    check_quotas(session, state.settings, project_id, body)
     fields = {k: v for k, v in given(body).items()
               if k not in ("listeners", "pools", "project_id", "provider", "vip_subnet_id", "vip_network_id",
                            "vip_port_id") and v is not None}
@@ -135,29 +135,11 @@ def create(raw: RawBody, request: Request, session: DB, ctx: Ctx, state: State) 
 
 
 def _build_tree(session: Session, state: AppState, lb: m.LoadBalancer, body: s.LoadBalancerCreate) -> None:
-    """The single-call create: every quota is checked for the whole tree before anything is built."""
-    for model, adding in _tree_counts(body).items():
-        if adding:
-            check_quota(session, state.settings, lb.project_id, model, adding)
+    """The single-call create (its quotas were checked for the whole tree before the load balancer was made)."""
     for pool_body in body.pools or []:
         build_pool(session, lb, pool_body, network=state.network)
     for listener_body in body.listeners or []:
         build_listener(session, lb, listener_body, network=state.network)
-
-
-def _tree_counts(body: s.LoadBalancerCreate) -> dict[type[Any], int]:
-    counts: dict[type[Any], int] = {m.Listener: len(body.listeners or []), m.Pool: 0, m.Member: 0,
-                                    m.HealthMonitor: 0, m.L7Policy: 0, m.L7Rule: 0}
-    pools = list(body.pools or []) + [lst.default_pool for lst in body.listeners or [] if lst.default_pool]
-    counts[m.Pool] = len(pools)
-    for pool in pools:
-        counts[m.Member] += len(pool.members or [])
-        counts[m.HealthMonitor] += 1 if pool.healthmonitor else 0
-    for listener in body.listeners or []:
-        for policy in listener.l7policies or []:
-            counts[m.L7Policy] += 1
-            counts[m.L7Rule] += len(policy.rules or [])
-    return counts
 
 
 def rendered_bodies(session: Session, rows: list[Any], fields: list[str]) -> list[str]:

@@ -12,7 +12,7 @@ from cohort.api.builders import apply_changes, build_member
 from cohort.api.collection import list_collection
 from cohort.api.deps import DB, Ctx, RawBody, State
 from cohort.api.errors import NotFound
-from cohort.api.guards import check_quota, lock_load_balancer, visible
+from cohort.api.guards import check_quotas, lock_load_balancer, visible
 from cohort.api.listing import parse_options, select_fields
 from cohort.api.routing import JSONRoute
 from cohort.api.schemas import lbaas as s
@@ -33,7 +33,7 @@ def _member(session: Any, ctx: Any, pool_id: str, member_id: str) -> m.Member:
 def create(raw: RawBody, pool_id: str, request: Request, session: DB, ctx: Ctx, state: State) -> dict[str, Any]:
     body = unwrap(raw, "member", s.MemberCreate)
     pool = visible(session, ctx, m.Pool, pool_id)
-    check_quota(session, state.settings, pool.project_id, m.Member)
+    check_quotas(session, state.settings, pool.project_id, body)
     lock_load_balancer(session, pool.load_balancer_id)
     member = build_member(session, pool, body, state.network)
     session.commit()
@@ -57,7 +57,7 @@ def batch_update(raw: RawBody, pool_id: str, request: Request, session: DB, ctx:
     live = {(mb.address, mb.protocol_port): mb for mb in pool.members if mb.provisioning_status != "PENDING_DELETE"}
     wanted = {(mb.address, mb.protocol_port): mb for mb in body.members}
     new = [key for key in wanted if key not in live]
-    check_quota(session, state.settings, pool.project_id, m.Member, len(new))
+    check_quotas(session, state.settings, pool.project_id, {m.Member: len(new)})
     lock_load_balancer(session, pool.load_balancer_id)
     for key, member_body in wanted.items():
         if key in live:

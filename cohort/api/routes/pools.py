@@ -21,7 +21,7 @@ from cohort.api.builders import (
 from cohort.api.collection import list_collection
 from cohort.api.deps import DB, Ctx, RawBody, State
 from cohort.api.errors import Conflict, InvalidInput
-from cohort.api.guards import check_quota, lock_load_balancer, visible
+from cohort.api.guards import check_quotas, lock_load_balancer, visible
 from cohort.api.listing import parse_options, select_fields
 from cohort.api.routing import JSONRoute
 from cohort.api.schemas import lbaas as s
@@ -44,9 +44,7 @@ def create(raw: RawBody, request: Request, session: DB, ctx: Ctx, state: State) 
         raise InvalidInput("The listener does not belong to the given load balancer.")
     assert lb_id is not None
     lb = visible(session, ctx, m.LoadBalancer, lb_id)
-    check_quota(session, state.settings, lb.project_id, m.Pool)
-    if body.members:
-        check_quota(session, state.settings, lb.project_id, m.Member, len(body.members))
+    check_quotas(session, state.settings, lb.project_id, body)
     lock_load_balancer(session, lb.id)
     pool = build_pool(session, lb, body, listener=listener, network=state.network)
     session.commit()
