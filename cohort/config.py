@@ -68,15 +68,37 @@ class Settings(BaseModel):
     drain_timeout: float = 30.0
     lab_prefix: str = "cohort"
     api_max_page: int = 1000
+    # Largest request body accepted (413 beyond): a 1 MB secret payload or a batch of thousands of
+    # members fits; nothing larger is ever buffered.
+    api_max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=64 * 1024)
 
     @field_validator("state_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
+    def seam_drivers(self) -> dict[str, str]:
+        """The driver name of each seam (compute, network, amphora, distributor)."""
+        local = self.drivers == "local"
+        return {
+            "compute": self.compute_driver or ("lab" if local else "noop"),
+            "network": self.network_driver or ("lab" if local else "noop"),
+            "amphora": self.amphora_driver or ("rest" if local else "noop"),
+            "distributor": self.distributor_driver or ("rest" if local else "noop"),
+        }
+
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.state_dir / 'cohort.db'}"
+        from cohort.layout import Layout
+
+        return self.database_url or Layout(self.state_dir).database_url
+
+    @property
+    def secrets_key_file(self) -> Path:
+        """The Fernet key that encrypts tenants' TLS material and operators' BGP passwords at rest."""
+        from cohort.layout import Layout
+
+        return Layout(self.state_dir).secrets_key
 
 
 _SCALAR_TYPES = (str, int, float, bool, Path)

@@ -8,10 +8,14 @@ referenced, so a bad bundle is a 400 at the API and never reaches an amphora.
 from __future__ import annotations
 
 import base64
+import fcntl
+import os
+import re
 import uuid
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -34,15 +38,56 @@ def ref_id(ref: str) -> str:
 
 
 def _fernet(key_file: Path) -> Fernet:
-    if not key_file.exists():
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        key_file.touch(mode=0o600)
-        key_file.write_bytes(Fernet.generate_key())
-    return Fernet(key_file.read_bytes().strip())
+    key = _read_key(key_file)
+    return Fernet(key if key else _create_key(key_file))
+
+
+def _read_key(key_file: Path) -> bytes:
+    try:
+        return key_file.read_bytes().strip()
+    except FileNotFoundError:
+        return b""
+
+
+def _create_key(key_file: Path) -> bytes:
+    """Make the key once, whatever the number of processes racing to: the first one's key is everyone's.
+
+    Under an exclusive lock, the key is written to a private temporary file and only then put in
+    place, so a reader never sees a partial key. An empty key file (left by a crash mid-write)
+    has encrypted nothing and is replaced.
+    """
+    key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with (key_file.parent / f".{key_file.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            key = _read_key(key_file)
+            if key:
+                return key
+            key = Fernet.generate_key()
+            tmp = key_file.with_name(f".{key_file.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(key)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, key_file)
+            return key
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def normalise(kind: str, payload: bytes, passphrase: bytes | None = None) -> bytes:
     """Return canonical PEM for ``kind`` or raise BadSecret saying what is wrong."""
+    try:
+        return _normalise(kind, payload, passphrase)
+    except BadSecret:
+        raise
+    except (ValueError, TypeError, IndexError, OverflowError, UnsupportedAlgorithm) as exc:
+        # The parsers of hostile input may fail in ways they do not document: still a client's error.
+        raise BadSecret(f"unreadable {kind}: {exc}") from exc
+
+
+def _normalise(kind: str, payload: bytes, passphrase: bytes | None) -> bytes:
     if kind == "certificate":
         return _certificate_bundle(payload, passphrase)
     if kind == "ca":
@@ -94,17 +139,30 @@ def _certificate_bundle(payload: bytes, passphrase: bytes | None) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs) + key_out
 
 
+# The opening line of a PEM block whose label names a private key (RSA, EC, ENCRYPTED or none).
+PRIVATE_KEY_BEGIN = re.compile(rb"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY)-----")
+
+
 def _first_key_block(payload: bytes) -> bytes:
-    text = payload.decode("ascii", errors="replace")
-    start = text.find("-----BEGIN")
-    while start != -1:
-        end_marker = text.find("-----END", start)
-        line_end = text.find("-----", end_marker + 8)
-        block = text[start:line_end + 5]
-        if "PRIVATE KEY" in block.splitlines()[0]:
-            return block.encode()
-        start = text.find("-----BEGIN", line_end)
-    raise BadSecret("no private key in the PEM bundle")
+    # The first key block only, found with two linear scans: no pattern that could backtrack
+    # over a megabyte of hostile payload.
+    begin = PRIVATE_KEY_BEGIN.search(payload)
+    if begin is None:
+        raise BadSecret("no private key in the PEM bundle")
+    end_line = b"-----END " + begin.group(1) + b"-----"
+    end = payload.find(end_line, begin.end())
+    if end == -1:
+        raise BadSecret(f"the {begin.group(1).decode()} block has no end line")
+    return payload[begin.start():end + len(end_line)]
+
+
+def encrypt_text(key_file: Path, text: str) -> bytes:
+    """A short operator secret (a BGP MD5 password) as stored at rest."""
+    return _fernet(key_file).encrypt(text.encode())
+
+
+def decrypt_text(key_file: Path, ciphertext: bytes) -> str:
+    return _fernet(key_file).decrypt(ciphertext).decode()
 
 
 def store(session: Session, key_file: Path, project_id: str, name: str, kind: str, payload: bytes,
@@ -137,7 +195,7 @@ def certificates_for(session: Session, settings: Settings, lb_id: str) -> dict[s
         refs.update(listener.sni_container_refs or [])
     for pool in lb.pools:
         refs.update(r for r in (pool.tls_container_ref, pool.ca_tls_container_ref, pool.crl_container_ref) if r)
-    key_file = settings.state_dir / "secrets.key"
+    key_file = settings.secrets_key_file
     found = {}
     for ref in refs:
         row = lookup(session, lb.project_id, ref)
@@ -151,6 +209,28 @@ def b64decode_payload(text: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except ValueError as exc:
         raise BadSecret(f"payload is not valid base64: {exc}") from exc
+
+
+def user_of(session: Session, row: m.Secret) -> str | None:
+    """The id of a listener or pool that references the secret, or None.
+
+    Only objects of the secret's own project can reference it (:func:`lookup`), so only they are
+    read, and a ref matches when it names exactly this secret, as :func:`lookup` resolves it.
+    """
+    listeners = session.execute(select(
+        m.Listener.id, m.Listener.default_tls_container_ref, m.Listener.client_ca_tls_container_ref,
+        m.Listener.client_crl_container_ref, m.Listener.sni_container_refs,
+    ).where(m.Listener.project_id == row.project_id).order_by(m.Listener.created_at))
+    for listener_id, *refs, sni in listeners:
+        if any(ref and ref_id(ref) == row.id for ref in [*refs, *(sni or [])]):
+            return str(listener_id)
+    pools = session.execute(select(
+        m.Pool.id, m.Pool.tls_container_ref, m.Pool.ca_tls_container_ref, m.Pool.crl_container_ref,
+    ).where(m.Pool.project_id == row.project_id).order_by(m.Pool.created_at))
+    for pool_id, *refs in pools:
+        if any(ref and ref_id(ref) == row.id for ref in refs):
+            return str(pool_id)
+    return None
 
 
 def secrets_of(session: Session, project_id: str | None) -> list[m.Secret]:

@@ -30,7 +30,7 @@ class AppState:
 
     @property
     def secrets_key_file(self) -> Path:
-        return self.secrets_key or self.settings.state_dir / "secrets.key"
+        return self.secrets_key or self.settings.secrets_key_file
 
     def write_turn(self) -> AbstractAsyncContextManager[object]:
         """On SQLite, one writing request at a time in this process; elsewhere no wait.

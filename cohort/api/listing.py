@@ -1,7 +1,9 @@
 """Octavia list options for any table: filters, tags filters, sort, keyset pagination and fields.
 
 Pagination is keyset-based (``marker`` is the id of the last row of the page), done in SQL so
-a page costs the same with ten or ten thousand rows.
+a page costs the same with ten or ten thousand rows. A marker must be a row of the collection
+as the caller sees it (its project, its parent object): any other id is a 404, so that a
+marker tells nothing about other projects' objects.
 """
 
 from __future__ import annotations
@@ -134,6 +136,8 @@ def apply_options(
     """
     columns = model.__table__.columns
     aliases = filter_aliases or {}
+    # What the caller may list (project, parent), before the client's own filters narrow it.
+    scope = query.whereclause
     for key, raw in options.filters.items():
         name = aliases.get(key, key)
         if name not in columns:
@@ -166,7 +170,10 @@ def apply_options(
 
     if options.marker is not None:
         table: Any = model.__table__
-        marker_row = session.execute(select(table).where(table.c[id_column] == options.marker)).one_or_none()
+        marker_query = select(table).where(table.c[id_column] == options.marker)
+        if scope is not None:
+            marker_query = marker_query.where(scope)
+        marker_row = session.execute(marker_query).one_or_none()
         if marker_row is None:
             raise NotFound("Marker", options.marker)
         query = query.where(_after(model, marker_row, effective))

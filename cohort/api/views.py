@@ -247,7 +247,8 @@ def bgp_peer(row: m.BgpPeer) -> dict[str, Any]:
     # The md5 password is write-only: say whether one is set, never what it is.
     return {
         "id": row.id, "name": row.name, "bgp_speaker_id": row.bgp_speaker_id, "peer_ip": row.peer_ip,
-        "remote_as": row.remote_as, "auth_type": row.auth_type, "md5_password_set": bool(row.md5_password),
+        "remote_as": row.remote_as, "auth_type": row.auth_type,
+        "md5_password_set": row.md5_password_ciphertext is not None,
         "ttl_hops": row.ttl_hops, "hold_time": row.hold_time, "keepalive_interval": row.keepalive_interval,
         "bfd_enabled": row.bfd_enabled, "bfd_min_rx": row.bfd_min_rx, "bfd_min_tx": row.bfd_min_tx,
         "bfd_multiplier": row.bfd_multiplier,

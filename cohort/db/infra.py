@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cohort.db.base import Base, IdMixin, TimestampMixin
@@ -116,7 +128,8 @@ class BgpPeer(IdMixin, TimestampMixin, Base):
     peer_ip: Mapped[str] = mapped_column(String(64))
     remote_as: Mapped[int] = mapped_column(BigInteger)
     auth_type: Mapped[str | None] = mapped_column(String(16))
-    md5_password: Mapped[str | None] = mapped_column(String(255))
+    # Encrypted with the secrets key (cohort.secrets.encrypt_text), as tenants' TLS material is.
+    md5_password_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
     ttl_hops: Mapped[int] = mapped_column(Integer, default=1)
     hold_time: Mapped[int] = mapped_column(Integer, default=90)
     keepalive_interval: Mapped[int] = mapped_column(Integer, default=30)

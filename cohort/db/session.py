@@ -63,15 +63,17 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-def alembic_config(url: str) -> Config:
+def alembic_config(url: str, secrets_key: Path | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
+    # Migrations that encrypt or decrypt stored values (0004) find the secrets key here.
+    config.attributes["secrets_key_file"] = secrets_key
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "head", secrets_key: Path | None = None) -> None:
     """Bring the schema to ``revision``; safe to run on every start."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), revision)
+    command.upgrade(alembic_config(url, secrets_key), revision)

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cohort import secrets
 from cohort.api import views
 from cohort.api.collection import list_collection
-from cohort.api.deps import DB, Ctx, RawBody, State
+from cohort.api.deps import DB, AppState, Ctx, RawBody, State
 from cohort.api.errors import Conflict, InvalidInput, NotFound
 from cohort.api.guards import lock_load_balancer
 from cohort.api.listing import parse_options, select_fields
@@ -216,19 +217,27 @@ def _check_peer(session: Session, fields: dict[str, Any], existing: m.BgpPeer | 
     if hold and keepalive >= hold:
         raise InvalidInput(f"keepalive_interval ({keepalive}) must be less than hold_time ({hold}).")
     auth = fields.get("auth_type", existing.auth_type if existing else None)
-    password = fields.get("md5_password", existing.md5_password if existing else None)
+    password = fields.get("md5_password") or (existing is not None and existing.md5_password_ciphertext is not None)
     if auth == "md5" and not password:
         raise InvalidInput("md5_password is required when auth_type is md5.")
     if password and auth != "md5":
         raise InvalidInput("md5_password needs auth_type md5.")
 
 
+def _encrypt_password(state: AppState, fields: dict[str, Any]) -> None:
+    """Replace a sent md5_password by its ciphertext: it is never stored readable."""
+    password = fields.pop("md5_password", None)
+    if password is not None:
+        fields["md5_password_ciphertext"] = secrets.encrypt_text(state.secrets_key_file, password)
+
+
 @router.post("/bgp_peers", status_code=201)
-def create_peer(raw: RawBody, request: Request, session: DB, ctx: Ctx) -> dict[str, Any]:
+def create_peer(raw: RawBody, request: Request, session: DB, ctx: Ctx, state: State) -> dict[str, Any]:
     ctx.require_admin()
     body = unwrap(raw, "bgp_peer", a.BgpPeerCreate)
     fields = {k: v for k, v in body.model_dump().items() if v is not None}
     _check_peer(session, fields)
+    _encrypt_password(state, fields)
     row = m.BgpPeer(**fields)
     session.add(row)
     session.commit()
@@ -248,12 +257,13 @@ def show_peer(ident: str, session: DB, ctx: Ctx) -> dict[str, Any]:
 
 
 @router.put("/bgp_peers/{ident}")
-def update_peer(raw: RawBody, ident: str, request: Request, session: DB, ctx: Ctx) -> dict[str, Any]:
+def update_peer(raw: RawBody, ident: str, request: Request, session: DB, ctx: Ctx, state: State) -> dict[str, Any]:
     ctx.require_admin()
     body = unwrap(raw, "bgp_peer", a.BgpPeerUpdate)
     row = _get(session, m.BgpPeer, ident, "BGP peer")
     fields = {k: v for k, v in given(body).items() if v is not None}
     _check_peer(session, fields, row)
+    _encrypt_password(state, fields)
     for key, value in fields.items():
         setattr(row, key, value)
     session.commit()

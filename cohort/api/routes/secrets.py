@@ -11,7 +11,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from pydantic import Field
-from sqlalchemy import or_, select
 
 from cohort import secrets
 from cohort.api.deps import DB, Ctx, RawBody, State
@@ -74,14 +73,7 @@ def show(secret_id: str, request: Request, session: DB, ctx: Ctx) -> dict[str, A
 @router.delete("/{secret_id}", status_code=204)
 def delete(secret_id: str, session: DB, ctx: Ctx) -> Response:
     row = _visible(session, ctx, secret_id)
-    like = f"%{secret_id}%"
-    users = session.scalar(select(m.Listener.id).where(or_(
-        m.Listener.default_tls_container_ref.like(like), m.Listener.client_ca_tls_container_ref.like(like),
-        m.Listener.client_crl_container_ref.like(like), m.Listener.sni_container_refs.cast(m.Listener.name.type)
-        .like(like))).limit(1))
-    users = users or session.scalar(select(m.Pool.id).where(or_(
-        m.Pool.tls_container_ref.like(like), m.Pool.ca_tls_container_ref.like(like),
-        m.Pool.crl_container_ref.like(like))).limit(1))
+    users = secrets.user_of(session, row)
     if users:
         raise Conflict(f"Secret {secret_id} is in use by {users} and cannot be deleted.")
     session.delete(row)
