@@ -77,28 +77,14 @@ class Settings(BaseModel):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
-    def seam_drivers(self) -> dict[str, str]:
-        """The driver name of each seam (compute, network, amphora, distributor)."""
-        local = self.drivers == "local"
-        return {
-            "compute": self.compute_driver or ("lab" if local else "noop"),
-            "network": self.network_driver or ("lab" if local else "noop"),
-            "amphora": self.amphora_driver or ("rest" if local else "noop"),
-            "distributor": self.distributor_driver or ("rest" if local else "noop"),
-        }
-
     @property
     def db_url(self) -> str:
-        from cohort.layout import Layout
-
-        return self.database_url or Layout(self.state_dir).database_url
+        return self.database_url or f"sqlite:///{self.state_dir / 'cohort.db'}"
 
     @property
     def secrets_key_file(self) -> Path:
         """The Fernet key that encrypts tenants' TLS material and operators' BGP passwords at rest."""
-        from cohort.layout import Layout
-
-        return Layout(self.state_dir).secrets_key
+        return self.state_dir / "secrets.key"
 
 
 _SCALAR_TYPES = (str, int, float, bool, Path)
