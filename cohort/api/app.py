@@ -1,4 +1,4 @@
-"""The FastAPI application: routers under both ``/v2`` and ``/v2.0``, fault handlers, state."""
+"""The FastAPI application: routers under both ``/v2`` and ``/v2.0``, fault handlers, request intake, state."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from cohort import __version__
 from cohort.api.deps import AppState
 from cohort.api.errors import install_handlers
+from cohort.api.intake import RequestIntake
 from cohort.api.routes import (
     admin,
     catalog,
@@ -29,6 +30,9 @@ RESOURCE_ROUTERS = (loadbalancers, listeners, pools, members, healthmonitors, l7
 def create_app(state: AppState) -> FastAPI:
     app = FastAPI(title="Cohort", version=__version__, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.cohort = state
+    # Added first, so innermost of the middlewares, but in front of every route and handler: nothing
+    # reads a body before the caller is known and its size checked.
+    app.add_middleware(RequestIntake, settings=state.settings)
     install_handlers(app)
     app.include_router(versions.router)
     app.include_router(secrets.router)

@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from cohort.api.auth import RequestContext, authenticate
+from cohort.api.auth import CONTEXT_KEY, RequestContext, authenticate
 from cohort.config import Settings
 from cohort.drivers.network.base import NetworkDriver
 
@@ -76,8 +76,11 @@ async def db_session(request: Request) -> AsyncIterator[Session]:
 
 
 async def request_context(request: Request) -> RequestContext:
+    known = request.scope.get(CONTEXT_KEY)
+    if isinstance(known, RequestContext):  # authenticated by the intake middleware already
+        return known
     state: AppState = request.app.state.cohort
-    return authenticate(request, state.settings)
+    return authenticate(request.headers, state.settings)
 
 
 async def raw_body(request: Request) -> bytes:
