@@ -39,10 +39,11 @@ if __package__ in (None, ""):
     # Run as a script: make the repository importable as it is for ``python -m bench.amphora``.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from bench.common import (  # noqa: E402
+    MODES,
+    REPO,
     RESULTS,
     BenchEnv,
     BenchError,
@@ -53,15 +54,17 @@ from bench.common import (  # noqa: E402
     bench_env,
     cgroup_quota,
     cgroup_throttling,
-    cmdline,
+    fmt,
+    haproxy_pids,
     haproxy_server_counters,
-    haproxy_socket,
-    machine_info,
+    machine_facts,
+    make_console,
     median,
+    parameters,
     process_threads,
     require_root_and_tools,
+    run_main,
     run_wrk,
-    system_busy_seconds,
     tune_load_namespace,
     utc_now,
     write_json,
@@ -73,10 +76,9 @@ COMMAND = ".venv/bin/python bench/amphora.py"
 MEMBER = "web"
 CAP_CPU = 0.25
 CAP_MEMORY_MB = 256
-MODES = {"keepalive": False, "new_connection": True}  # mode -> wrk sends "Connection: close"
 
 # Wide enough for the tables when the output is not a terminal (logs, CI).
-console = Console(width=None if sys.stdout.isatty() else 130)
+console = make_console(130)
 
 
 @dataclass
@@ -167,8 +169,8 @@ def serving_lb(env: BenchEnv, name: str, member: str, flavor_id: str | None) -> 
     finally:
         probe.close()
     amphorae = env.amphora_namespaces_of(lb["id"])
-    sock = haproxy_socket(env, lb["id"])
-    if len(amphorae) != 1 or sock is None:
+    sock = env.haproxy_socket(amphorae[0], lb["id"]) if len(amphorae) == 1 else None
+    if sock is None or not sock.exists():
         raise BenchError(f"{name}: expected one amphora with a HAProxy socket, found {amphorae}")
     return vip, amphorae[0], sock
 
@@ -260,10 +262,6 @@ def summarise(runs: list[Run], targets: list[Target], seconds: int) -> dict[str,
 # --- report ------------------------------------------------------------------------------------
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def print_report(report: dict[str, Any]) -> None:
     nproc = report["machine"]["nproc"]
     rates = Table(title="Throughput: one amphora vs. straight to the member (medians of the repetitions)")
@@ -278,16 +276,16 @@ def print_report(report: dict[str, Any]) -> None:
             rates.add_row(
                 mode, name, f"{f['requests_per_s_median']:,.0f}",
                 f"{f['requests_per_s_min']:,.0f} - {f['requests_per_s_max']:,.0f}",
-                _fmt(f.get("ratio_to_direct"), ".2f"), _fmt(f.get("ratio_to_direct_paired_median"), ".2f"),
+                fmt(f.get("ratio_to_direct"), ".2f"), fmt(f.get("ratio_to_direct_paired_median"), ".2f"),
                 f"{f['latency_p50_ms_median']:.2f}",
                 f"{f['latency_p99_ms_median']:.2f}", str(f["errors_total"]),
             )
             cpu.add_row(
                 mode, name, f"{f['member_cpu_median']:.2f}", f"{f['member_busiest_worker_cpu_max']:.2f}",
-                _fmt(f["amphora_cpu_median"], ".2f"), _fmt(f["amphora_cpu_us_per_request"], ".0f"),
-                _fmt(f["member_connections_opened_per_request"], ".2f"), f"{f['wrk_cpu_median']:.2f}",
+                fmt(f["amphora_cpu_median"], ".2f"), fmt(f["amphora_cpu_us_per_request"], ".0f"),
+                fmt(f["member_connections_opened_per_request"], ".2f"), f"{f['wrk_cpu_median']:.2f}",
                 f"{f['rest_of_machine_cpu_median']:.2f}", f"{f['machine_busy_cpu_median']:.2f}",
-                _fmt(f["throttled_periods_median"], ".0f"),
+                fmt(f["throttled_periods_median"], ".0f"),
             )
         rates.add_section()
         cpu.add_section()
@@ -315,26 +313,20 @@ def print_report(report: dict[str, Any]) -> None:
                   f"CPU quota: {amp['capped_cpu_quota']}; member server workers: {report['member']['workers']}; "
                   f"machine busy before the run (other load): {report['machine']['busy_cpu_before_run']:.2f} "
                   f"of {nproc} CPUs")
-    console.print(f"Reproduce (as root, in {Path(__file__).resolve().parent.parent}): [bold]{COMMAND}[/bold]")
+    console.print(f"Reproduce (as root, in {REPO}): [bold]{COMMAND}[/bold]")
 
 
 def haproxy_worker_threads(amphora_ns: str) -> int:
     # The master is ``haproxy -W``; its worker is the one with more than one thread, or any.
-    pids = [p for p in netns.cgroup_pids(Lab.instance_cgroup(amphora_ns)) if "haproxy" in " ".join(cmdline(p)[:1])]
-    return max((process_threads(p) for p in pids), default=0)
+    return max((process_threads(p) for p in haproxy_pids(Lab.instance_cgroup(amphora_ns))), default=0)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     require_root_and_tools("wrk", "haproxy", "ip")
     started = time.monotonic()
-    machine = machine_info()
-    busy0 = system_busy_seconds()
-    time.sleep(1.0)
-    machine["busy_cpu_before_run"] = system_busy_seconds() - busy0
     report: dict[str, Any] = {"benchmark": "amphora", "timestamp": utc_now(), "command": COMMAND,
-                              "machine": machine, "parameters": {k: str(v) if isinstance(v, Path) else v
-                                                                 for k, v in vars(args).items()}}
+                              "machine": machine_facts(), "parameters": parameters(args)}
     with bench_env("b") as env:
         lab = env.lab
         tune_load_namespace(lab.client_ns)
@@ -386,8 +378,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        console.print(f"[red]benchmark failed:[/red] {exc}")
-        sys.exit(1)
+    sys.exit(run_main(main, console))

@@ -8,9 +8,12 @@ namespaces: load generators run in the lab's client namespace (through the gatew
 VIP) or in a *load-generator* namespace plugged onto the back-end bridge (straight to a
 member), never in the root namespace.
 
-Also here: the single-call load-balancer tree, flavors, the ``wrk`` runner (bounded by its
-``-d`` duration and a subprocess timeout) with the CPU it used, CPU accounting of processes
-and cgroups, a first-request prober that runs inside a namespace, and machine facts.
+Also here: the single-call load-balancer tree, flavors, what the system under test says about
+itself (the admin API's amphorae, clusters and distributors; never its database), the ``wrk``
+runner (bounded by its ``-d`` duration and a subprocess timeout) with the CPU it used, CPU
+accounting of processes and cgroups, HAProxy's counters, a first-request prober that runs
+inside a namespace, machine facts, and what the benchmarks' commands share (console, modes,
+error exit).
 
 Run ``python -m bench.common probe ...`` only through :class:`FirstRequestProbe`.
 """
@@ -42,12 +45,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from rich.console import Console
 
 from cohort import netns
+from cohort.agents.amphora.stats import show_stat
 from cohort.config import Settings
-from cohort.db import models as m
-from cohort.lab import BACKEND_RANGE, PRIVATE_CIDR, Lab, allocate_address, release_address, short_hash
+from cohort.lab import Lab, short_hash
 from cohort.service import Cohort, build, serve
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,8 +60,30 @@ LAB_NETWORKS = [ipaddress.ip_network(n) for n in
                 ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15")]
 
 
+MODES = {"keepalive": False, "new_connection": True}  # mode -> wrk sends "Connection: close"
+
+
 class BenchError(RuntimeError):
     """The benchmark cannot go on (not root, a tool missing, the system under test misbehaving)."""
+
+
+def make_console(width: int) -> Console:
+    """A console as wide as the terminal, or ``width`` when the output is not one (logs, CI)."""
+    return Console(width=None if sys.stdout.isatty() else width)
+
+
+def run_main(main: Callable[[], int], console: Console) -> int:
+    """A benchmark's exit status: ``main()``'s, or 1 with the reason when it raised BenchError."""
+    try:
+        return main()
+    except BenchError as exc:
+        console.print(f"[red]benchmark failed:[/red] {exc}")
+        return 1
+
+
+def fmt(value: Any, spec: str) -> str:
+    """``value`` formatted with ``spec``, or ``-`` when there is none."""
+    return "-" if value is None else format(value, spec)
 
 
 # --- machine ------------------------------------------------------------------------------------
@@ -95,6 +120,20 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "loadavg_at_start": list(os.getloadavg()),
     }
+
+
+def machine_facts() -> dict[str, Any]:
+    """:func:`machine_info` and how busy the machine was (other load) over one second before the run."""
+    machine = machine_info()
+    busy0 = system_busy_seconds()
+    time.sleep(1.0)
+    machine["busy_cpu_before_run"] = system_busy_seconds() - busy0
+    return machine
+
+
+def parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The command's arguments as JSON values (paths as strings), for the results file."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
 
 
 def utc_now() -> str:
@@ -251,12 +290,37 @@ class BenchEnv:
                 raise BenchError(f"load balancer {lb_id} not deleted within {timeout}s")
             time.sleep(0.1)
 
+    def admin_list(self, collection: str, key: str, **filters: str) -> list[dict[str, Any]]:
+        """``GET /v2/octavia/{collection}`` (admin API) filtered by ``filters``; the ``key`` list."""
+        query = "&".join(f"{k}={v}" for k, v in filters.items())
+        status, body = self.api.get(f"/v2/octavia/{collection}" + (f"?{query}" if query else ""))
+        if status != 200:
+            raise BenchError(f"list {collection}: {status} {body}")
+        return list(body[key])
+
+    def amphorae_of(self, lb_id: str) -> dict[str, str]:
+        """Namespace (compute id) -> amphora id of the live amphorae of one load balancer."""
+        rows = self.admin_list("amphorae", "amphorae", loadbalancer_id=lb_id)
+        return {str(r["compute_id"]): str(r["id"]) for r in rows if r.get("compute_id") and r["status"] != "DELETED"}
+
     def amphora_namespaces_of(self, lb_id: str) -> list[str]:
         """Namespaces (compute ids) of the live amphorae of one load balancer."""
-        with self.cohort.sessions() as session:
-            found = session.scalars(select(m.Amphora.compute_id).where(
-                m.Amphora.load_balancer_id == lb_id, m.Amphora.status != "DELETED"))
-            return sorted(c for c in found if c)
+        return sorted(self.amphorae_of(lb_id))
+
+    def cluster_of(self, lb_id: str) -> str:
+        """The id of the amphora cluster of an ACTIVE_ACTIVE load balancer."""
+        rows = self.admin_list("clusters", "clusters", loadbalancer_id=lb_id)
+        if len(rows) != 1:
+            raise BenchError(f"load balancer {lb_id}: {len(rows)} clusters")
+        return str(rows[0]["id"])
+
+    def haproxy_socket(self, namespace: str, lb_id: str) -> Path:
+        """The admin socket of the HAProxy serving ``lb_id`` in amphora ``namespace``.
+
+        The amphora agent keeps its state under ``i/<the namespace's 8 hex digits>`` of Cohort's
+        state directory, HAProxy's sockets in its jail there.
+        """
+        return self.state_dir / "i" / namespace.rsplit("-", 1)[1] / "jail" / "haproxy" / f"{lb_id}.sock"
 
     def amphora_namespaces(self) -> list[str]:
         """Namespaces (compute ids) of the amphorae currently recorded in the lab."""
@@ -325,28 +389,37 @@ it): everything the client sends is processed there, in every
 
 
 @contextmanager
-def backend_loadgen(lab: Lab, name: str = "loadgen") -> Iterator[tuple[str, str]]:
-    """A namespace on the lab's back-end bridge, for direct-to-member load; yields (namespace, address).
+def lab_namespace(lab: Lab, name: str, network: str, count: int = 1) -> Iterator[tuple[str, list[str]]]:
+    """A namespace of the benchmark on the lab's ``network`` bridge with ``count`` addresses of it.
 
-    It is named like a member namespace so that ``Lab.down()`` removes it even if this
-    context never gets to.
+    It is named like a member namespace so that ``Lab.down()`` removes it even if this context
+    never gets to. Yields (namespace, addresses).
     """
-    ns, outer = lab.member_ns(name), f"m{short_hash('loadgen:' + name)}"
-    owner = f"loadgen:{name}"
-    with lab.transaction() as st:
-        address = allocate_address(st, "private", PRIVATE_CIDR, owner, first=BACKEND_RANGE[0], last=BACKEND_RANGE[1])
+    ns, outer = lab.member_ns(name), f"m{short_hash(f'{network}:{name}')}"
+    owners = [f"bench:{name}:{i}" for i in range(count)]
+    addresses: list[str] = []
     try:
+        for owner in owners:
+            addresses.append(lab.reserve_address(network, owner))
         netns.add_netns(ns)
         netns.add_veth("eth0", ns, outer, lab.sw_ns)
-        netns.set_link(outer, lab.sw_ns, master=lab.network("private").bridge)
-        netns.add_addr("eth0", ns, f"{address}/24")
+        netns.set_link(outer, lab.sw_ns, master=lab.network(network).bridge)
+        for address in addresses:
+            netns.add_addr("eth0", ns, f"{address}/24")
         netns.set_link("eth0", ns)
-        tune_load_namespace(ns)
-        yield ns, address
+        yield ns, addresses
     finally:
         netns.del_netns(ns)
-        with lab.transaction() as st:
-            release_address(st, "private", owner)
+        for owner in owners:
+            lab.release_address(network, owner)
+
+
+@contextmanager
+def backend_loadgen(lab: Lab, name: str = "loadgen") -> Iterator[tuple[str, str]]:
+    """A namespace on the lab's back-end bridge, for direct-to-member load; yields (namespace, address)."""
+    with lab_namespace(lab, name, "private") as (ns, (address,)):
+        tune_load_namespace(ns)
+        yield ns, address
 
 
 def check_lab_address(address: str) -> None:
@@ -442,16 +515,13 @@ class CpuWatch:
         return out, machine
 
 
-def haproxy_socket(env: BenchEnv, lb_id: str) -> Path | None:
-    """The admin socket of the HAProxy serving ``lb_id`` (under the agent's state directory)."""
-    found = sorted(env.state_dir.glob(f"i/*/jail/haproxy/{lb_id}.sock"))
-    return found[0] if found else None
+def haproxy_pids(cgroup: str) -> set[int]:
+    """HAProxy's processes (master and worker) in an amphora's cgroup."""
+    return {p for p in netns.cgroup_pids(cgroup) if "haproxy" in " ".join(cmdline(p)[:1])}
 
 
 def haproxy_server_counters(sock: Path) -> dict[str, int]:
     """Summed over the servers: ``connect`` (new connections to members), ``reuse``, ``stot``."""
-    from cohort.agents.amphora.stats import show_stat
-
     totals = {"connect": 0, "reuse": 0, "stot": 0}
     for row in show_stat(str(sock)):
         if row.get("svname") in ("FRONTEND", "BACKEND"):
@@ -460,6 +530,15 @@ def haproxy_server_counters(sock: Path) -> dict[str, int]:
             with suppress(ValueError):
                 totals[key] += int(row.get(key) or 0)
     return totals
+
+
+def haproxy_frontend_requests(sock: Path) -> int:
+    """Requests HAProxy's frontends have received (``req_tot``); 0 when the socket does not answer."""
+    try:
+        rows = show_stat(str(sock))
+    except OSError:
+        return 0
+    return sum(int(r.get("req_tot") or 0) for r in rows if r.get("svname") == "FRONTEND")
 
 
 # --- wrk ----------------------------------------------------------------------------------------
