@@ -1,0 +1,88 @@
+"""``python -m bench.active_active``: the whole benchmark in order, or one of its tools (``tool ...``).
+
+Owns the run: the lab and Cohort (``bench.common.bench_env``), then set-up, throughput,
+scaling, the comparison at a second cap, latency, and the results file, tables and plot.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from bench.active_active.cli import COMMAND, console, parse_args
+from bench.active_active.latency import latency
+from bench.active_active.report import plot, print_report
+from bench.active_active.scaling import scaling
+from bench.active_active.setup import Measured, build_configs, config_report, distributor_of, member_names, prepare_lab
+from bench.active_active.throughput import compare_cap, runs_json, summarise, throughput
+from bench.active_active.tools import tool_main
+from bench.common import (
+    bench_env,
+    cgroup_quota,
+    machine_facts,
+    median,
+    parameters,
+    require_root_and_tools,
+    run_main,
+    utc_now,
+    write_json,
+)
+from cohort.lab import Lab
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    require_root_and_tools("wrk", "haproxy", "ip", "nft", "ss", "curl", "chrt", "ethtool")
+    started = time.monotonic()
+    report: dict[str, Any] = {"benchmark": "active_active", "timestamp": utc_now(), "command": COMMAND,
+                              "machine": machine_facts(), "cap_cpu": args.cap, "parameters": parameters(args)}
+    with bench_env("aa") as env:
+        lab = env.lab
+        report.update(prepare_lab(env, args.members, args.member_workers, args.client_kthread))
+        names = member_names(args.members)
+        members: list[str] = report["members"]["addresses"]
+        console.print(f"lab {lab.prefix} up; members {members} ({args.member_workers} workers each); cap {args.cap}")
+        configs, baselines = build_configs(env, members, set(names), args.cap, args.matched)
+        measured: list[Measured] = [*configs, *baselines]
+        dist = distributor_of(env)
+        report["configs"] = config_report(configs, baselines)
+        report["distributor"] = {"namespace": dist.namespace, "id": dist.ref.id}
+        report["setup_s"] = time.monotonic() - started
+        by_name = {c.name: c for c in configs}
+        if "throughput" not in args.skip:
+            console.print("throughput:")
+            runs, quiet = throughput(env, measured, args, [lab.member_ns(n) for n in names], dist,
+                                     args.repetitions)
+            report["throughput"] = summarise(runs, measured)
+            report["quiet_waits"] = quiet
+            others = [r.processes["other"] for r in runs]
+            report["other_processes_cpu"] = {"median": median(others), "max": max(others),
+                                             "runs_above_0.25": sum(1 for o in others if o > 0.25), "runs": len(others)}
+            report["runs"] = runs_json(runs)
+        if "scaling" not in args.skip:
+            console.print("scaling:")
+            report["scaling"] = scaling(env, by_name["AA3"], dist, args)
+        if args.compare_cap:
+            report["compare"], configs = compare_cap(env, configs, baselines, args, names, members, dist)
+            by_name = {c.name: c for c in configs}
+        if "latency" not in args.skip:
+            console.print(f"latency (cap {cgroup_quota(Lab.instance_cgroup(next(iter(by_name['AA4'].amphorae))))}):")
+            report["latency"] = latency(env, by_name["AA4"], dist, args)
+    report["elapsed_s"] = time.monotonic() - started
+    write_json(args.output, report)
+    print_report(report)
+    if "throughput" in report:
+        console.print(f"plot: {plot(report, args.output.with_suffix('.png'))}")
+    console.print(f"wrote {args.output} ({report['elapsed_s']:.0f}s)")
+    return 0
+
+
+def entry(argv: list[str]) -> int:
+    if argv[:1] == ["tool"]:
+        return tool_main(argv[1:])
+    return run_main(lambda: main(argv), console)
+
+
+if __name__ == "__main__":
+    sys.exit(entry(sys.argv[1:]))
