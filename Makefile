@@ -31,11 +31,12 @@ test-unit: install
 
 lint: install
 	@$(BIN)/ruff check cohort tests bench
-	@$(BIN)/mypy cohort
+	@$(BIN)/mypy cohort bench
 
 bench: install
-	@$(BIN)/python bench/api.py
-	@$(BIN)/python bench/amphora.py
+	@$(BIN)/python -m bench.api
+	@$(BIN)/python -m bench.amphora
+	@$(BIN)/python -m bench.active_active
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache
