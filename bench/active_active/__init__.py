@@ -43,8 +43,8 @@ In one run, on a private lab with Cohort on local drivers (see ``bench.common``)
    changed amphora is compared with the ideal 1/4.
 
 Run as root: ``.venv/bin/python -m bench.active_active`` (``--help`` for the knobs; about 11
-minutes; ``--quick`` for a smoke run of every part in under two minutes, written to a temporary
-directory). Writes ``bench/results/active_active.json`` and ``bench/results/active_active.png``.
+minutes; ``--quick`` for a smoke run of every part, small and short, in about three minutes,
+written to a temporary directory). Writes ``bench/results/active_active.json`` and ``bench/results/active_active.png``.
 
 The benchmark observes the system under test as an operator would: through the Octavia v2
 API (load balancers, and the admin API's amphorae, clusters and distributors), the

@@ -60,8 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip", choices=("throughput", "latency", "scaling"), action="append", default=[])
     parser.add_argument("--output", type=Path, default=RESULTS / "active_active.json")
     parser.add_argument("--quick", action="store_true",
-                        help=f"a smoke run of every part in under two minutes: {quick_summary()}; other "
-                             "options given still apply")
+                        help=f"a smoke run of every part, small and short (about 3 minutes on a busy 2-vCPU "
+                             f"machine, most of it building 13 amphorae): {quick_summary()}; other options given "
+                             "still apply")
     args = parser.parse_args(argv)
     if args.quick:
         parser.set_defaults(**QUICK)
