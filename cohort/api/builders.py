@@ -5,13 +5,12 @@ Used by the single-object POSTs and by the single-call tree create, so both appl
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cohort import secrets
+from cohort import secrets, validation
 from cohort.api.errors import Conflict, InvalidInput
 from cohort.api.schemas import lbaas as s
 from cohort.api.schemas.common import given
@@ -285,27 +284,15 @@ def build_l7policy(session: Session, listener: m.Listener, body: s.L7PolicyTree 
 
 
 def validate_rule(fields: dict[str, Any]) -> None:
+    """The whole rule (a create, or a stored rule merged with an update) by the renderer's rules."""
     rule_type, compare, key, value = (fields.get("type"), fields.get("compare_type"), fields.get("key"),
                                       fields.get("value"))
-    if rule_type in ("HEADER", "COOKIE", "SSL_DN_FIELD") and not key:
-        raise InvalidInput(f"key is required for L7 rules of type {rule_type}.")
-    if rule_type in ("HOST_NAME", "PATH", "FILE_TYPE", "SSL_CONN_HAS_CERT", "SSL_VERIFY_RESULT") and key:
-        raise InvalidInput(f"key is not valid for L7 rules of type {rule_type}.")
     if rule_type == "SSL_DN_FIELD" and key not in DN_FIELDS:
         raise InvalidInput(f"Invalid L7 rule key {key!r} for SSL_DN_FIELD: one of {', '.join(sorted(DN_FIELDS))}.")
-    if rule_type == "FILE_TYPE" and compare not in ("EQUAL_TO", "REGEX"):
-        raise InvalidInput("FILE_TYPE rules take compare_type EQUAL_TO or REGEX.")
-    if rule_type == "SSL_CONN_HAS_CERT" and (compare != "EQUAL_TO" or str(value).lower() != "true"):
-        raise InvalidInput("SSL_CONN_HAS_CERT rules take compare_type EQUAL_TO and value 'True'.")
-    if rule_type == "SSL_VERIFY_RESULT" and (compare != "EQUAL_TO" or not str(value).isdigit()):
-        raise InvalidInput("SSL_VERIFY_RESULT rules take compare_type EQUAL_TO and a numeric value.")
-    if compare == "REGEX":
-        try:
-            re.compile(str(value))
-        except re.error as exc:
-            raise InvalidInput(f"Invalid input for field/attribute value: not a valid regex ({exc}).") from exc
-    elif value is not None and re.search(r"\s", str(value)) and rule_type not in ("HEADER", "COOKIE"):
-        raise InvalidInput("Invalid input for field/attribute value: whitespace is not allowed.")
+    try:
+        validation.l7_rule(str(rule_type), str(compare), None if key is None else str(key), str(value))
+    except ValueError as exc:
+        raise InvalidInput(f"Invalid L7 rule: {exc}.") from exc
 
 
 def build_l7rule(session: Session, policy: m.L7Policy, body: s.L7RuleCreate) -> m.L7Rule:
