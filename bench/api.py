@@ -54,7 +54,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -69,16 +68,13 @@ from typing import Any
 
 import httpx
 
+from cohort import harness
+from cohort.harness import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 LB = "/v2/lbaas/loadbalancers"
 TARGET_P99_MS = 50.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def preload_database(state: Path, count: int) -> float:
@@ -125,16 +121,11 @@ def cohort_server(log_path: Path, preload: int, workers: int = 1,
         with log_path.open("w") as log:
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"cohort up exited with {proc.returncode}; see {log_path}")
-            with suppress(httpx.TransportError):
-                if httpx.get(base + "/v2.0", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"cohort up did not answer within 30 s; see {log_path}")
-            time.sleep(0.1)
+        running = proc
+        try:
+            harness.wait_for_api(base, timeout=30, alive=lambda: running.poll() is None)
+        except harness.HarnessError as exc:
+            raise RuntimeError(f"{exc}; see {log_path}") from exc
         yield base, preload_s
     finally:
         if proc is not None:

@@ -21,14 +21,11 @@ Run ``python -m bench.common probe ...`` only through :class:`FirstRequestProbe`
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import json
 import os
 import platform
-import random
 import re
-import secrets
 import shutil
 import socket
 import statistics
@@ -47,11 +44,10 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from cohort import netns
+from cohort import harness, netns
 from cohort.agents.amphora.stats import show_stat
-from cohort.config import Settings
 from cohort.lab import Lab, short_hash
-from cohort.service import Cohort, build, serve
+from cohort.service import Cohort
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -178,54 +174,6 @@ class Api:
         return self.call("DELETE", path)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _free_mgmt_cidr() -> str:
-    # Concurrent test runs and the default lab take other /24s of 198.19.0.0/16.
-    used = {cidr.split(".")[2] for _, cidr in netns.addresses() if cidr.startswith("198.19.")}
-    return f"198.19.{random.choice([n for n in range(1, 255) if str(n) not in used])}.0/24"
-
-
-@contextmanager
-def _running_cohort(settings: Settings) -> Iterator[tuple[Cohort, str]]:
-    cohort = build(settings)
-    loop = asyncio.new_event_loop()
-    box: dict[str, asyncio.Task[None]] = {}
-    ready = threading.Event()
-
-    def runner() -> None:
-        asyncio.set_event_loop(loop)
-        box["task"] = loop.create_task(serve(cohort, ready=ready))
-        with suppress(asyncio.CancelledError):
-            loop.run_until_complete(box["task"])
-
-    thread = threading.Thread(target=runner, name="cohort", daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{settings.api_port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.get(base + "/", timeout=1)
-            break
-        except httpx.TransportError:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise BenchError("Cohort's API did not come up") from None
-            time.sleep(0.05)
-    try:
-        yield cohort, base
-    finally:
-        while "task" not in box and thread.is_alive():
-            time.sleep(0.01)
-        if "task" in box:
-            loop.call_soon_threadsafe(box["task"].cancel)
-        thread.join(timeout=20)
-        cohort.engine.dispose()
-
-
 @dataclass
 class BenchEnv:
     lab: Lab
@@ -330,27 +278,14 @@ class BenchEnv:
 
 @contextmanager
 def bench_env(tag: str = "b") -> Iterator[BenchEnv]:
-    """A fresh lab + Cohort (local drivers); everything is removed on exit, also on failure."""
+    """A fresh lab + Cohort (local drivers) from ``cohort.harness``; all of it removed on exit, also on failure."""
     state_dir = Path(tempfile.mkdtemp(prefix=f"cohort-bench-{tag}-"))
-    lab = Lab(state_dir / "lab", prefix=f"cohort-{tag}{secrets.token_hex(3)}", mgmt_cidr=_free_mgmt_cidr())
-    settings = Settings(state_dir=state_dir, api_port=_free_port(), drivers="local", lab_prefix=lab.prefix)
-    started: list[Cohort] = []
     try:
-        lab.up()
-        with _running_cohort(settings) as (cohort, base):
-            started.append(cohort)
-            yield BenchEnv(lab, cohort, Api(base), state_dir)
+        with harness.private_cohort(state_dir, tag=tag) as instance:
+            assert instance.lab is not None
+            yield BenchEnv(instance.lab, instance.cohort, Api(instance.base), state_dir)
     finally:
-        try:
-            # Cohort is stopped by now, so no reconciler rebuilds what is deleted here.
-            for rec in lab.snapshot().get("instances", {}).values() if started else []:
-                with suppress(Exception):
-                    started[0].drivers.network.unplug_all(rec["compute_id"])
-                with suppress(Exception):
-                    started[0].drivers.compute.delete(rec["compute_id"])
-        finally:
-            lab.down()
-            shutil.rmtree(state_dir, ignore_errors=True)
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 # --- namespaces of the benchmark ----------------------------------------------------------------

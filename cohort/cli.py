@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from cohort.config import Settings, load_settings
-from cohort.lab_cli import app as lab_app
+from cohort.lab.cli import app as lab_app
 from cohort.statedir import PRIVATE_UMASK, make_private
 
 app = typer.Typer(help="Cohort: active-active, N+1 load balancing behind the Octavia v2 API.",
@@ -75,10 +75,10 @@ def up(config: ConfigOpt = None, drivers: DriversOpt = None, db: DbOpt = None, h
             run_demo(settings, console)
         return
     if settings.drivers == "local":
-        from cohort.lab import Lab
+        from cohort.harness import lab_for
 
         with console.status("Building the lab network (namespaces cohort-*)..."):
-            Lab(settings.state_dir / "lab", prefix=settings.lab_prefix).up()
+            lab_for(settings).up()
     console.print(f"[bold green]Cohort[/bold green] API on http://{settings.api_host}:{settings.api_port} "
                   f"(drivers: {settings.drivers}, database: {settings.db_url})")
     if demo:

@@ -53,7 +53,13 @@ class Settings(BaseModel):
     auth_strategy: Literal["noauth", "token"] = "noauth"
     tokens: dict[str, TokenEntry] = Field(default_factory=dict)
     noauth_project_id: str = "admin"
+    # A shorthand for the four seams below: "noop" builds nothing, "local" the local lab.
     drivers: Literal["noop", "local"] = "noop"
+    # Each seam's driver by name; unset takes the shorthand's (noop: noop; local: lab, lab, rest, rest).
+    compute_driver: Literal["noop", "lab"] | None = None
+    network_driver: Literal["noop", "lab"] | None = None
+    amphora_driver: Literal["noop", "rest"] | None = None
+    distributor_driver: Literal["noop", "rest"] | None = None
     default_topology: Topology = "SINGLE"
     default_provider: str = "amphora"
     quotas: QuotaDefaults = Field(default_factory=QuotaDefaults)
@@ -77,14 +83,28 @@ class Settings(BaseModel):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
+    def seam_drivers(self) -> dict[str, str]:
+        """The driver name of each seam (compute, network, amphora, distributor)."""
+        local = self.drivers == "local"
+        return {
+            "compute": self.compute_driver or ("lab" if local else "noop"),
+            "network": self.network_driver or ("lab" if local else "noop"),
+            "amphora": self.amphora_driver or ("rest" if local else "noop"),
+            "distributor": self.distributor_driver or ("rest" if local else "noop"),
+        }
+
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.state_dir / 'cohort.db'}"
+        from cohort.layout import Layout
+
+        return self.database_url or Layout(self.state_dir).database_url
 
     @property
     def secrets_key_file(self) -> Path:
         """The Fernet key that encrypts tenants' TLS material and operators' BGP passwords at rest."""
-        return self.state_dir / "secrets.key"
+        from cohort.layout import Layout
+
+        return Layout(self.state_dir).secrets_key
 
 
 _SCALAR_TYPES = (str, int, float, bool, Path)

@@ -17,6 +17,18 @@ CLUSTER_HEALTH_PORT = 8008
 
 
 @dataclass(frozen=True)
+class Subnet:
+    """A tenant subnet as the network seam and the API's subnet catalogue describe it."""
+
+    id: str
+    name: str
+    network_id: str
+    cidr: str
+    gateway_ip: str | None
+    ip_version: int
+
+
+@dataclass(frozen=True)
 class SessionPersistence:
     type: str  # SOURCE_IP | HTTP_COOKIE | APP_COOKIE
     cookie_name: str | None = None

@@ -6,9 +6,7 @@ requests from the lab's client namespace to prove that traffic flows.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +19,10 @@ import httpx
 from rich.console import Console
 
 from cohort.config import Settings
+from cohort.harness import HarnessError, lab_for, wait_for_api
+from cohort.harness import teardown as harness_teardown
+from cohort.layout import Layout
+from cohort.statedir import make_private
 
 DEMO_MEMBERS = ("demo1", "demo2")
 DEMO_FLAVOR = {"loadbalancer_topology": "ACTIVE_ACTIVE", "amp_cluster_size": 3,
@@ -28,28 +30,16 @@ DEMO_FLAVOR = {"loadbalancer_topology": "ACTIVE_ACTIVE", "amp_cluster_size": 3,
 
 
 def pid_file(settings: Settings) -> Path:
-    return settings.state_dir / "cohort.pid"
+    return Layout.of(settings).pid_file
 
 
 def log_file(settings: Settings) -> Path:
-    return settings.state_dir / "cohort.log"
-
-
-def wait_for_api(base: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"Cohort's API did not answer at {base} within {timeout:.0f}s")
+    return Layout.of(settings).log_file
 
 
 def start_detached(settings: Settings, argv: list[str], console: Console) -> int:
     """Run ``cohort up`` (without --detach) in the background; return its pid once the API answers."""
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    make_private(settings.state_dir)
     existing = _running_pid(settings)
     if existing:
         console.print(f"Cohort is already running (pid {existing}); `cohort down` stops it.")
@@ -61,8 +51,8 @@ def start_detached(settings: Settings, argv: list[str], console: Console) -> int
     base = f"http://{settings.api_host}:{settings.api_port}"
     with console.status(f"Starting Cohort (pid {process.pid}, log {log_file(settings)})..."):
         try:
-            wait_for_api(base)
-        except RuntimeError:
+            wait_for_api(base, alive=lambda: process.poll() is None)
+        except HarnessError:
             console.print(f"[red]Cohort did not start; see {log_file(settings)}[/red]")
             raise
     console.print(f"[green]Cohort is running[/green] (pid {process.pid}) at {base}")
@@ -83,11 +73,9 @@ def _running_pid(settings: Settings) -> int | None:
 
 
 def run_demo(settings: Settings, console: Console, topology_flavor: dict[str, Any] | None = DEMO_FLAVOR) -> None:
-    from cohort.lab import Lab
-
     base = f"http://{settings.api_host}:{settings.api_port}"
     wait_for_api(base)
-    lab = Lab(settings.state_dir / "lab", prefix=settings.lab_prefix)
+    lab = lab_for(settings)
     client = httpx.Client(base_url=base + "/v2", timeout=30)
     addresses = []
     with console.status("Starting demo member servers on the back-end network..."):
@@ -191,26 +179,5 @@ def teardown(settings: Settings, console: Console) -> None:
 
 
 def remove_data_plane(settings: Settings, console: Console) -> None:
-    from sqlalchemy.exc import OperationalError
-
-    from cohort.controller.teardown import destroy_instances
-    from cohort.db.session import make_engine, make_sessionmaker
-
-    db_path = settings.state_dir / "cohort.db"
-    if settings.drivers == "local" or (settings.state_dir / "lab").exists():
-        from cohort.controller.wiring import Drivers, make_drivers
-        from cohort.lab import Lab
-
-        local = settings.model_copy(update={"drivers": "local"})
-        drivers: Drivers = make_drivers(local)
-        if settings.database_url or db_path.exists():
-            engine = make_engine(settings.db_url)
-            with contextlib.suppress(OperationalError):  # no schema: nothing was ever built
-                destroy_instances(make_sessionmaker(engine), drivers)
-            engine.dispose()
-        Lab(settings.state_dir / "lab", prefix=settings.lab_prefix).down()
-        console.print("Removed the amphorae and the lab network.")
-    if not settings.database_url:
-        for path in (db_path, db_path.with_suffix(".db-wal"), db_path.with_suffix(".db-shm")):
-            path.unlink(missing_ok=True)
-    shutil.rmtree(settings.state_dir / "instances", ignore_errors=True)
+    """Every instance, the lab and the files Cohort made (see ``cohort.harness.teardown``)."""
+    harness_teardown(settings, say=console.print)

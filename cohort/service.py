@@ -22,9 +22,10 @@ from cohort.controller.health import HealthManager
 from cohort.controller.reconciler import Reconciler
 from cohort.controller.wiring import Drivers, heartbeat_key, make_drivers
 from cohort.db.session import make_engine, make_sessionmaker, upgrade
+from cohort.layout import Layout
 from cohort.secrets import certificates_for
 from cohort.statedir import make_private
-from cohort.wake import WakeListener, WakeSender, wake_path
+from cohort.wake import WakeListener, WakeSender
 from cohort.workers import serve_api_workers
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ async def serve(cohort: Cohort, api: bool = True, controller: bool = True,
     """
     workers: list[threading.Thread] = []
     receiver = None
-    waker = WakeListener(wake_path(cohort.settings.state_dir), cohort.reconciler.wake)
+    waker = WakeListener(Layout.of(cohort.settings).wake_socket, cohort.reconciler.wake)
     if controller:
         workers = [threading.Thread(target=cohort.reconciler.run, name="reconciler", daemon=True),
                    threading.Thread(target=cohort.failover.run, name="failover", daemon=True)]

@@ -18,13 +18,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = "reconciler.sock"
-
-
-def wake_path(state_dir: Path) -> Path:
-    return state_dir / SOCKET_NAME
-
-
 class WakeListener:
     """Calls ``on_wake`` for every datagram that arrives on ``path`` (bound with mode 0600)."""
 

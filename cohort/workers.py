@@ -48,15 +48,16 @@ def _worker_main(settings_json: str, sock: socket.socket, parent_pid: int) -> No
     from cohort.api.app import create_app
     from cohort.api.deps import AppState
     from cohort.api.response_cache import with_response_cache
-    from cohort.controller.wiring import make_drivers
+    from cohort.controller.wiring import make_network
     from cohort.db.session import make_engine, make_sessionmaker
-    from cohort.wake import WakeSender, wake_path
+    from cohort.layout import Layout
+    from cohort.wake import WakeSender
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.model_validate_json(settings_json)
     engine = make_engine(settings.db_url)
-    fastapi_app = create_app(AppState(settings, make_sessionmaker(engine), make_drivers(settings).network,
-                              on_change=WakeSender(wake_path(settings.state_dir)),
+    fastapi_app = create_app(AppState(settings, make_sessionmaker(engine), make_network(settings),
+                              on_change=WakeSender(Layout.of(settings).wake_socket),
                               read_sessions=make_sessionmaker(engine, writer=False)))
     app = with_response_cache(fastapi_app, settings.db_url, settings.api_response_cache)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))

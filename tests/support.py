@@ -1,59 +1,29 @@
-"""Test helpers shared by unit, functional and end-to-end tests: a real Cohort server in a thread."""
+"""Test helpers shared by unit, functional and end-to-end tests: Cohort through the harness, a JSON client."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from cohort import harness
 from cohort.config import Settings
-from cohort.service import Cohort, build, serve
+from cohort.harness import free_port
+from cohort.service import Cohort
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["Api", "free_port", "local_cohort", "running_cohort", "wait_for"]
 
 
 @contextmanager
 def running_cohort(state_dir: Path, **overrides: Any) -> Iterator[tuple[Cohort, str]]:
     """Start API + reconciler on a free port; yield (cohort, base_url); stop on exit."""
     settings = Settings(state_dir=state_dir, api_port=free_port(), **overrides)
-    cohort = build(settings)
-    ready = threading.Event()
-    loop = asyncio.new_event_loop()
-    task_box: dict[str, asyncio.Task[None]] = {}
-
-    def runner() -> None:
-        asyncio.set_event_loop(loop)
-        task_box["task"] = loop.create_task(serve(cohort, ready=ready))
-        with suppress(asyncio.CancelledError):
-            loop.run_until_complete(task_box["task"])
-
-    thread = threading.Thread(target=runner, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{settings.api_port}"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(base + "/", timeout=1)
-            break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    try:
+    with harness.running(settings) as (cohort, base):
         yield cohort, base
-    finally:
-        loop.call_soon_threadsafe(task_box["task"].cancel)
-        thread.join(timeout=15)
-        cohort.engine.dispose()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
@@ -111,17 +81,6 @@ class Api:
 
 @contextmanager
 def local_cohort(state_dir: Path, **overrides: Any) -> Iterator[tuple[Cohort, str, Any]]:
-    """A private lab plus Cohort with local drivers; every instance and the lab go away afterwards."""
-    from cohort.controller.teardown import destroy_instances
-    from tests.functional.conftest import new_lab
-
-    lab = new_lab(state_dir / "lab")
-    try:
-        lab.up()
-        with running_cohort(state_dir, drivers="local", lab_prefix=lab.prefix, **overrides) as (cohort, base):
-            try:
-                yield cohort, base, lab
-            finally:
-                destroy_instances(cohort.sessions, cohort.drivers)
-    finally:
-        lab.down()
+    """A private lab plus Cohort with local drivers; every instance, the lab and the files go afterwards."""
+    with harness.private_cohort(state_dir, **overrides) as instance:
+        yield instance.cohort, instance.base, instance.lab

@@ -8,14 +8,12 @@ coexist. Teardown calls ``Lab.down()``, which removes only what that lab made.
 from __future__ import annotations
 
 import os
-import random
-import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from cohort import netns
+from cohort.harness import free_mgmt_cidr, private_prefix
 from cohort.lab import Lab
 
 IS_ROOT = os.geteuid() == 0
@@ -28,14 +26,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def free_mgmt_cidr() -> str:
-    used = {cidr.split(".")[2] for _, cidr in netns.addresses() if cidr.startswith("198.19.")}
-    choices = [str(n) for n in range(1, 255) if str(n) not in used]
-    return f"198.19.{random.choice(choices)}.0/24"
-
-
 def new_lab(state_dir: Path) -> Lab:
-    return Lab(state_dir, prefix=f"cohort-t{secrets.token_hex(3)}", mgmt_cidr=free_mgmt_cidr())
+    return Lab(state_dir, prefix=private_prefix("t"), mgmt_cidr=free_mgmt_cidr())
 
 
 @pytest.fixture

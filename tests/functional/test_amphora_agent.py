@@ -284,10 +284,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             for log in e.logs:
                 if log.exists():
                     sys.stderr.write(f"--- {log.name} (tail)\n{log.read_text()[-3000:]}\n")
-            run_link = Path("/run/cohort-amphora")
-            for link in run_link.glob("*") if run_link.exists() else []:
-                if link.is_symlink() and os.readlink(link).startswith(str(e.state_dir)):
-                    link.unlink()
         if receiver is not None:
             receiver.close()
         _teardown(made, f"ch{tag}")

@@ -33,15 +33,17 @@ import pytest
 
 from cohort import netns
 from cohort.distributor import nft
-from cohort.drivers.compute.local import LocalComputeDriver
+from cohort.drivers.compute.lab import LabComputeDriver
 from cohort.drivers.distributor.base import ClusterMember, DistributorRef, DistributorVip
 from cohort.drivers.distributor.rest import RestDistributorDriver
 from cohort.drivers.errors import DriverError, PermanentDriverError
 from cohort.drivers.network.base import PluggedPort
-from cohort.drivers.network.local import SHARED_PROJECT, LocalNetworkDriver
+from cohort.drivers.network.lab import LabNetworkDriver
 from cohort.health.heartbeat import HeartbeatReceiver, HeartbeatVerifier
 from cohort.health.keys import agent_key
-from cohort.lab import FRONTEND_PORT_RANGE, PUBLIC_CIDR, Lab, address_mac, allocate_address, short_hash
+from cohort.lab import Lab, address_mac, short_hash
+from cohort.lab.ports import SHARED_PROJECT
+from cohort.layout import Layout
 from cohort.pki import CertificateAuthority, CertPaths, client_ssl_context
 
 pytestmark = pytest.mark.root
@@ -152,8 +154,8 @@ class Amp:
 @dataclass
 class Env:
     lab: Lab
-    compute: LocalComputeDriver
-    network: LocalNetworkDriver
+    compute: LabComputeDriver
+    network: LabNetworkDriver
     driver: RestDistributorDriver
     ref: DistributorRef
     dist_ns: str
@@ -193,7 +195,7 @@ class Env:
         return json.loads(out)
 
     def start_agent(self) -> None:
-        log = self.lab.state_dir / "instances" / self.ref.id / "agent.log"
+        log = Layout(self.lab.state_dir.parent).instance_log(self.ref.id)
         cgroup = self.lab.instance_cgroup(self.dist_ns)
         self.agent_pid, _ = netns.spawn(self.dist_ns, self.agent_cmd, log, cgroup=cgroup)
 
@@ -229,9 +231,7 @@ def add_manual_port(lab: Lab, ns: str, ifname: str) -> PluggedPort:
     """A second distributor interface on the front-end bridge (the local network driver plugs one per subnet)."""
     subnet = lab.subnet("public-subnet")
     assert subnet is not None
-    with lab.transaction() as st:
-        address = allocate_address(st, "public", PUBLIC_CIDR, f"test:{ns}/{ifname}",
-                                   first=FRONTEND_PORT_RANGE[0], last=FRONTEND_PORT_RANGE[1])  # fmt: skip
+    address = lab.reserve_address("public", f"test:{ns}/{ifname}")
     mac, outer = address_mac("public", address), f"q{short_hash(ns + ifname)}"
     netns.add_veth(ifname, ns, outer, lab.sw_ns, mac=mac)
     netns.set_link(outer, lab.sw_ns, master=lab.network("public").bridge)
@@ -247,7 +247,7 @@ def env(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     names: dict[str, str] = {}
     commands: dict[str, list[str]] = {}
 
-    def agent_command(instance_id: str, kind: str, mgmt_ip: str) -> list[str]:
+    def agent_command(instance_id: str, kind: str, mgmt_ip: str, jail_uid: int) -> list[str]:
         if kind == "amphora":
             return [sys.executable, "-c", AMPHORA, names[instance_id]]
         paths = ca.issue_server(f"distributor-{instance_id}", [mgmt_ip])
@@ -262,8 +262,8 @@ def env(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         ]  # fmt: skip
         return commands[instance_id]
 
-    compute = LocalComputeDriver(lab, agent_command)
-    network = LocalNetworkDriver(lab)
+    compute = LabComputeDriver(lab, agent_command, Layout(lab.state_dir.parent))
+    network = LabNetworkDriver(lab)
     controller = ca.issue_client("controller")
     driver = RestDistributorDriver(controller, port=AGENT_PORT, timeout=20)
     built: list[str] = []
@@ -310,7 +310,7 @@ def env(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     finally:
         driver.close()
         receiver.close()
-        log = lab.state_dir / "instances" / (e.ref.id if e else "-") / "agent.log"
+        log = Layout(lab.state_dir.parent).instance_log(e.ref.id if e else "-")
         if log.exists():
             sys.stderr.write(f"--- distributor agent log (tail)\n{log.read_text()[-4000:]}\n")
         for compute_id in reversed(built):

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from cohort import netns
-from cohort.lab import Lab, LabError, lab_subnets
-from cohort.lab_member import MemberProtocol, chunked_length, parse_bind
+from cohort.lab import Lab, LabError
+from cohort.lab.member_server import MemberProtocol, chunked_length, parse_bind
+from cohort.netplan import plan_subnets as lab_subnets
 
 root = pytest.mark.root
 

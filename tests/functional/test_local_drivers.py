@@ -16,33 +16,34 @@ from pathlib import Path
 import pytest
 
 from cohort import netns
-from cohort.drivers.compute.local import LocalComputeDriver
+from cohort.drivers.compute.lab import LabComputeDriver
 from cohort.drivers.errors import DriverError, PermanentDriverError
 from cohort.drivers.network.base import PluggedPort
-from cohort.drivers.network.local import LocalNetworkDriver
+from cohort.drivers.network.lab import LabNetworkDriver
 from cohort.lab import Lab
+from cohort.layout import Layout
 
 pytestmark = pytest.mark.root
 AGENT_PORT = 9443
 
 
-def agent_command(instance_id: str, kind: str, mgmt_ip: str) -> list[str]:
+def agent_command(instance_id: str, kind: str, mgmt_ip: str, jail_uid: int) -> list[str]:
     # A child in the background proves delete() kills what the agent forked.
     serve = f"exec {sys.executable} -m http.server --bind {mgmt_ip} --directory /nonexistent-dir {AGENT_PORT}"
     return ["sh", "-c", f"sleep 300 & {serve}"]
 
 
 @pytest.fixture
-def compute(lab: Lab) -> Iterator[LocalComputeDriver]:
-    driver = LocalComputeDriver(lab, agent_command)
+def compute(lab: Lab) -> Iterator[LabComputeDriver]:
+    driver = LabComputeDriver(lab, agent_command, Layout(lab.state_dir.parent))
     yield driver
     for rec in list(lab.snapshot().get("instances", {}).values()):
         driver.delete(rec["compute_id"])
 
 
 @pytest.fixture
-def network(lab: Lab) -> Iterator[LocalNetworkDriver]:
-    driver = LocalNetworkDriver(lab)
+def network(lab: Lab) -> Iterator[LabNetworkDriver]:
+    driver = LabNetworkDriver(lab)
     yield driver
     st = lab.snapshot()
     for lb_id in st.get("vips", {}):
@@ -85,7 +86,7 @@ def configure(compute_id: str, port: PluggedPort, ifname: str) -> None:
         netns.add_route(compute_id, "default", port.gateway)
 
 
-def test_build_status_crash_delete(lab: Lab, compute: LocalComputeDriver) -> None:
+def test_build_status_crash_delete(lab: Lab, compute: LabComputeDriver) -> None:
     instance_id = str(uuid.uuid4())
     inst = compute.build(instance_id, "amphora", {"cpu": 0.25, "memory_mb": 256})
     assert inst.compute_id == lab.instance_ns(instance_id, "amphora") == f"{lab.prefix}-a-{instance_id[:8]}"
@@ -126,7 +127,7 @@ def test_build_status_crash_delete(lab: Lab, compute: LocalComputeDriver) -> Non
     compute.delete("not-a-lab-namespace")  # never touches what the lab did not make
 
 
-def test_instances_reach_the_host_but_not_each_other_on_management(compute: LocalComputeDriver) -> None:
+def test_instances_reach_the_host_but_not_each_other_on_management(compute: LabComputeDriver) -> None:
     a = compute.build(str(uuid.uuid4()), "amphora", {})
     d = compute.build(str(uuid.uuid4()), "distributor", {})
     assert "-d-" in d.compute_id and a.lb_network_ip != d.lb_network_ip
@@ -135,7 +136,7 @@ def test_instances_reach_the_host_but_not_each_other_on_management(compute: Loca
     assert not ping(a.compute_id, d.lb_network_ip, "0.3")
 
 
-def test_bad_builds_are_permanent_errors(compute: LocalComputeDriver) -> None:
+def test_bad_builds_are_permanent_errors(compute: LabComputeDriver) -> None:
     with pytest.raises(PermanentDriverError):
         compute.build(str(uuid.uuid4()), "amphora", {"cpu": "lots"})
     with pytest.raises(PermanentDriverError):
@@ -146,7 +147,7 @@ def test_bad_builds_are_permanent_errors(compute: LocalComputeDriver) -> None:
         compute.build("amphora-1", "amphora", {})
 
 
-def test_vip_allocation(lab: Lab, network: LocalNetworkDriver) -> None:
+def test_vip_allocation(lab: Lab, network: LabNetworkDriver) -> None:
     public = network.get_subnet("public-subnet")
     assert public is not None and network.get_subnet(public.id) == public
     assert {s.name for s in network.list_subnets()} == {"public-subnet", "private-subnet"}
@@ -163,13 +164,13 @@ def test_vip_allocation(lab: Lab, network: LocalNetworkDriver) -> None:
     with pytest.raises(PermanentDriverError):
         network.allocate_vip("lb5", "no-such-subnet", None)
     # Another process (a new driver on the same state) sees the same reservations.
-    assert LocalNetworkDriver(Lab(lab.state_dir, lab.prefix)).allocate_vip("lb1", public.id, None) == first
+    assert LabNetworkDriver(Lab(lab.state_dir, lab.prefix)).allocate_vip("lb1", public.id, None) == first
     network.deallocate_vip("lb1")
     network.deallocate_vip("lb1")
     assert network.allocate_vip("lb6", public.id, None).address == "203.0.113.100"
 
 
-def test_plug_unplug(lab: Lab, compute: LocalComputeDriver, network: LocalNetworkDriver) -> None:
+def test_plug_unplug(lab: Lab, compute: LabComputeDriver, network: LabNetworkDriver) -> None:
     inst = compute.build(str(uuid.uuid4()), "amphora", {})
     port = network.plug_port(inst.compute_id, "public-subnet", "p1")
     assert network.plug_port(inst.compute_id, "public-subnet", "p1") == port
@@ -196,7 +197,7 @@ def test_plug_unplug(lab: Lab, compute: LocalComputeDriver, network: LocalNetwor
     assert port.address not in lab.snapshot()["addresses"]["public"]
 
 
-def test_tenant_isolation(lab: Lab, compute: LocalComputeDriver, network: LocalNetworkDriver) -> None:
+def test_tenant_isolation(lab: Lab, compute: LabComputeDriver, network: LabNetworkDriver) -> None:
     member = lab.add_member("iso")
     try:
         names = {"a1": "p1", "a2": "p1", "b1": "p2", "dist": ""}

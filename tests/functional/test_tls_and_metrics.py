@@ -316,8 +316,6 @@ def test_metrics_proxy_lives_with_haproxy_and_is_resumed_by_a_new_agent(tmp_path
     finally:
         manager.metrics.stop_all()
         manager.stop(lb_id)
-        if manager.dir.is_symlink():  # the short alias HaproxyManager made for a long tmp_path
-            manager.dir.unlink()
 
 
 # --- TERMINATED_HTTPS ----------------------------------------------------------------------------

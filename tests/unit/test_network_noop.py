@@ -9,7 +9,8 @@ import pytest
 from cohort.drivers.compute.noop import NoopComputeDriver
 from cohort.drivers.errors import DriverError, PermanentDriverError
 from cohort.drivers.network.noop import NoopNetworkDriver
-from cohort.lab import address_mac, lab_subnets
+from cohort.netplan import address_mac
+from cohort.netplan import plan_subnets as lab_subnets
 
 
 def test_subnets_match_the_default_lab() -> None:

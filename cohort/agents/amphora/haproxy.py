@@ -13,8 +13,8 @@ socket ``L.sock``, the server state file ``L.state`` (saved before each reload s
 found down stay down), the master CLI ``L.master``, and ``ping-wrapper.sh`` for PING
 monitors. A PROMETHEUS listener's renaming proxy (``metrics``) runs while its HAProxy
 does, on ``L-metrics.sock``. When that directory's path is too long for UNIX socket names, the agent
-works through a short symlink to it (under /run), and reports that path instead.
-Certificates live in ``<state>/certs/L/``.
+works through a short name for it (``/proc/self/fd/N`` of a descriptor it holds).
+Certificates live in ``/certs/L/`` of the jail.
 
 A configuration is validated with ``haproxy -c`` before it replaces the installed one.
 HAProxy runs daemonized (``-W -D``), so it outlives the agent; a new agent adopts it
@@ -24,12 +24,10 @@ take the listening sockets over, old workers finish their connections.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -77,18 +75,15 @@ esac
 
 
 def _short_dir(real: Path) -> Path:
-    """``real``, or a short symlink to it when its socket paths would not fit ``sun_path``."""
+    """``real``, or a short name for it when its socket paths would not fit ``sun_path``.
+
+    The short name is ``/proc/self/fd/N`` of a directory descriptor this process keeps open:
+    it resolves only in this process and leaves nothing behind on the host when it ends.
+    """
     if len(str(real)) + _SOCKET_NAME_MAX <= _SUN_PATH_MAX:
         return real
-    base = Path("/run") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir())
-    link = base / "cohort-amphora" / hashlib.sha256(str(real).encode()).hexdigest()[:16]
-    link.parent.mkdir(mode=0o700, exist_ok=True)
-    if not (link.is_symlink() and os.readlink(link) == str(real)):
-        tmp = link.with_name(f".{link.name}.{os.getpid()}")
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(real)
-        os.replace(tmp, link)
-    return link
+    fd = os.open(real, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return Path(f"/proc/self/fd/{fd}")
 
 
 class HaproxyManager:

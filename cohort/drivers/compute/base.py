@@ -5,12 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cohort.drivers.errors import PermanentDriverError
+
+KINDS = ("amphora", "distributor")
+
 
 @dataclass(frozen=True)
 class ComputeInstance:
     compute_id: str
     lb_network_ip: str  # management address where its agent listens
     status: str  # BUILDING | ACTIVE | ERROR | DELETED
+
+
+def parse_flavor(flavor: dict[str, Any]) -> tuple[float | None, int | None]:
+    """(cpu fraction, memory MiB) from a compute flavor; PermanentDriverError on nonsense."""
+    cpu, memory = flavor.get("cpu"), flavor.get("memory_mb")
+    try:
+        cpu_f = None if cpu is None else float(cpu)
+        mem_i = None if memory is None else int(memory)
+    except (TypeError, ValueError) as exc:
+        raise PermanentDriverError(f"bad compute flavor {flavor!r}") from exc
+    if (cpu_f is not None and not 0 < cpu_f <= 64) or (mem_i is not None and mem_i < 16):
+        raise PermanentDriverError(f"bad compute flavor {flavor!r}: cpu in (0, 64], memory_mb >= 16")
+    return cpu_f, mem_i
 
 
 class ComputeDriver(Protocol):

@@ -11,10 +11,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from cohort.drivers.compute.base import ComputeInstance
-from cohort.drivers.compute.local import KINDS, parse_flavor
+from cohort.drivers.compute.base import KINDS, ComputeInstance, parse_flavor
 from cohort.drivers.errors import PermanentDriverError
-from cohort.lab import DEFAULT_MGMT_CIDR, MGMT_RANGE, pick_address
+from cohort.netplan import DEFAULT_MGMT_CIDR, MGMT_RANGE, pick_address
 
 
 @dataclass

@@ -10,15 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from cohort.datamodel import Subnet
 
-@dataclass(frozen=True)
-class Subnet:
-    id: str
-    name: str
-    network_id: str
-    cidr: str
-    gateway_ip: str | None
-    ip_version: int
+__all__ = ["NetworkDriver", "PluggedPort", "Subnet", "VipPort"]
 
 
 @dataclass(frozen=True)

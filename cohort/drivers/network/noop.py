@@ -1,4 +1,4 @@
-"""In-memory network for unit tests: the lab's subnets and address plan, without any kernel objects.
+"""In-memory network for unit tests: the address plan's subnets (``cohort.netplan``), no kernel objects.
 
 It has the default-prefix lab's ``public-subnet`` (203.0.113.0/24, gateway .1) and
 ``private-subnet`` (192.0.2.0/24) with the same ids, hands out VIPs from .100 up and
@@ -14,15 +14,16 @@ from dataclasses import dataclass
 
 from cohort.drivers.errors import DriverError, PermanentDriverError
 from cohort.drivers.network.base import PluggedPort, Subnet, VipPort
-from cohort.lab import (
+from cohort.netplan import (
     DEFAULT_PREFIX,
     PORT_RANGES,
     VIP_FIRST,
     AddressError,
     address_mac,
     check_address,
-    lab_subnets,
+    network_key_of_subnet,
     pick_address,
+    plan_subnets,
     stable_id,
 )
 
@@ -37,7 +38,7 @@ class _Port:
 class NoopNetworkDriver:
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self.prefix = prefix
-        self.subnets = lab_subnets(prefix)
+        self.subnets = plan_subnets(prefix)
         self.vips: dict[str, VipPort] = {}  # by lb_id
         self.ports: dict[str, _Port] = {}  # by port_id
         self._lock = threading.Lock()
@@ -98,7 +99,7 @@ class NoopNetworkDriver:
                 address = pick_address(subnet.cidr, self._taken(subnet), first, last)
             except AddressError as exc:
                 raise DriverError(str(exc)) from exc
-            mac = address_mac("public" if subnet.name == "public-subnet" else "private", address)
+            mac = address_mac(network_key_of_subnet(subnet.name), address)
             port = PluggedPort(port_id, mac, address, subnet.id, subnet.cidr, subnet.gateway_ip)
             self.ports[port_id] = _Port(compute_id, project_id, port)
             return port

@@ -7,7 +7,7 @@ chunked). It is an asyncio protocol rather than ``http.server`` because benchmar
 tens of thousands of requests per second through it; ``--workers N`` runs N processes on
 one ``SO_REUSEPORT`` socket address for more.
 
-Run as ``python -m cohort.lab_member --name NAME --bind ADDR:PORT``.
+Run as ``python -m cohort.lab.member_server --name NAME --bind ADDR:PORT``.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ async def serve(name: str, host: str, port: int, reuse_port: bool, worker: bool 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cohort.lab_member", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cohort.lab.member_server", description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True)
     parser.add_argument("--bind", required=True, help="ADDR:PORT")
     parser.add_argument("--workers", type=int, default=1)

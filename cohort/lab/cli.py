@@ -1,8 +1,10 @@
 """`cohort lab ...`: build, inspect and tear down the local lab network from a shell.
 
-A thin typer front-end over :class:`cohort.lab.Lab`; the lead mounts ``app`` as ``cohort lab``.
-Every command takes ``--state-dir`` (env COHORT_STATE_DIR, default /var/lib/cohort) and
-``--prefix`` (env COHORT_LAB_PREFIX, default ``cohort``), so it works on a test lab too.
+A thin typer front-end over :class:`cohort.lab.Lab`, mounted as ``cohort lab``. Every command
+reads the same settings as the rest of ``cohort`` (``--config``, ``COHORT_*`` variables) and
+finds the lab where ``cohort up`` keeps it (``Layout.lab_dir``); ``--state-dir`` and
+``--prefix`` override the settings, so the commands work on a test lab too. Errors are one
+line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -16,50 +18,58 @@ from rich.console import Console
 from rich.table import Table
 
 from cohort import netns
-from cohort.lab import DEFAULT_PREFIX, Lab, LabError
+from cohort.config import load_settings
+from cohort.lab.core import Lab
+from cohort.lab.errors import LabError
+from cohort.layout import Layout
 
 app = typer.Typer(help="The local lab network (namespaces, bridges, gateway, client, members).")
 member_app = typer.Typer(help="HTTP member servers on the back-end network.")
 app.add_typer(member_app, name="member")
 
-StateDir = Annotated[
-    Path, typer.Option("--state-dir", envvar="COHORT_STATE_DIR", help="Where the lab keeps its state.")
-]
-Prefix = Annotated[str, typer.Option("--prefix", envvar="COHORT_LAB_PREFIX", help="Namespace name prefix.")]
-DEFAULT_STATE_DIR = Path("/var/lib/cohort")
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML configuration file.")]
+StateDir = Annotated[Path | None, typer.Option("--state-dir", help="State directory (default: the settings').")]
+Prefix = Annotated[str | None, typer.Option("--prefix", help="Lab prefix (default: the settings' lab_prefix).")]
 
 console = Console()
+errors = Console(stderr=True)
 
 
-def _lab(state_dir: Path, prefix: str, mgmt_cidr: str | None = None) -> Lab:
+def _fail(exc: Exception, code: int = 1) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {exc}", highlight=False)
+    return typer.Exit(code)
+
+
+def _lab(config: Path | None, state_dir: Path | None, prefix: str | None, mgmt_cidr: str | None = None) -> Lab:
     try:
-        return Lab(state_dir, prefix, mgmt_cidr)
-    except (LabError, ValueError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+        settings = load_settings(config, state_dir=state_dir, lab_prefix=prefix)
+        return Lab(Layout.of(settings).lab_dir, settings.lab_prefix, mgmt_cidr)
+    except (LabError, ValueError, OSError) as exc:
+        raise _fail(exc) from exc
 
 
 @app.command()
 def up(
-    state_dir: StateDir = DEFAULT_STATE_DIR,
-    prefix: Prefix = DEFAULT_PREFIX,
+    config: ConfigOpt = None,
+    state_dir: StateDir = None,
+    prefix: Prefix = None,
     mgmt_cidr: Annotated[str | None, typer.Option(help="Management /24 inside 198.18.0.0/15.")] = None,
 ) -> None:
     """Build the lab (or finish a half-built one)."""
-    lab = _lab(state_dir, prefix, mgmt_cidr)
+    lab = _lab(config, state_dir, prefix, mgmt_cidr)
     try:
         lab.up()
     except LabError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
-    console.print(f"lab [bold]{prefix}[/bold] is up; controller address {lab.mgmt_host_ip}")
+        raise _fail(exc) from exc
+    console.print(f"lab [bold]{lab.prefix}[/bold] is up; controller address {lab.mgmt_host_ip}")
 
 
 @app.command()
-def down(state_dir: StateDir = DEFAULT_STATE_DIR, prefix: Prefix = DEFAULT_PREFIX) -> None:
+def down(config: ConfigOpt = None, state_dir: StateDir = None, prefix: Prefix = None) -> None:
     """Remove every namespace, link, process and cgroup the lab made."""
-    _lab(state_dir, prefix).down()
-    console.print(f"lab [bold]{prefix}[/bold] is down")
+    lab = _lab(config, state_dir, prefix)
+    lab.down()
+    console.print(f"lab [bold]{lab.prefix}[/bold] is down")
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
@@ -73,12 +83,13 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
 
 @app.command()
 def status(
-    state_dir: StateDir = DEFAULT_STATE_DIR,
-    prefix: Prefix = DEFAULT_PREFIX,
+    config: ConfigOpt = None,
+    state_dir: StateDir = None,
+    prefix: Prefix = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Networks, subnets, members and namespaces of the lab."""
-    st = _lab(state_dir, prefix).status()
+    st = _lab(config, state_dir, prefix).status()
     if as_json:
         typer.echo(json.dumps(st, indent=2))
         return
@@ -110,16 +121,16 @@ def status(
 def exec_(
     ns: Annotated[str, typer.Argument(help="client | gw | sw | a member name | a namespace of the lab")],
     cmd: Annotated[list[str], typer.Argument(help="The command (put it after --).")],
-    state_dir: StateDir = DEFAULT_STATE_DIR,
-    prefix: Prefix = DEFAULT_PREFIX,
+    config: ConfigOpt = None,
+    state_dir: StateDir = None,
+    prefix: Prefix = None,
 ) -> None:
     """Run a command inside one of the lab's namespaces, e.g. `exec client -- curl -s 203.0.113.100`."""
-    lab = _lab(state_dir, prefix)
+    lab = _lab(config, state_dir, prefix)
     try:
         target = lab.resolve_ns(ns)
     except LabError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+        raise _fail(exc, 2) from exc
     if cmd and cmd[0] == "--":  # click keeps it when options stop at the first argument
         cmd = cmd[1:]
     raise typer.Exit(netns.run_attached(target, cmd))
@@ -130,18 +141,19 @@ def member_add(
     name: str,
     port: Annotated[int, typer.Option(help="TCP port the member listens on.")] = 80,
     workers: Annotated[int, typer.Option(help="Server processes sharing the port.")] = 1,
-    state_dir: StateDir = DEFAULT_STATE_DIR,
-    prefix: Prefix = DEFAULT_PREFIX,
+    config: ConfigOpt = None,
+    state_dir: StateDir = None,
+    prefix: Prefix = None,
 ) -> None:
     """Start an HTTP member on the back-end network; prints its address."""
+    lab = _lab(config, state_dir, prefix)
     try:
-        typer.echo(_lab(state_dir, prefix).add_member(name, port, workers))
+        typer.echo(lab.add_member(name, port, workers, exclusive=True))
     except LabError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
+        raise _fail(exc) from exc
 
 
 @member_app.command("rm")
-def member_rm(name: str, state_dir: StateDir = DEFAULT_STATE_DIR, prefix: Prefix = DEFAULT_PREFIX) -> None:
+def member_rm(name: str, config: ConfigOpt = None, state_dir: StateDir = None, prefix: Prefix = None) -> None:
     """Stop a member and remove its namespace."""
-    _lab(state_dir, prefix).remove_member(name)
+    _lab(config, state_dir, prefix).remove_member(name)

@@ -1,10 +1,10 @@
-"""The local lab network used by `cohort up`, the demo, the tests and the benchmarks.
+"""The lab network itself: its namespaces, switch, gateway, client and member servers.
 
 The lab owns the namespaces named ``{prefix}-...``, the switch bridges, the gateway router,
-the client, the member servers and the address plan, and it keeps what it allocated in a
-JSON file under ``state_dir`` guarded by an ``fcntl`` lock, so that the controller and the
-CLI (separate processes) agree. The local compute and network drivers keep their records
-in the same file through :meth:`Lab.transaction`.
+the client and the member servers, built on the address plan of ``cohort.netplan``; what it
+allocated lives in its state file (``cohort.lab.state``), shared by the controller and the
+``cohort lab`` commands. Instances (``lab.instances``) and ports and VIPs (``lab.ports``) are
+the parts the lab compute and network drivers adapt.
 
 Topology (every box is a namespace; ``sw`` holds one Linux bridge per network)::
 
@@ -18,165 +18,51 @@ takes its own management /24 inside 198.18.0.0/15, so two labs coexist.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import ipaddress
-import json
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
-import uuid
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from cohort import netns
-from cohort.drivers.network.base import Subnet
+from cohort.datamodel import Subnet
+from cohort.lab.addresses import AddressBook
+from cohort.lab.errors import LabError, LabNotReady
+from cohort.lab.instances import NOFILE, LabInstances
+from cohort.lab.ports import LabPorts
+from cohort.lab.state import LabStateFile
+from cohort.netplan import (
+    BACKEND_RANGE,
+    CLIENT_GATEWAY,
+    CLIENT_IP,
+    DEFAULT_MGMT_CIDR,
+    DEFAULT_PREFIX,
+    FRONTEND_PORT_RANGE,
+    MGMT_RANGE,
+    MGMT_SUPERNET,
+    PRIVATE_CIDR,
+    PUBLIC_CIDR,
+    PUBLIC_GATEWAY,
+    AddressError,
+    PlanNetwork,
+    host_ip,
+    plan_networks,
+    plan_subnets,
+)
 
-DEFAULT_PREFIX = "cohort"
-DEFAULT_MGMT_CIDR = "198.18.0.0/24"
-MGMT_SUPERNET = ipaddress.ip_network("198.18.0.0/15")
-CLIENT_CIDR = "198.51.100.0/24"
-CLIENT_IP = "198.51.100.10"
-CLIENT_GATEWAY = "198.51.100.1"
-PUBLIC_CIDR = "203.0.113.0/24"
-PUBLIC_GATEWAY = "203.0.113.1"
-PRIVATE_CIDR = "192.0.2.0/24"
-
-# The address plan: (first, last) host numbers handed out in each network.
-FRONTEND_PORT_RANGE = (2, 99)  # amphora / distributor own addresses on the public subnet
-VIP_FIRST = 100  # VIPs are picked from here up
-BACKEND_RANGE = (10, 254)  # members and back-end ports; .1-.9 stay free
-MGMT_RANGE = (10, 254)  # agents; .1 is the host
-PORT_RANGES = {"public-subnet": FRONTEND_PORT_RANGE, "private-subnet": BACKEND_RANGE}
-
-NOFILE = 100_000
 MEMBER_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,23}$")  # no '-': keeps namespace names unambiguous
 RESERVED_NAMES = {"client", "gw", "sw"}  # they name the lab's own namespaces in exec()
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-
-
-class LabError(RuntimeError):
-    """The lab cannot do what was asked (not up, bad name, a member that would not start)."""
-
-
-class AddressError(ValueError):
-    """An address is outside its network, already taken, or the range is exhausted."""
-
-
-@dataclass(frozen=True)
-class LabNetwork:
-    key: str  # public | private | mgmt | client
-    id: str
-    name: str
-    cidr: str
-    bridge: str
-    subnet_name: str | None
-    gateway: str | None
-
-
-def stable_id(prefix: str, kind: str, name: str) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"cohort-lab://{prefix}/{kind}/{name}"))
-
-
-def lab_networks(prefix: str, mgmt_cidr: str) -> list[LabNetwork]:
-    def net(key: str, cidr: str, bridge: str, subnet: str | None, gw: str | None) -> LabNetwork:
-        return LabNetwork(key, stable_id(prefix, "network", key), f"{key}-network", cidr, bridge, subnet, gw)
-
-    return [
-        net("public", PUBLIC_CIDR, "br-fe", "public-subnet", PUBLIC_GATEWAY),
-        net("private", PRIVATE_CIDR, "br-be", "private-subnet", None),
-        net("mgmt", mgmt_cidr, "br-mgmt", None, None),
-        net("client", CLIENT_CIDR, "br-cl", None, CLIENT_GATEWAY),
-    ]
-
-
-def lab_subnets(prefix: str = DEFAULT_PREFIX) -> list[Subnet]:
-    """The tenant-visible subnets; their ids depend only on the prefix (the noop driver shares them)."""
-    return [
-        Subnet(stable_id(prefix, "subnet", n.subnet_name), n.subnet_name, n.id, n.cidr, n.gateway, 4)
-        for n in lab_networks(prefix, DEFAULT_MGMT_CIDR)
-        if n.subnet_name
-    ]
-
-
-def host_ip(cidr: str, n: int) -> str:
-    return str(ipaddress.ip_network(cidr)[n])
-
-
-def check_address(cidr: str, address: str) -> str:
-    """Normalise ``address``; AddressError unless it is a usable host address of ``cidr``."""
-    net = ipaddress.ip_network(cidr)
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError as exc:
-        raise AddressError(f"{address!r} is not an IP address") from exc
-    if ip not in net or ip in (net.network_address, net.broadcast_address):
-        raise AddressError(f"{address} is not a host address of {cidr}")
-    return str(ip)
-
-
-def pick_address(cidr: str, taken: set[str], first: int, last: int) -> str:
-    net = ipaddress.ip_network(cidr)
-    for n in range(first, min(last, net.num_addresses - 2) + 1):
-        candidate = str(net[n])
-        if candidate not in taken:
-            return candidate
-    raise AddressError(f"no free address left in {cidr} (.{first}-.{last})")
-
-
-def allocate_address(
-    state: dict[str, Any],
-    key: str,
-    cidr: str,
-    owner: str,
-    *,
-    first: int,
-    last: int = 254,
-    address: str | None = None,
-) -> str:
-    """Reserve an address of network ``key`` for ``owner`` in ``state`` (idempotent per owner)."""
-    table: dict[str, str] = state.setdefault("addresses", {}).setdefault(key, {})
-    if address is not None:
-        address = check_address(cidr, address)
-        holder = table.get(address)
-        if holder not in (None, owner):
-            raise AddressError(f"{address} is already in use")
-        table[address] = owner
-        return address
-    mine = sorted(a for a, o in table.items() if o == owner)
-    if mine:
-        return mine[0]
-    address = pick_address(cidr, set(table), first, last)
-    table[address] = owner
-    return address
-
-
-def release_address(state: dict[str, Any], key: str, owner: str) -> None:
-    table: dict[str, str] = state.get("addresses", {}).get(key, {})
-    for address in [a for a, o in table.items() if o == owner]:
-        del table[address]
-
-
-NETWORK_MAC_TAG = {"public": 0x01, "private": 0x02, "mgmt": 0x03, "client": 0x04}
-
-
-def address_mac(key: str, address: str) -> str:
-    """The MAC of the port holding ``address`` on network ``key``: 02:<tag>:<the IPv4 bytes>.
-
-    Tied to the address, not to the instance, so that a replacement that gets a released
-    address back also gets its MAC, and the neighbour caches of the gateway, the members and
-    the host stay right: no stale ARP entry delays a failover.
-    """
-    octets = ipaddress.IPv4Address(address).packed
-    return ":".join(f"{b:02x}" for b in (0x02, NETWORK_MAC_TAG[key], *octets))
+# The first and last host numbers reserve_address hands out on each network by default.
+DEFAULT_RANGES = {"public": FRONTEND_PORT_RANGE, "private": BACKEND_RANGE, "mgmt": MGMT_RANGE, "client": (2, 254)}
 
 
 def short_hash(text: str, n: int = 10) -> str:
@@ -191,15 +77,14 @@ class Lab:
             raise LabError(f"bad lab prefix {prefix!r}")
         self.state_dir = Path(state_dir)
         self.prefix = prefix
-        self.state_path = self.state_dir / f"lab-{prefix}.json"
-        self._lock_path = self.state_dir / f"lab-{prefix}.lock"
+        self._state = LabStateFile(self.state_dir, prefix)
+        self.state_path = self._state.path
         self.mgmt_cidr = self._resolve_mgmt(mgmt_cidr)
-        self._tlock = threading.RLock()
-        self._depth = 0
-        self._state: dict[str, Any] = {}
+        self.instances = LabInstances(self)
+        self.ports = LabPorts(self)
 
     def _resolve_mgmt(self, wanted: str | None) -> str:
-        recorded = self._read_state().get("mgmt_cidr")
+        recorded = self._state.read().get("mgmt_cidr")
         if wanted is None:
             wanted = recorded or self._derived_mgmt()
         net = ipaddress.ip_network(wanted)
@@ -250,19 +135,19 @@ class Lab:
         """Where the controller listens for agents' heartbeats."""
         return host_ip(self.mgmt_cidr, 1)
 
-    def networks(self) -> list[LabNetwork]:
-        return lab_networks(self.prefix, self.mgmt_cidr)
+    def networks(self) -> list[PlanNetwork]:
+        return plan_networks(self.prefix, self.mgmt_cidr)
 
-    def network(self, key: str) -> LabNetwork:
+    def network(self, key: str) -> PlanNetwork:
         return next(n for n in self.networks() if n.key == key)
 
     def subnets(self) -> list[Subnet]:
-        return lab_subnets(self.prefix)
+        return plan_subnets(self.prefix)
 
     def subnet(self, name_or_id: str) -> Subnet | None:
         return next((s for s in self.subnets() if name_or_id in (s.id, s.name)), None)
 
-    def network_of_subnet(self, subnet_id: str) -> LabNetwork:
+    def network_of_subnet(self, subnet_id: str) -> PlanNetwork:
         subnet = self.subnet(subnet_id)
         if subnet is None:
             raise AddressError(f"no subnet {subnet_id}")
@@ -270,47 +155,28 @@ class Lab:
 
     # --- state ----------------------------------------------------------------------------
 
-    def _read_state(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.state_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    @contextlib.contextmanager
+    @contextmanager
     def transaction(self) -> Iterator[dict[str, Any]]:
-        """The lab state under an exclusive lock (re-entrant within a thread), saved on exit.
-
-        The state is saved even when the body fails: records are written before the kernel
-        objects they describe are made, and making those is idempotent, so a retry (or
-        ``down()``) finds everything that may exist.
-        """
-        with self._tlock:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield self._state
-                finally:
-                    self._depth -= 1
-                return
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            with open(self._lock_path, "a+") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                self._state = self._read_state()
-                before = json.dumps(self._state, sort_keys=True)
-                self._depth = 1
-                try:
-                    yield self._state
-                finally:
-                    self._depth = 0
-                    if json.dumps(self._state, sort_keys=True) != before:
-                        tmp = self.state_path.with_suffix(".tmp")
-                        tmp.write_text(json.dumps(self._state, sort_keys=True, indent=1))
-                        os.replace(tmp, self.state_path)
+        """The lab state under its lock (see ``cohort.lab.state``); the address book's section is
+        written only through :class:`cohort.lab.addresses.AddressBook`."""
+        with self._state.transaction() as state:
+            yield state
 
     def snapshot(self) -> dict[str, Any]:
-        with self.transaction() as state:
-            return json.loads(json.dumps(state))  # type: ignore[no-any-return]
+        return self._state.snapshot()
+
+    def reserve_address(self, network: str, owner: str, address: str | None = None,
+                        first: int | None = None, last: int | None = None) -> str:
+        """Reserve an address of lab network ``network`` (public, private, mgmt, client) for ``owner``."""
+        net = self.network(network)
+        low, high = DEFAULT_RANGES[network]
+        with self.transaction() as st:
+            return AddressBook(st).reserve(net.key, net.cidr, owner, first=low if first is None else first,
+                                           last=high if last is None else last, address=address)
+
+    def release_address(self, network: str, owner: str) -> None:
+        with self.transaction() as st:
+            AddressBook(st).release(network, owner)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -327,8 +193,9 @@ class Lab:
             st.update(version=1, prefix=self.prefix, mgmt_cidr=self.mgmt_cidr)
             st.setdefault("members", {})
             mgmt = self.network("mgmt")
-            allocate_address(st, "public", PUBLIC_CIDR, "gateway", first=1, address=PUBLIC_GATEWAY)
-            allocate_address(st, "mgmt", mgmt.cidr, "host", first=1, address=self.mgmt_host_ip)
+            book = AddressBook(st)
+            book.reserve("public", PUBLIC_CIDR, "gateway", first=1, address=PUBLIC_GATEWAY)
+            book.reserve("mgmt", mgmt.cidr, "host", first=1, address=self.mgmt_host_ip)
             self._build_switch()
             self._build_client_and_gateway()
             netns.add_veth(self.host_if, None, "h-mgmt", self.sw_ns)
@@ -372,7 +239,7 @@ class Lab:
 
     def owned_namespaces(self, state: dict[str, Any] | None = None) -> list[str]:
         """Existing namespaces of this lab: infrastructure, recorded ones and any left by a crash."""
-        state = state if state is not None else self._read_state()
+        state = state if state is not None else self._state.read()
         fixed = {self.sw_ns, self.client_ns, self.gw_ns}
         recorded = {self.member_ns(m) for m in state.get("members", {})}
         recorded |= {rec["compute_id"] for rec in state.get("instances", {}).values()}
@@ -429,18 +296,24 @@ class Lab:
 
     # --- members --------------------------------------------------------------------------
 
-    def add_member(self, name: str, port: int = 80, workers: int = 1) -> str:
-        """Start (or keep) the HTTP member ``name`` on the back-end network; returns its address."""
+    def add_member(self, name: str, port: int = 80, workers: int = 1, exclusive: bool = False) -> str:
+        """Start (or keep) the HTTP member ``name`` on the back-end network; returns its address.
+
+        ``exclusive`` refuses a name already in use instead of keeping that member.
+        """
         if not MEMBER_NAME.match(name) or name in RESERVED_NAMES:
             raise LabError(f"bad member name {name!r}: use [a-z0-9_], at most 24 characters")
-        if not 0 < port < 65536 or workers < 1:
-            raise LabError("bad port or worker count")
+        if not 0 < port < 65536:
+            raise LabError(f"port {port} is out of range (1-65535)")
+        if workers < 1:
+            raise LabError(f"worker count {workers} must be at least 1")
         with self.transaction() as st:
-            if not netns.netns_exists(self.sw_ns):
-                raise LabError(f"lab {self.prefix} is not up")
-            address = allocate_address(
-                st, "private", PRIVATE_CIDR, f"member:{name}", first=BACKEND_RANGE[0], last=BACKEND_RANGE[1]
-            )
+            if not self.is_up():
+                raise LabNotReady(f"lab {self.prefix} is not up (run `cohort up` or `cohort lab up`)")
+            if exclusive and name in st.get("members", {}):
+                raise LabError(f"member name {name!r} is in use ({st['members'][name]['address']})")
+            address = AddressBook(st).reserve("private", PRIVATE_CIDR, f"member:{name}",
+                                              first=BACKEND_RANGE[0], last=BACKEND_RANGE[1])
             members = st.setdefault("members", {})
             rec = members.setdefault(name, {})
             if (rec.get("port"), rec.get("workers", 1)) != (port, workers):
@@ -461,7 +334,7 @@ class Lab:
         if netns.pid_alive(rec.get("pid"), rec.get("starttime")):
             return
         bind = f"{rec['address']}:{rec['port']}"
-        cmd = [sys.executable, "-m", "cohort.lab_member", "--name", name, "--bind", bind]
+        cmd = [sys.executable, "-m", "cohort.lab.member_server", "--name", name, "--bind", bind]
         cmd += ["--workers", str(rec.get("workers", 1))]
         log = self.state_dir / "members" / f"{self.prefix}-{name}.log"
         rec["pid"], rec["starttime"] = netns.spawn(ns, cmd, log, nofile=NOFILE, env=_pythonpath_env())
@@ -479,7 +352,7 @@ class Lab:
                 netns.kill_pids([rec["pid"]])
             if MEMBER_NAME.match(name):
                 netns.del_netns(self.member_ns(name))
-            release_address(st, "private", f"member:{name}")
+            AddressBook(st).release("private", f"member:{name}")
 
     def member_address(self, name: str) -> str | None:
         rec = self.snapshot().get("members", {}).get(name)
@@ -507,6 +380,6 @@ class Lab:
 
 def _pythonpath_env() -> dict[str, str]:
     """Make ``python -m cohort...`` importable in a child even when cohort is not installed."""
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     current = os.environ.get("PYTHONPATH")
     return {"PYTHONPATH": root if not current else f"{root}{os.pathsep}{current}", "PYTHONUNBUFFERED": "1"}
