@@ -32,6 +32,7 @@ test-unit: install
 lint: install
 	@$(BIN)/ruff check cohort tests bench
 	@$(BIN)/mypy cohort bench
+	@$(BIN)/lint-imports --no-cache
 
 bench: install
 	@$(BIN)/python -m bench.api

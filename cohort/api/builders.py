@@ -14,8 +14,8 @@ from cohort import secrets, validation
 from cohort.api.errors import Conflict, InvalidInput
 from cohort.api.schemas import lbaas as s
 from cohort.api.schemas.common import given
+from cohort.api.subnets import SubnetCatalog
 from cohort.db import models as m
-from cohort.drivers.network.base import NetworkDriver
 
 LISTENER_POOL_PROTOCOLS = {
     "TCP": {"HTTP", "HTTPS", "PROXY", "PROXYV2", "TCP"},
@@ -96,7 +96,7 @@ def check_listener_pool(listener_protocol: str, pool_protocol: str) -> None:
 
 
 def build_listener(session: Session, lb: m.LoadBalancer, body: s.ListenerTree,
-                   network: NetworkDriver | None = None) -> m.Listener:
+                   network: SubnetCatalog | None = None) -> m.Listener:
     reject_unsupported_protocol(body.protocol)
     fields = given(body)
     for nested in ("default_pool", "l7policies", "loadbalancer_id", "project_id"):
@@ -127,7 +127,7 @@ def _listener_defaults(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_pool(session: Session, lb: m.LoadBalancer, body: s.PoolTree, listener: m.Listener | None = None,
-               network: NetworkDriver | None = None) -> m.Pool:
+               network: SubnetCatalog | None = None) -> m.Pool:
     reject_unsupported_protocol(body.protocol)
     if listener is not None:
         check_listener_pool(listener.protocol, body.protocol)
@@ -161,7 +161,7 @@ def validate_pool_fields(protocol: str, fields: dict[str, Any]) -> None:
         raise InvalidInput(f"tls_enabled is not valid for {protocol} pools.")
 
 
-def resolve_subnet(network: NetworkDriver | None, subnet: str | None) -> str | None:
+def resolve_subnet(network: SubnetCatalog | None, subnet: str | None) -> str | None:
     if subnet is None or network is None:
         return subnet
     found = network.get_subnet(subnet)
@@ -170,7 +170,7 @@ def resolve_subnet(network: NetworkDriver | None, subnet: str | None) -> str | N
     return found.id
 
 
-def build_member(session: Session, pool: m.Pool, body: s.MemberCreate, network: NetworkDriver | None) -> m.Member:
+def build_member(session: Session, pool: m.Pool, body: s.MemberCreate, network: SubnetCatalog | None) -> m.Member:
     for other in pool.members:
         if _live(other) and other.address == body.address and other.protocol_port == body.protocol_port:
             raise Conflict(f"Another member on this pool is already using ip {body.address} on protocol_port "

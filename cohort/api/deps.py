@@ -13,15 +13,15 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from cohort.api.auth import CONTEXT_KEY, RequestContext, authenticate
+from cohort.api.subnets import SubnetCatalog
 from cohort.config import Settings
-from cohort.drivers.network.base import NetworkDriver
 
 
 @dataclass
 class AppState:
     settings: Settings
     sessions: sessionmaker[Session]
-    network: NetworkDriver
+    network: SubnetCatalog
     # Called after a commit that leaves work for the reconciler (wakes it early in-process).
     on_change: Callable[[], None] = field(default=lambda: None)
     secrets_key: Path | None = None

@@ -15,18 +15,18 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cohort.api.auth import RequestContext
 from cohort.api.errors import Immutable, NotFound, QuotaExceeded
 from cohort.api.schemas import lbaas as s
 from cohort.config import Settings
+from cohort.db import locks
 from cohort.db import models as m
 
 T = TypeVar("T")
 
-MUTABLE_STATES = ("ACTIVE", "ERROR")
 PENDING_STATES = ("PENDING_CREATE", "PENDING_UPDATE", "PENDING_DELETE")
 
 RESOURCE_LABELS: dict[type[Any], str] = {
@@ -60,16 +60,11 @@ def visible(session: Session, ctx: RequestContext, model: type[T], ident: str) -
 
 
 def lock_load_balancer(session: Session, lb_id: str, new_status: str = "PENDING_UPDATE") -> None:
-    """Take the load balancer for one change, or 409 if another change holds it."""
-    result = session.execute(
-        update(m.LoadBalancer)
-        .where(m.LoadBalancer.id == lb_id, m.LoadBalancer.provisioning_status.in_(MUTABLE_STATES))
-        .values(provisioning_status=new_status, generation=m.LoadBalancer.generation + 1, attempts=0,
-                next_attempt=0.0, status_reason=None)
-        .execution_options(synchronize_session="fetch")
-    )
-    if result.rowcount == 0:  # type: ignore[attr-defined]
-        raise Immutable("Load Balancer", lb_id)
+    """Take the load balancer for one change (``cohort.db.locks``), or 409 if another change holds it."""
+    try:
+        locks.lock_load_balancer(session, lb_id, new_status)
+    except locks.LoadBalancerBusy as exc:
+        raise Immutable("Load Balancer", lb_id) from exc
 
 
 def quota_limit(session: Session, settings: Settings, project_id: str, field: str) -> int:

@@ -16,11 +16,10 @@ from collections.abc import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cohort.api.errors import Immutable
-from cohort.api.guards import lock_load_balancer
 from cohort.config import Settings
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
+from cohort.db.locks import LoadBalancerBusy, lock_load_balancer
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ class FailoverWatcher:
                 with self.sessions() as session, session.begin():
                     try:
                         lock_load_balancer(session, lb_id)
-                    except Immutable:
+                    except LoadBalancerBusy:
                         session.rollback()  # busy: its own pass rebuilds the distributor anyway
             log.warning("distributor %s failed; rebuilding it for %d load balancers", distributor_id, len(served))
             started += 1
@@ -102,7 +101,7 @@ class FailoverWatcher:
                     continue
                 try:
                     lock_load_balancer(session, lb_id)
-                except Immutable:
+                except LoadBalancerBusy:
                     session.rollback()
                     continue
                 amphora.status = "PENDING_DELETE"

@@ -2,7 +2,7 @@
 
 HAProxy cannot rename its metrics, so a PROMETHEUS listener's frontend hands every
 request to the agent on the unix socket ``{state_dir}/{lb_id}-metrics.sock`` (see
-``cohort.drivers.amphora.haproxy_prometheus``). This module serves that socket: it
+``cohort.prometheus``). This module serves that socket: it
 fetches ``/metrics`` from the exporter socket ``{state_dir}/{lb_id}-prometheus.sock``,
 renames the text to Octavia's ``octavia_*`` families for the listeners and pools
 of the installed configuration, and answers. One proxy runs per load balancer
@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from cohort.drivers.amphora.haproxy_prometheus import agent_socket, exporter_socket, proxy_ids, rename_metrics
+from cohort.prometheus import agent_socket, exporter_socket, proxy_ids, rename_metrics
 
 LOG = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

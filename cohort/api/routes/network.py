@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from cohort.api.deps import Ctx, State
 from cohort.api.errors import NotFound
 from cohort.api.routing import JSONRoute
-from cohort.drivers.network.base import Subnet
+from cohort.datamodel import Subnet
 
 router = APIRouter(route_class=JSONRoute)
 
