@@ -54,7 +54,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A lab that is up for the whole test module."""
     if not IS_ROOT:
         pytest.skip("needs root (network namespaces)")
-    the_lab = new_lab(tmp_path_factory.mktemp("lab"))
+    the_lab = new_lab(tmp_path_factory.mktemp("state") / "lab")  # where the layout keeps it
     try:
         the_lab.up()
         yield the_lab

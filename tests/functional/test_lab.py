@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -148,6 +149,19 @@ def test_bad_member_names_and_ports_are_refused(lab: Lab) -> None:
             lab.add_member(name)
     with pytest.raises(LabError):
         lab.add_member("ok", port=70000)
+
+
+@root
+def test_cohort_lab_member_add_refuses_a_name_in_use(lab: Lab) -> None:
+    address = lab.add_member("taken")
+    env = {**os.environ, "COHORT_LAB_PREFIX": lab.prefix, "COHORT_STATE_DIR": str(lab.state_dir.parent)}
+    assert lab.state_dir.name == "lab"  # cohort lab finds it in the layout's lab directory, <state dir>/lab
+    done = subprocess.run([sys.executable, "-m", "cohort.cli", "lab", "member", "add", "taken"],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert done.returncode == 1 and done.stdout == "", done
+    assert "in use" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert lab.member_address("taken") == address
+    lab.remove_member("taken")
 
 
 @root
