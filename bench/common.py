@@ -249,7 +249,8 @@ class BenchEnv:
     def amphorae_of(self, lb_id: str) -> dict[str, str]:
         """Namespace (compute id) -> amphora id of the live amphorae of one load balancer."""
         rows = self.admin_list("amphorae", "amphorae", loadbalancer_id=lb_id)
-        return {str(r["compute_id"]): str(r["id"]) for r in rows if r.get("compute_id") and r["status"] != "DELETED"}
+        return {str(r["compute_name"]): str(r["id"])
+                for r in rows if r.get("compute_name") and r["status"] != "DELETED"}
 
     def amphora_namespaces_of(self, lb_id: str) -> list[str]:
         """Namespaces (compute ids) of the live amphorae of one load balancer."""

@@ -26,6 +26,9 @@ class Subnet:
     cidr: str
     gateway_ip: str | None
     ip_version: int
+    # True for the noop network's stand-in for a subnet it has never seen (any UUID, as Octavia's
+    # noop driver takes): any address of either family is taken as given, on any network.
+    any_address: bool = False
 
 
 @dataclass(frozen=True)

@@ -185,16 +185,26 @@ def build_member(session: Session, pool: m.Pool, body: s.MemberCreate, network: 
     return member
 
 
+def update_member(member: m.Member, changes: dict[str, Any]) -> None:
+    """Apply a member update; one enabled again in a pool without a monitor is NO_MONITOR, as in Octavia.
+
+    (Disabled it was OFFLINE; with a monitor its status waits for the health manager's next report.)
+    """
+    apply_changes(member, changes)
+    monitor = member.pool.health_monitor
+    unmonitored = monitor is None or monitor.provisioning_status == "PENDING_DELETE"
+    if changes.get("admin_state_up") is True and unmonitored and member.operating_status == "OFFLINE":
+        member.operating_status = "NO_MONITOR"
+
+
 HTTP_MONITORS = ("HTTP", "HTTPS")
 HTTP_MONITOR_DEFAULTS = {"http_method": "GET", "url_path": "/", "expected_codes": "200"}
 
 
 def monitor_fields(monitor_type: str, fields: dict[str, Any],
                    existing: m.HealthMonitor | None = None) -> dict[str, Any]:
-    merged = {**({} if existing is None else {
-        "delay": existing.delay, "timeout": existing.timeout}), **fields}
-    if merged.get("delay") is not None and merged.get("timeout") is not None and merged["delay"] < merged["timeout"]:
-        raise InvalidInput("The delay value must be greater than or equal to the timeout value.")
+    # A timeout longer than the delay is valid (Octavia takes it; HAProxy bounds each check by its
+    # own ``timeout check`` whatever the interval).
     http_only = ("http_method", "url_path", "expected_codes", "http_version", "domain_name")
     if monitor_type not in HTTP_MONITORS:
         for name in http_only:

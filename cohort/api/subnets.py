@@ -19,3 +19,7 @@ class SubnetCatalog(Protocol):
 
     def list_subnets(self) -> list[Subnet]:
         ...
+
+    def subnets_on_network(self, network_id: str) -> list[Subnet]:
+        """The subnets of one network (empty when the network is unknown)."""
+        ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +11,20 @@ from cohort.db import models as m
 
 def _time(value: datetime | None) -> str | None:
     return value.replace(microsecond=0).isoformat() if value else None
+
+
+def compute_uuid(compute_id: str | None) -> str | None:
+    """An instance's id as Octavia shows it, a UUID: the driver's own id when it is one, else derived from it.
+
+    The lab names instances after their namespace (``cohort-a-1a2b3c4d``); that name stays visible
+    as the amphora's ``compute_name``.
+    """
+    if compute_id is None:
+        return None
+    try:
+        return str(uuid.UUID(compute_id))
+    except ValueError:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"cohort-compute://{compute_id}"))
 
 
 def _refs(ids: list[str]) -> list[dict[str, str]]:
@@ -177,7 +192,8 @@ def amphora(row: m.Amphora) -> dict[str, Any]:
     return {
         "id": row.id,
         "loadbalancer_id": row.load_balancer_id,
-        "compute_id": row.compute_id,
+        "compute_id": compute_uuid(row.compute_id),
+        "compute_name": row.compute_id,
         "lb_network_ip": row.lb_network_ip,
         "vrrp_ip": row.vrrp_ip,
         "ha_ip": row.ha_ip,

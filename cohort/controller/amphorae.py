@@ -62,7 +62,9 @@ class AmphoraManager:
             lb = session.get(m.LoadBalancer, lb_id)
             assert lb is not None and lb.vip_subnet_id is not None
             vip = self.drivers.network.allocate_vip(lb.id, lb.vip_subnet_id, lb.vip_address)
-            lb.vip_address, lb.vip_port_id, lb.vip_network_id = vip.address, vip.port_id, vip.network_id
+            # An address or network the client gave stays as given (Octavia returns it as sent).
+            lb.vip_address = lb.vip_address or vip.address
+            lb.vip_port_id, lb.vip_network_id = vip.port_id, lb.vip_network_id or vip.network_id
             return vip
 
     def live_amphorae(self, session: Session, lb_id: str) -> list[m.Amphora]:

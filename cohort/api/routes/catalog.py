@@ -22,10 +22,12 @@ from cohort.db import models as m
 
 router = APIRouter(prefix="/lbaas", route_class=JSONRoute)
 
+# The two providers as Octavia lists them (clients and its API tests compare the descriptions).
+# What Cohort adds to the amphora provider (ACTIVE_ACTIVE clusters) is told by its own flavor
+# capabilities (amp_cluster_size, distributor_type, ...), not by rewording these.
 PROVIDERS = [
-    {"name": "amphora", "description": "Cohort amphorae: SINGLE, ACTIVE_STANDBY and ACTIVE_ACTIVE (N+1) "
-     "topologies of HAProxy amphorae."},
-    {"name": "octavia", "description": "Alias of the amphora provider, as in Octavia."},
+    {"name": "amphora", "description": "The Octavia Amphora driver."},
+    {"name": "octavia", "description": "Deprecated alias of the Octavia Amphora driver."},
 ]
 PROVIDER_NAMES = {p["name"] for p in PROVIDERS}
 

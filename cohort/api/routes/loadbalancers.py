@@ -77,18 +77,21 @@ def _vip(state: AppState, body: s.LoadBalancerCreate) -> tuple[str, str]:
         subnet = state.network.get_subnet(body.vip_subnet_id)
         if subnet is None:
             raise InvalidInput(f"Subnet {body.vip_subnet_id} not found.")
+        if subnet.any_address:  # a noop stand-in: taken with whatever network and address came with it
+            return subnet.id, body.vip_network_id or subnet.network_id
         if body.vip_network_id and body.vip_network_id != subnet.network_id:
             raise InvalidInput(f"Subnet {subnet.id} is not on network {body.vip_network_id}.")
     elif body.vip_network_id:
-        candidates = [sub for sub in state.network.list_subnets() if sub.network_id == body.vip_network_id]
+        candidates = state.network.subnets_on_network(body.vip_network_id)
         if body.vip_address:
-            candidates = [c for c in candidates if ipaddress.ip_address(body.vip_address) in
+            candidates = [c for c in candidates if c.any_address or ipaddress.ip_address(body.vip_address) in
                           ipaddress.ip_network(c.cidr)]
         if not candidates:
             raise InvalidInput(f"Network {body.vip_network_id} not found or has no usable subnet.")
         subnet = candidates[0]
     assert subnet is not None
-    if body.vip_address and ipaddress.ip_address(body.vip_address) not in ipaddress.ip_network(subnet.cidr):
+    if body.vip_address and not subnet.any_address and \
+            ipaddress.ip_address(body.vip_address) not in ipaddress.ip_network(subnet.cidr):
         raise InvalidInput(f"VIP address {body.vip_address} is not in subnet {subnet.id} ({subnet.cidr}).")
     return subnet.id, subnet.network_id
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
 
 from cohort.api import views
-from cohort.api.builders import apply_changes, build_member
+from cohort.api.builders import build_member, update_member
 from cohort.api.collection import list_collection
 from cohort.api.deps import DB, Ctx, RawBody, State
 from cohort.api.errors import NotFound
@@ -63,7 +63,7 @@ def batch_update(raw: RawBody, pool_id: str, request: Request, session: DB, ctx:
         if key in live:
             changes = {k: v for k, v in given(member_body).items()
                        if k in s.MemberUpdate.model_fields}
-            apply_changes(live[key], changes)
+            update_member(live[key], changes)
         else:
             build_member(session, pool, member_body, state.network)
     if not additive_only:
@@ -87,7 +87,7 @@ def update(raw: RawBody, pool_id: str, member_id: str, request: Request, session
     body = unwrap(raw, "member", s.MemberUpdate)
     member = _member(session, ctx, pool_id, member_id)
     lock_load_balancer(session, member.pool.load_balancer_id)
-    apply_changes(member, given(body))
+    update_member(member, given(body))
     session.commit()
     state.on_change()
     return {"member": views.member(member)}

@@ -78,7 +78,11 @@ def list_subnets(request: Request, state: State, ctx: Ctx) -> dict[str, Any]:
 def show_subnet(ident: str, state: State, ctx: Ctx) -> dict[str, Any]:
     found = [s for s in _subnets(state, ctx) if s["id"] == ident]
     if not found:
-        raise NotFound("Subnet", ident)
+        # A network that takes subnets it has never listed (the noop one takes any UUID) shows them too.
+        subnet = state.network.get_subnet(ident)
+        if subnet is None or subnet.id != ident:
+            raise NotFound("Subnet", ident)
+        return {"subnet": subnet_view(subnet, ctx.project_id)}
     return {"subnet": found[0]}
 
 

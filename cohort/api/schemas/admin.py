@@ -72,10 +72,11 @@ class AmphoraFlavorData(Body):
 
 
 FLAVOR_CAPABILITIES = [
+    # Octavia's wording for its own keys; Cohort's additions are capabilities of their own.
     {"name": "loadbalancer_topology", "description": "The load balancer topology. One of: SINGLE - One "
-     "amphora per load balancer. ACTIVE_STANDBY - Two amphora per load balancer. ACTIVE_ACTIVE - A cluster "
-     "of N active amphorae behind a distributor."},
-    {"name": "amp_cluster_size", "description": "ACTIVE_ACTIVE: the desired number of amphorae (default 3)."},
+     "amphora per load balancer. ACTIVE_STANDBY - Two amphora per load balancer."},
+    {"name": "amp_cluster_size", "description": "Cohort: loadbalancer_topology also takes ACTIVE_ACTIVE, a "
+     "cluster of N active amphorae behind a distributor; this is N, the desired number of amphorae (default 3)."},
     {"name": "amp_cluster_min_size", "description": "ACTIVE_ACTIVE: below this many healthy amphorae the "
      "load balancer is in ERROR (default 2)."},
     {"name": "amp_cluster_cooldown", "description": "ACTIVE_ACTIVE: seconds between two scaling actions."},
@@ -84,11 +85,12 @@ FLAVOR_CAPABILITIES = [
     {"name": "bgp_speaker_id", "description": "L3_BGP: the BGP speaker profile the amphorae use."},
     {"name": "compute_flavor", "description": "Amphora resources: {\"cpu\": fraction of a CPU, "
      "\"memory_mb\": memory limit}."},
-    {"name": "amp_image_tag", "description": "Accepted for compatibility; local amphorae have no image."},
+    {"name": "amp_image_tag", "description": "The amphora image tag."},
 ]
 
 AZ_CAPABILITIES = [
     {"name": "compute_zone", "description": "The compute availability zone."},
+    {"name": "volume_zone", "description": "The volume availability zone."},
     {"name": "management_network", "description": "The management network ID for the amphora."},
     {"name": "valid_vip_networks", "description": "List of network IDs that are allowed for VIP use."},
 ]

@@ -37,18 +37,22 @@ def rule(check: Callable[[str], object]) -> AfterValidator:
     return AfterValidator(apply)
 
 
+# Addresses are checked by the renderers' rules but kept exactly as the client sent them, as
+# Octavia returns them (``2001:db8:0:0:0:0:0:1`` stays exploded); every renderer parses them again.
 def _ip(value: str) -> str:
-    return validation.canonical_ip(value)
+    validation.ip_address(value)
+    return value
 
 
 def _cidr(value: str) -> str:
-    return validation.canonical_cidr(value)
+    validation.ip_network(value)
+    return value
 
 
 def _netmask(value: str) -> str:
-    mask = validation.canonical_ip(value, "persistence_granularity")
-    validation.netmask_bits(mask)
-    return mask
+    validation.ip_address(value, "persistence_granularity")
+    validation.netmask_bits(value)
+    return value
 
 
 Name = Annotated[str, StringConstraints(max_length=255)]
@@ -61,7 +65,8 @@ NonNegative32 = Annotated[int, Field(ge=0, le=validation.INT32_MAX)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 TimeoutMs = Annotated[int, Field(ge=0, le=31536000000)]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=255)]
-Tags = Annotated[list[Tag], Field(max_length=50)]
+# As many tags as Octavia takes (it sets no count): the body size limit bounds them.
+Tags = list[Tag]
 
 M = TypeVar("M", bound=BaseModel)
 

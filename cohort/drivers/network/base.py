@@ -43,6 +43,10 @@ class NetworkDriver(Protocol):
     def list_subnets(self) -> list[Subnet]:
         ...
 
+    def subnets_on_network(self, network_id: str) -> list[Subnet]:
+        """The subnets of one network (empty when the network is unknown)."""
+        ...
+
     def allocate_vip(self, lb_id: str, subnet_id: str, address: str | None) -> VipPort:
         """Reserve the VIP (the given address, or a free one). Idempotent per ``lb_id``.
 

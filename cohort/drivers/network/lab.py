@@ -27,6 +27,9 @@ class LabNetworkDriver:
     def list_subnets(self) -> list[Subnet]:
         return self.lab.subnets()
 
+    def subnets_on_network(self, network_id: str) -> list[Subnet]:
+        return [subnet for subnet in self.lab.subnets() if subnet.network_id == network_id]
+
     def allocate_vip(self, lb_id: str, subnet_id: str, address: str | None) -> VipPort:
         try:
             vip = self.lab.ports.reserve_vip(lb_id, subnet_id, address)
