@@ -73,6 +73,8 @@ class Settings(BaseModel):
     agent_port: int = 9443
     drain_timeout: float = 30.0
     lab_prefix: str = "cohort"
+    # The BGP speaker (id) of L3_BGP flavors that name none; empty: such a flavor is refused.
+    default_bgp_speaker_id: str = ""
     api_max_page: int = 1000
     # Largest request body accepted (413 beyond): a 1 MB secret payload or a batch of thousands of
     # members fits; nothing larger is ever buffered.

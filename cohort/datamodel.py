@@ -144,6 +144,28 @@ class Listener:
 
 
 @dataclass(frozen=True)
+class BgpPeer:
+    """A router an L3 amphora's speaker peers with (an admin API ``bgp_peer``)."""
+
+    peer_ip: str
+    remote_as: int
+    password: str | None = None  # decrypted only for the agent that needs it
+    ttl_hops: int = 1
+    hold_time: int = 90
+    keepalive_interval: int = 30
+    bfd: tuple[int, int, int] | None = None  # (min_rx ms, min_tx ms, multiplier)
+
+
+@dataclass(frozen=True)
+class BgpSpeaker:
+    """The session profile every amphora of an L3 cluster uses (an admin API ``bgp_speaker``)."""
+
+    id: str
+    local_as: int
+    peers: tuple[BgpPeer, ...]
+
+
+@dataclass(frozen=True)
 class Topology:
     """What the flavor (or the configured default) asks of the data plane."""
 

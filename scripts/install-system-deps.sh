@@ -14,6 +14,8 @@ declare -A packages=(
   [ethtool]=ethtool
   [ps]=procps
   [initdb]=postgresql
+  [bird]=bird2
+  [vtysh]=frr
 )
 
 missing=()
@@ -39,6 +41,6 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The Debian packages enable services we do not want running on the host: Cohort runs its own.
-for service in haproxy keepalived postgresql; do
+for service in haproxy keepalived postgresql bird frr; do
   systemctl disable --now "$service" >/dev/null 2>&1 || true
 done

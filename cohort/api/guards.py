@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cohort.api.auth import RequestContext
-from cohort.api.errors import Immutable, NotFound, QuotaExceeded
+from cohort.api.errors import Immutable, InvalidInput, NotAuthorized, NotFound, QuotaExceeded
 from cohort.api.schemas import lbaas as s
 from cohort.config import Settings
 from cohort.db import locks
@@ -54,7 +54,11 @@ def visible(session: Session, ctx: RequestContext, model: type[T], ident: str) -
     """The object if it exists, is not being deleted away, and the caller may see it; else 404."""
     row = session.get(model, ident)
     label = RESOURCE_LABELS.get(model, model.__name__)
-    if row is None or not ctx.can_see(row.project_id):  # type: ignore[attr-defined]
+    if row is None:
+        raise NotFound(label, ident)
+    if not ctx.can_see(row.project_id):  # type: ignore[attr-defined]
+        if ctx.forbids_openly:
+            raise NotAuthorized()
         raise NotFound(label, ident)
     return row
 
@@ -65,6 +69,19 @@ def lock_load_balancer(session: Session, lb_id: str, new_status: str = "PENDING_
         locks.lock_load_balancer(session, lb_id, new_status)
     except locks.LoadBalancerBusy as exc:
         raise Immutable("Load Balancer", lb_id) from exc
+
+
+def check_bgp_speaker(session: Session, speaker_id: str | None) -> None:
+    """An L3_BGP cluster needs a BGP speaker that exists and has peers; a 400 naming the field otherwise."""
+    if not speaker_id:
+        raise InvalidInput("Invalid input for field/attribute bgp_speaker_id: distributor_type L3_BGP needs a "
+                           "BGP speaker in the flavor (bgp_speaker_id) and none is configured by default.")
+    speaker = session.get(m.BgpSpeaker, speaker_id)
+    if speaker is None:
+        raise InvalidInput(f"Invalid input for field/attribute bgp_speaker_id: BGP speaker {speaker_id} not found.")
+    if session.scalar(select(m.BgpPeer.id).where(m.BgpPeer.bgp_speaker_id == speaker_id).limit(1)) is None:
+        raise InvalidInput(f"Invalid input for field/attribute bgp_speaker_id: BGP speaker {speaker_id} has no "
+                           "peers; an L3_BGP cluster needs at least one.")
 
 
 def quota_limit(session: Session, settings: Settings, project_id: str, field: str) -> int:

@@ -214,8 +214,12 @@ def amphora(row: m.Amphora) -> dict[str, Any]:
     }
 
 
-def cluster(row: m.AmphoraCluster, amphora_ids: list[str], actual_size: int) -> dict[str, Any]:
+def cluster(row: m.AmphoraCluster, amphora_ids: list[str], actual_size: int,
+            bgp: dict[str, Any] | None = None) -> dict[str, Any]:
+    extra: dict[str, Any] = {} if bgp is None else {"bgp": bgp}
     return {
+        **extra,
+        "status_reason": row.status_reason,
         "id": row.id,
         "cluster_name": row.cluster_name,
         "loadbalancer_id": row.load_balancer_id,

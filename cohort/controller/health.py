@@ -6,6 +6,7 @@ anyway, and hands them back to the verifier when the controller starts.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -78,6 +79,10 @@ class HealthManager:
             lb = session.get(m.LoadBalancer, amphora.load_balancer_id)
             if lb is None or report is None:
                 return
+            if report.bgp is not None:
+                row = session.get(m.AmphoraHealth, amphora_id)
+                if row is not None:
+                    row.bgp = json.dumps(report.bgp.as_json(), sort_keys=True)
             self._record(session, lb, amphora_id, report)
         self.processed += 1
 
@@ -140,8 +145,20 @@ class HealthManager:
         cluster = session.scalar(select(m.AmphoraCluster).where(m.AmphoraCluster.load_balancer_id == lb.id))
         if cluster is None:
             return "ONLINE"
-        healthy = len(session.scalars(select(m.Amphora.id).where(
+        serving = session.scalars(select(m.Amphora).where(
             m.Amphora.load_balancer_id == lb.id, m.Amphora.role == "IN_CLUSTER",
-            m.Amphora.status == "ALLOCATED")).all())
-        cluster.operating_status = st.cluster_status(healthy, cluster.desired_size, cluster.min_size)
+            m.Amphora.status == "ALLOCATED")).all()
+        reason = None
+        if cluster.cluster_type == "L3_BGP":
+            # An amphora serves only once the fabric can reach it: its route is announced.
+            announcing, reasons = [], []
+            for amphora in serving:
+                problem = st.bgp_problem(session.get(m.AmphoraHealth, amphora.id), lb.vip_address)
+                if problem is None:
+                    announcing.append(amphora)
+                else:
+                    reasons.append(f"amphora {amphora.id[:8]}: {problem}")
+            serving, reason = announcing, ("; ".join(reasons)[:255] or None)
+        cluster.operating_status = st.cluster_status(len(serving), cluster.desired_size, cluster.min_size)
+        cluster.status_reason = reason if cluster.operating_status != "ONLINE" else None
         return cluster.operating_status

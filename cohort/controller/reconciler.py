@@ -22,6 +22,7 @@ from cohort.config import Settings
 from cohort.controller import desired
 from cohort.controller.amphorae import AmphoraManager, describe
 from cohort.controller.cluster import ClusterManager
+from cohort.controller.fabric import Fabric
 from cohort.controller.finalize import finalize_active, finalize_deleted, finalize_error
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
@@ -49,6 +50,8 @@ class Reconciler:
         self.drivers = drivers
         self.amphorae = AmphoraManager(sessions, drivers)
         self.cluster = ClusterManager(sessions, drivers, settings.drain_timeout)
+        self.fabric = Fabric(sessions, drivers, self.cluster, settings.secrets_key_file,
+                             settings.default_bgp_speaker_id)
         self.certificates = certificates or (lambda _session, _lb_id: {})
         self.owner = owner or controller_id()
         self._wake = threading.Event()
@@ -173,7 +176,11 @@ class Reconciler:
         for amphora_id in ids:
             self.amphorae.build(amphora_id, lb, vip)
         self.amphorae.configure(lb, ids, generation, certificates)
-        if lb.topology.name == "ACTIVE_ACTIVE":
+        if lb.topology.name == "ACTIVE_ACTIVE" and lb.topology.distributor_type == "L3_BGP":
+            with self.sessions() as session:
+                leaving = self.cluster.leaving_by_scale_in(session, lb.id)
+            self.fabric.announce(lb, vip, ids, leaving)
+        elif lb.topology.name == "ACTIVE_ACTIVE":
             self._distribute(lb, vip, ids)
         self.amphorae.retire(lb_id, ids)
 

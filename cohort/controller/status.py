@@ -6,7 +6,10 @@ and the load balancer: a member in ERROR makes its pool, listener and load balan
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+
+from cohort.db import models as m
 
 LISTENER_STATUS = {"OPEN": "ONLINE", "FULL": "DEGRADED", "DOWN": "OFFLINE"}
 POOL_STATUS = {"UP": "ONLINE", "DOWN": "ERROR"}
@@ -42,3 +45,20 @@ def cluster_status(healthy: int, desired: int, minimum: int) -> str:
     if healthy >= minimum:
         return "DEGRADED"
     return "ERROR"
+
+
+def bgp_problem(health: m.AmphoraHealth | None, vip: str | None) -> str | None:
+    """Why an L3 amphora's route is not in the fabric, or None when it announces ``vip``."""
+    if health is None or not health.bgp:
+        return "no BGP report yet"
+    try:
+        report = json.loads(health.bgp)
+    except ValueError:
+        return "unreadable BGP report"
+    sessions = report.get("sessions") or {}
+    if not any(state == "Established" for state in sessions.values()):
+        states = ", ".join(f"{peer} {state}" for peer, state in sorted(sessions.items())) or "no peer"
+        return f"no BGP session established ({states})"
+    if vip not in (report.get("announced") or []):
+        return f"VIP {vip} not announced"
+    return None

@@ -59,6 +59,8 @@ class AmphoraHealth(Base):
     busy: Mapped[bool] = mapped_column(Boolean, default=False)
     # The newest heartbeat sequence accepted, so a restarted controller still refuses replays.
     last_seq: Mapped[int | None] = mapped_column(BigInteger)
+    # The speaker's last report (L3 clusters): {"sessions": {peer: state}, "announced": [vip, ...]}.
+    bgp: Mapped[str | None] = mapped_column(Text)
 
 
 class AmphoraCluster(IdMixin, TimestampMixin, Base):
@@ -75,6 +77,7 @@ class AmphoraCluster(IdMixin, TimestampMixin, Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     cluster_type: Mapped[str] = mapped_column(String(16), default="L2")
     last_scaled_at: Mapped[float | None] = mapped_column(Float)
+    status_reason: Mapped[str | None] = mapped_column(String(255))
 
 
 class Distributor(IdMixin, TimestampMixin, Base):

@@ -29,9 +29,21 @@ class PoolReport:
 
 
 @dataclass(frozen=True)
+class BgpReport:
+    """An L3 amphora's speaker: each peer's session state and the VIPs it announces."""
+
+    sessions: dict[str, str]
+    announced: tuple[str, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"sessions": self.sessions, "announced": list(self.announced)}
+
+
+@dataclass(frozen=True)
 class AmphoraReport:
     listeners: dict[str, ListenerReport]
     pools: dict[str, PoolReport]
+    bgp: BgpReport | None = None
 
 
 def _status(value: object) -> str | None:
@@ -63,6 +75,18 @@ def _pool(report: Mapping[str, Any]) -> PoolReport:
     return PoolReport(_status(report.get("status")), statuses)
 
 
+def _bgp(section: object) -> BgpReport | None:
+    if not isinstance(section, dict):
+        return None
+    sessions = section.get("sessions")
+    announced = section.get("announced")
+    return BgpReport(
+        {k[:64]: v[:32] for k, v in sessions.items() if isinstance(k, str) and isinstance(v, str)}
+        if isinstance(sessions, dict) else {},
+        tuple(v[:64] for v in announced if isinstance(v, str))[:64] if isinstance(announced, list) else (),
+    )
+
+
 def parse_amphora_report(payload: Mapping[str, Any]) -> AmphoraReport | None:
     """The listeners and pools an amphora reports, or None when a section is not an object."""
     listeners = payload.get("listeners") or {}
@@ -72,4 +96,5 @@ def parse_amphora_report(payload: Mapping[str, Any]) -> AmphoraReport | None:
     return AmphoraReport(
         listeners={k: _listener(v) for k, v in listeners.items() if isinstance(v, dict)},
         pools={k: _pool(v) for k, v in pools.items() if isinstance(v, dict)},
+        bgp=_bgp(payload.get("bgp")),
     )

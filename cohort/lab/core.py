@@ -38,6 +38,7 @@ from cohort.lab.addresses import AddressBook
 from cohort.lab.errors import LabError, LabNotReady
 from cohort.lab.instances import NOFILE, LabInstances
 from cohort.lab.ports import LabPorts
+from cohort.lab.router import LabRouter
 from cohort.lab.state import LabStateFile
 from cohort.netplan import (
     BACKEND_RANGE,
@@ -82,6 +83,7 @@ class Lab:
         self.mgmt_cidr = self._resolve_mgmt(mgmt_cidr)
         self.instances = LabInstances(self)
         self.ports = LabPorts(self)
+        self.router = LabRouter(self)
 
     def _resolve_mgmt(self, wanted: str | None) -> str:
         recorded = self._state.read().get("mgmt_cidr")
@@ -204,6 +206,7 @@ class Lab:
             netns.set_link(self.host_if, None)
             for name in list(st["members"]):
                 self._ensure_member(st, name)
+        self.router.start()
 
     def _check_mgmt_free(self) -> None:
         mgmt = ipaddress.ip_network(self.mgmt_cidr)
@@ -249,6 +252,7 @@ class Lab:
         )
 
     def down(self) -> None:
+        self.router.stop()
         with self.transaction() as st:
             for rec in st.get("members", {}).values():
                 netns.kill_pids([rec["pid"]] if netns.pid_alive(rec.get("pid"), rec.get("starttime")) else [])
@@ -291,6 +295,7 @@ class Lab:
             "subnets": [dataclasses.asdict(s) for s in self.subnets()],
             "members": members,
             "instances": sorted(rec["compute_id"] for rec in st.get("instances", {}).values()),
+            "router": self.router.status(),
             "namespaces": self.owned_namespaces(st),
         }
 

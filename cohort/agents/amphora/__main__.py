@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cohort.agents.amphora.api import AmphoraApi
+from cohort.agents.amphora.bgp import BgpManager
 from cohort.agents.amphora.haproxy import HaproxyManager
 from cohort.agents.amphora.heartbeat import HeartbeatBody
 from cohort.agents.amphora.keepalived import KeepalivedManager
@@ -56,9 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     allow_unprivileged_daemons(jail.gid)
     haproxy = HaproxyManager(jail)
     keepalived = KeepalivedManager(jail)
-    api = AmphoraApi(args.amphora_id, args.state_dir, haproxy, keepalived)
+    bgp = BgpManager(jail, args.state_dir / "bgp.json", haproxy.running)
+    bgp.resume()
+    api = AmphoraApi(args.amphora_id, args.state_dir, haproxy, keepalived, bgp)
     # HAProxy and keepalived deliberately keep running when the agent stops: the next agent adopts them.
-    return cli.serve("amphora", args.amphora_id, args, hb_key, api.router(), HeartbeatBody(haproxy))
+    return cli.serve("amphora", args.amphora_id, args, hb_key, api.router(), HeartbeatBody(haproxy, bgp),
+                     stop=[bgp.close])
 
 
 if __name__ == "__main__":

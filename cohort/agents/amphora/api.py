@@ -17,7 +17,8 @@ from cryptography import x509
 
 from cohort import __version__
 from cohort.agents.amphora import AGENT_VERSION, interfaces, stats
-from cohort.agents.amphora.haproxy import HaproxyManager, haproxy_version
+from cohort.agents.amphora.bgp import BgpManager
+from cohort.agents.amphora.haproxy import HaproxyManager, check_id, haproxy_version
 from cohort.agents.amphora.keepalived import KeepalivedManager
 from cohort.agents.common.files import atomic_write
 from cohort.agents.common.http import HttpError, Request, Response, Route, Router
@@ -52,12 +53,14 @@ def _ok(**extra: Any) -> Response:
 
 class AmphoraApi:
     def __init__(
-        self, amphora_id: str, state_dir: Path, haproxy: HaproxyManager, keepalived: KeepalivedManager
+        self, amphora_id: str, state_dir: Path, haproxy: HaproxyManager, keepalived: KeepalivedManager,
+        bgp: BgpManager | None = None,
     ) -> None:
         self.amphora_id = amphora_id
         self._vip_file = state_dir / "vip.json"
         self.haproxy = haproxy
         self.keepalived = keepalived
+        self.bgp = bgp
         self._haproxy_version = haproxy_version()
         # HAProxy outlives an agent; the metrics proxies of the instances it left running do not.
         haproxy.resume()
@@ -77,6 +80,10 @@ class AmphoraApi:
             ("PUT", "/1.0/vrrp/config", self.put_vrrp),
             ("GET", "/1.0/vrrp/config", self.get_vrrp),
             ("PUT", "/1.0/vrrp/{action}", self.vrrp_action),
+            ("PUT", "/1.0/bgp/speaker", self.put_bgp_speaker),
+            ("GET", "/1.0/bgp", self.get_bgp),
+            ("PUT", "/1.0/bgp/vips/{vip}", self.put_bgp_vip),
+            ("DELETE", "/1.0/bgp/vips/{vip}", self.delete_bgp_vip),
         ]
         return Router(routes, ERRORS)
 
@@ -158,6 +165,9 @@ class AmphoraApi:
         lb_id, action = req.params["lb_id"], req.params["action"]
         if action not in LB_ACTIONS:
             raise HttpError(404, f"unknown action {action!r}")
+        if action in ("stop", "drain") and self.bgp is not None:
+            # Withdraw first: the fabric stops sending new flows before HAProxy stops taking them.
+            self.bgp.withdraw_lb(lb_id)
         if action == "stop":
             self.haproxy.stop(lb_id)
         elif action == "drain":
@@ -169,7 +179,34 @@ class AmphoraApi:
         return _ok(running=self.haproxy.running(lb_id))
 
     def delete_lb(self, req: Request) -> Response:
+        if self.bgp is not None:
+            self.bgp.remove_lb(req.params["lb_id"])
         self.haproxy.delete(req.params["lb_id"])
+        return _ok()
+
+    def _speaker(self) -> BgpManager:
+        if self.bgp is None:
+            raise HttpError(404, "this amphora has no BGP speaker")
+        return self.bgp
+
+    def put_bgp_speaker(self, req: Request) -> Response:
+        changed = self._speaker().put_speaker(req.json())
+        return _ok(changed=changed)
+
+    def get_bgp(self, req: Request) -> Response:
+        return Response(200, self._speaker().status())
+
+    def put_bgp_vip(self, req: Request) -> Response:
+        body = req.json()
+        lb_id, announce = body.get("lb_id") if isinstance(body, dict) else None, body.get("announce")
+        if not isinstance(lb_id, str) or not isinstance(announce, bool):
+            raise HttpError(400, "body must be {\"lb_id\": string, \"announce\": boolean}")
+        check_id(lb_id, "load balancer id")
+        self._speaker().set_vip(req.params["vip"], lb_id, announce)
+        return _ok()
+
+    def delete_bgp_vip(self, req: Request) -> Response:
+        self._speaker().remove_vip(req.params["vip"])
         return _ok()
 
     def put_certificate(self, req: Request) -> Response:

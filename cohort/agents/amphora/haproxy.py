@@ -34,14 +34,13 @@ from pathlib import Path
 
 from cohort.agents.amphora import stats
 from cohort.agents.amphora.metrics import MetricsProxies
-from cohort.agents.common.files import atomic_write
+from cohort.agents.common.files import atomic_write, short_dir
 from cohort.agents.common.jail import Jail
 from cohort.agents.common.proc import CommandFailed, cmdline, pid_alive, read_pid, run
 
 HAPROXY = "haproxy"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_SUN_PATH_MAX = 107
 # The longest socket name under the state directory: "/" + a 64-character id + "-prometheus.sock".
 _SOCKET_NAME_MAX = 1 + 64 + len("-prometheus.sock")
 
@@ -74,24 +73,12 @@ esac
 """
 
 
-def _short_dir(real: Path) -> Path:
-    """``real``, or a short name for it when its socket paths would not fit ``sun_path``.
-
-    The short name is ``/proc/self/fd/N`` of a directory descriptor this process keeps open:
-    it resolves only in this process and leaves nothing behind on the host when it ends.
-    """
-    if len(str(real)) + _SOCKET_NAME_MAX <= _SUN_PATH_MAX:
-        return real
-    fd = os.open(real, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    return Path(f"/proc/self/fd/{fd}")
-
-
 class HaproxyManager:
     def __init__(self, jail: Jail, stop_grace: float = 5.0) -> None:
         self.jail = jail
         jail.prepare()
         real = jail.private_dir("haproxy")
-        self.dir = _short_dir(real)
+        self.dir = short_dir(real, _SOCKET_NAME_MAX)
         self.inner_dir = jail.inside(real)
         certs = jail.private_dir("certs")
         self.certs_root = certs

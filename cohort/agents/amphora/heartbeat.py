@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from cohort.agents.amphora import stats
+from cohort.agents.amphora.bgp import BgpManager
 from cohort.agents.amphora.haproxy import HaproxyManager
 
 HEARTBEAT_VERSION = 1
@@ -20,8 +21,9 @@ CUMULATIVE = ("bytes_in", "bytes_out", "total_connections", "request_errors")
 class HeartbeatBody:
     """Callable building the heartbeat body (``ver``, ``listeners``, ``pools``) across all HAProxy instances."""
 
-    def __init__(self, haproxy: HaproxyManager) -> None:
+    def __init__(self, haproxy: HaproxyManager, bgp: BgpManager | None = None) -> None:
         self.haproxy = haproxy
+        self.bgp = bgp
         self._last: dict[tuple[str, str], int] = {}
         self._offset: dict[tuple[str, str], int] = {}
 
@@ -42,4 +44,10 @@ class HeartbeatBody:
             pools.update(lb_pools)
         for listener_id, report in listeners.items():
             self._monotonic(listener_id, report["stats"])
-        return {"ver": HEARTBEAT_VERSION, "listeners": listeners, "pools": pools}
+        body: dict[str, Any] = {"ver": HEARTBEAT_VERSION, "listeners": listeners, "pools": pools}
+        if self.bgp is not None:
+            status = self.bgp.status()
+            if status["configured"]:
+                body["bgp"] = {"sessions": {peer: s["state"] for peer, s in status["sessions"].items()},
+                               "announced": status["announced"]}
+        return body

@@ -1,7 +1,8 @@
-"""Replacing an agent's files atomically: readers (HAProxy, a restarted agent) see the old content or the new.
+"""An agent's files: replaced atomically (readers see the old content or the new), and reached by
+a short name when unix socket paths under them would not fit.
 
 Owns the write-a-temporary-then-rename dance the agents use for their records, HAProxy's
-server state, certificates and the distributor's state file.
+server state, certificates and the distributor's state file, and ``short_dir``.
 """
 
 from __future__ import annotations
@@ -37,3 +38,19 @@ def atomic_write(path: Path, data: str | bytes, *, mode: int = 0o666, durable: b
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+SUN_PATH_MAX = 107
+
+
+def short_dir(real: Path, longest_name: int) -> Path:
+    """``real``, or a short name for it when ``real`` + a socket name of ``longest_name`` characters
+    would not fit ``sun_path``.
+
+    The short name is ``/proc/self/fd/N`` of a directory descriptor this process keeps open: it
+    resolves only in this process and leaves nothing behind on the host when it ends.
+    """
+    if len(str(real)) + longest_name <= SUN_PATH_MAX:
+        return real
+    fd = os.open(real, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return Path(f"/proc/self/fd/{fd}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -9,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cohort import secrets
-from cohort.api import views
+from cohort.api import bgp_usage, views
 from cohort.api.collection import list_collection
 from cohort.api.deps import DB, AppState, Ctx, RawBody, State
 from cohort.api.errors import Conflict, InvalidInput, NotFound
@@ -101,7 +102,17 @@ def _cluster_view(session: Session, row: m.AmphoraCluster) -> dict[str, Any]:
         m.Amphora.load_balancer_id == row.load_balancer_id, m.Amphora.role == "IN_CLUSTER",
         m.Amphora.status.in_(LIVE_AMPHORA))).all()
     healthy = [amp for amp in amphorae if amp.status in ("ALLOCATED", "READY")]
-    return views.cluster(row, [amp.id for amp in amphorae], len(healthy))
+    bgp = None
+    if row.cluster_type == "L3_BGP":
+        # What each amphora's speaker last reported: its sessions per peer and what it announces.
+        bgp = {}
+        for amp in amphorae:
+            health = session.get(m.AmphoraHealth, amp.id)
+            try:
+                bgp[amp.id] = json.loads(health.bgp) if health is not None and health.bgp else None
+            except ValueError:
+                bgp[amp.id] = None
+    return views.cluster(row, [amp.id for amp in amphorae], len(healthy), bgp)
 
 
 @router.get("/clusters")
@@ -185,21 +196,26 @@ def show_speaker(ident: str, session: DB, ctx: Ctx) -> dict[str, Any]:
 
 
 @router.put("/bgp_speakers/{ident}")
-def update_speaker(raw: RawBody, ident: str, request: Request, session: DB, ctx: Ctx) -> dict[str, Any]:
+def update_speaker(raw: RawBody, ident: str, request: Request, session: DB, ctx: Ctx,
+                   state: State) -> dict[str, Any]:
     ctx.require_admin()
     body = unwrap(raw, "bgp_speaker", a.BgpSpeakerUpdate)
     row = _get(session, m.BgpSpeaker, ident, "BGP speaker")
     for key, value in given(body).items():
         if value is not None:
             setattr(row, key, value)
+    users = bgp_usage.reconfigure_users(session, row.id, state.settings.default_bgp_speaker_id)
     session.commit()
+    if users:
+        state.on_change()
     return {"bgp_speaker": views.bgp_speaker(row)}
 
 
 @router.delete("/bgp_speakers/{ident}", status_code=204)
-def delete_speaker(ident: str, session: DB, ctx: Ctx) -> Response:
+def delete_speaker(ident: str, session: DB, ctx: Ctx, state: State) -> Response:
     ctx.require_admin()
     row = _get(session, m.BgpSpeaker, ident, "BGP speaker")
+    bgp_usage.require_unused(session, row.id, state.settings.default_bgp_speaker_id, f"BGP speaker {row.id}")
     session.delete(row)
     session.commit()
     return Response(status_code=204)
@@ -224,6 +240,12 @@ def _check_peer(session: Session, fields: dict[str, Any], existing: m.BgpPeer | 
         raise InvalidInput("md5_password needs auth_type md5.")
 
 
+def _peer_changed(session: Session, state: AppState, *speaker_ids: str | None) -> None:
+    """Every load balancer whose speaker the peer belongs (or belonged) to gets the change."""
+    for speaker_id in {s for s in speaker_ids if s}:
+        bgp_usage.reconfigure_users(session, speaker_id, state.settings.default_bgp_speaker_id)
+
+
 def _encrypt_password(state: AppState, fields: dict[str, Any]) -> None:
     """Replace a sent md5_password by its ciphertext: it is never stored readable."""
     password = fields.pop("md5_password", None)
@@ -240,7 +262,9 @@ def create_peer(raw: RawBody, request: Request, session: DB, ctx: Ctx, state: St
     _encrypt_password(state, fields)
     row = m.BgpPeer(**fields)
     session.add(row)
+    _peer_changed(session, state, row.bgp_speaker_id)
     session.commit()
+    state.on_change()
     return {"bgp_peer": views.bgp_peer(row)}
 
 
@@ -264,16 +288,22 @@ def update_peer(raw: RawBody, ident: str, request: Request, session: DB, ctx: Ct
     fields = {k: v for k, v in given(body).items() if v is not None}
     _check_peer(session, fields, row)
     _encrypt_password(state, fields)
+    before = row.bgp_speaker_id
     for key, value in fields.items():
         setattr(row, key, value)
+    _peer_changed(session, state, before, row.bgp_speaker_id)
     session.commit()
+    state.on_change()
     return {"bgp_peer": views.bgp_peer(row)}
 
 
 @router.delete("/bgp_peers/{ident}", status_code=204)
-def delete_peer(ident: str, session: DB, ctx: Ctx) -> Response:
+def delete_peer(ident: str, session: DB, ctx: Ctx, state: State) -> Response:
     ctx.require_admin()
     row = _get(session, m.BgpPeer, ident, "BGP peer")
+    if row.bgp_speaker_id:
+        bgp_usage.require_unused(session, row.bgp_speaker_id, state.settings.default_bgp_speaker_id,
+                                 f"BGP peer {row.id}")
     session.delete(row)
     session.commit()
     return Response(status_code=204)

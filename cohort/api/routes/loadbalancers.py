@@ -15,7 +15,7 @@ from cohort.api.builders import build_listener, build_pool, set_fields
 from cohort.api.collection import list_collection, page_of
 from cohort.api.deps import DB, AppState, Ctx, RawBody, State
 from cohort.api.errors import InvalidInput, NotFound
-from cohort.api.guards import check_quotas, lock_load_balancer, visible
+from cohort.api.guards import check_bgp_speaker, check_quotas, lock_load_balancer, visible
 from cohort.api.listing import parse_options, select_fields
 from cohort.api.routing import JSONRoute
 from cohort.api.schemas import lbaas as s
@@ -113,6 +113,8 @@ def create(raw: RawBody, request: Request, session: DB, ctx: Ctx, state: State) 
         if zone is None or not zone.enabled:
             raise InvalidInput(f"Availability zone {body.availability_zone} not found or disabled.")
     subnet_id, network_id = _vip(state, body)
+    if _topology(state, flavor) == "ACTIVE_ACTIVE" and flavor.get("distributor_type") == "L3_BGP":
+        check_bgp_speaker(session, flavor.get("bgp_speaker_id") or state.settings.default_bgp_speaker_id)
     check_quotas(session, state.settings, project_id, body)
     fields = {k: v for k, v in given(body).items()
               if k not in ("listeners", "pools", "project_id", "provider", "vip_subnet_id", "vip_network_id",

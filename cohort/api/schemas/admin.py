@@ -183,6 +183,9 @@ class ClusterUpdate(Body):
     enabled: bool | None = None
 
 
+Md5Password = Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[\x21\x23-\x5b\x5d-\x7e]+$")]
+
+
 class BgpSpeakerCreate(Body):
     name: Name | None = None
     local_as: ASN
@@ -198,7 +201,8 @@ class _BgpPeerFields(Body):
     name: Name | None = None
     remote_as: ASN | None = None
     auth_type: Literal["md5"] | None = None
-    md5_password: Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[\x21-\x7e]+$")] | None = None
+    # Printable ASCII but quotes and backslashes: it is written into speakers' configurations.
+    md5_password: Md5Password | None = None
     ttl_hops: Annotated[int, Field(ge=1, le=254)] | None = None
     hold_time: Annotated[int, Field(ge=0, le=65535)] | None = None
     keepalive_interval: Annotated[int, Field(ge=0, le=21845)] | None = None

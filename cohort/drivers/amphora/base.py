@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from cohort.datamodel import Amphora, LoadBalancer
+from cohort.datamodel import Amphora, BgpSpeaker, LoadBalancer
 from cohort.drivers.network.base import PluggedPort
 
 
@@ -55,4 +55,16 @@ class AmphoraDriver(Protocol):
         ...
 
     def get_config(self, amphora: Amphora, lb_id: str) -> str:
+        ...
+
+    def configure_bgp(self, amphora: Amphora, speaker: BgpSpeaker) -> None:
+        """Run the amphora's BGP speaker with ``speaker``'s sessions (idempotent; unchanged sessions stay)."""
+        ...
+
+    def announce(self, amphora: Amphora, vip: str, lb_id: str, announce: bool) -> None:
+        """Announce ``vip`` (while the load balancer's HAProxy serves it) or withdraw it."""
+        ...
+
+    def bgp_status(self, amphora: Amphora) -> dict[str, Any]:
+        """``{"sessions": {peer: state}, "announced": [vip, ...], ...}`` as the speaker reports them."""
         ...

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cohort.datamodel import Amphora, LoadBalancer
+from cohort.datamodel import Amphora, BgpSpeaker, LoadBalancer
 from cohort.drivers.network.base import PluggedPort
 
 
@@ -14,6 +14,8 @@ class NoopAmphoraDriver:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
         self.configs: dict[tuple[str, str], LoadBalancer] = {}
+        self.speakers: dict[str, BgpSpeaker] = {}
+        self.announced: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
     def _record(self, verb: str, amphora: Amphora) -> None:
@@ -35,6 +37,24 @@ class NoopAmphoraDriver:
         self._record("update", amphora)
         with self._lock:
             self.configs[(amphora.id, lb.id)] = lb
+
+    def configure_bgp(self, amphora: Amphora, speaker: BgpSpeaker) -> None:
+        self._record("configure_bgp", amphora)
+        with self._lock:
+            self.speakers[amphora.id] = speaker
+
+    def announce(self, amphora: Amphora, vip: str, lb_id: str, announce: bool) -> None:
+        self._record("announce" if announce else "withdraw", amphora)
+        with self._lock:
+            self.announced.setdefault(amphora.id, set())
+            (self.announced[amphora.id].add if announce else self.announced[amphora.id].discard)(vip)
+
+    def bgp_status(self, amphora: Amphora) -> dict[str, Any]:
+        # Nothing speaks BGP here: no session is ever reported as established.
+        with self._lock:
+            speaker = self.speakers.get(amphora.id)
+        sessions = {} if speaker is None else {p.peer_ip: "Idle" for p in speaker.peers}
+        return {"sessions": sessions, "announced": []}
 
     def drain(self, amphora: Amphora, lb_id: str) -> None:
         self._record("drain", amphora)

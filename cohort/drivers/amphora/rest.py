@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cohort.datamodel import Amphora, LoadBalancer
+from cohort.datamodel import Amphora, BgpSpeaker, LoadBalancer
 from cohort.drivers.agent_client import AgentClient
 from cohort.drivers.amphora.haproxy_config import cert_filename, render_haproxy
 from cohort.drivers.amphora.keepalived_config import render_keepalived
@@ -122,6 +122,29 @@ class RestAmphoraDriver:
         self._agent.request("DELETE", amphora, f"/1.0/loadbalancer/{lb_id}", allow=(404,))
         if amphora.role in VRRP_ROLES:
             self._agent.request("PUT", amphora, "/1.0/vrrp/stop")
+
+    def configure_bgp(self, amphora: Amphora, speaker: BgpSpeaker) -> None:
+        if not amphora.vrrp_ip:
+            raise DriverError(f"amphora {amphora.id} has no front-end address for its BGP sessions yet")
+        body = {
+            "local_as": speaker.local_as, "router_id": amphora.vrrp_ip, "local_address": amphora.vrrp_ip,
+            "interface": "fe0",
+            "peers": [{"peer_ip": p.peer_ip, "remote_as": p.remote_as, "password": p.password,
+                       "ttl_hops": p.ttl_hops, "hold_time": p.hold_time, "keepalive_interval": p.keepalive_interval,
+                       "bfd": None if p.bfd is None else dict(zip(("min_rx", "min_tx", "multiplier"), p.bfd,
+                                                                 strict=True))}
+                      for p in speaker.peers],
+        }
+        r = self._agent.request("PUT", amphora, "/1.0/bgp/speaker", json=body, allow=(400,))
+        if r.status_code == 400:
+            raise PermanentDriverError(f"amphora {amphora.id} refused the BGP speaker: {r.text}")
+
+    def announce(self, amphora: Amphora, vip: str, lb_id: str, announce: bool) -> None:
+        self._agent.request("PUT", amphora, f"/1.0/bgp/vips/{vip}", json={"lb_id": lb_id, "announce": announce})
+
+    def bgp_status(self, amphora: Amphora) -> dict[str, Any]:
+        r = self._agent.request("GET", amphora, "/1.0/bgp", allow=(404,))
+        return {} if r.status_code == 404 else dict(r.json())
 
     def get_config(self, amphora: Amphora, lb_id: str) -> str:
         """The installed HAProxy configuration, or "" when the amphora has none for ``lb_id``."""

@@ -1,0 +1,273 @@
+"""The amphora's BGP speaker: BIRD 2 in the amphora's jail, announcing the VIPs this amphora serves.
+
+Why BIRD: one process of about 3 MB with BFD, MD5 and GTSM (``ttl security``), and a
+reconfiguration that restarts only the protocols whose configuration changed, so a VIP added
+or withdrawn never disturbs a session (FRR costs about 34 MB in three daemons; GoBGP and
+ExaBGP have no BFD). BIRD runs as the jail's user with ``net_admin`` only (it marks its BGP
+and BFD packets with a socket priority), its files under ``/bgp`` of the jail.
+
+The controller sets the speaker (``put_speaker``) and, per VIP, whether it should be announced
+(``set_vip``). A VIP is announced only while it is wanted *and* the HAProxy of its load
+balancer runs: a watchdog thread looks every ``WATCH_INTERVAL`` and withdraws a VIP whose
+HAProxy died within that time, before anything else notices. What the agent was told is kept
+in ``<state>/bgp.json`` (outside the jail: it holds the MD5 passwords), so a restarted agent
+renders the same configuration and adopts the running BIRD.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cohort.agents.amphora import bird_config
+from cohort.agents.common.files import atomic_write, short_dir
+from cohort.agents.common.jail import Jail
+from cohort.agents.common.proc import cmdline, pid_alive, read_pid, run
+
+LOG = logging.getLogger(__name__)
+BIRD = "bird"
+CAPABILITIES = ("net_admin",)
+WATCH_INTERVAL = 0.05
+_REPLY_END = re.compile(r"^(\d{4}) ")
+
+
+class BirdError(RuntimeError):
+    """BIRD refused a command or its configuration; the message is BIRD's."""
+
+
+def bird_command(socket_path: str, command: str, timeout: float = 5.0) -> list[tuple[str, str]]:
+    """Run one command on BIRD's control socket; (code, text) per reply line."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(socket_path)
+        reader = sock.makefile("r", encoding="utf-8", errors="replace")
+        reader.readline()  # "0001 BIRD x.y ready."
+        sock.sendall(command.encode() + b"\n")
+        lines: list[tuple[str, str]] = []
+        code = ""
+        for raw in reader:
+            line = raw.rstrip("\n")
+            if line.startswith(" "):
+                lines.append((code, line[1:]))
+                continue
+            code, text = line[:4], line[5:]
+            lines.append((code, text))
+            if _REPLY_END.match(line):
+                break
+        return lines
+
+
+class BgpManager:
+    def __init__(self, jail: Jail, record: Path, serving: Callable[[str], bool]) -> None:
+        self.jail = jail
+        jail.prepare()
+        real = jail.private_dir("bgp")
+        self.dir = short_dir(real, len("/bird.ctl"))
+        self.inner_dir = jail.inside(real)
+        self.config_path = self.dir / "bird.conf"
+        self.ctl = str(self.dir / "bird.ctl")
+        self._pid_file = self.dir / "bird.pid"
+        self._record = record
+        self._serving = serving
+        self._lock = threading.RLock()
+        self._speaker_body: dict[str, Any] | None = None
+        self._vips: dict[str, dict[str, Any]] = {}  # vip -> {"lb_id", "announce"}
+        self._applied: dict[str, bool] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._load()
+
+    # -- what the controller said -----------------------------------------------------------------
+    def _load(self) -> None:
+        try:
+            data = json.loads(self._record.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(data, dict):
+            self._speaker_body = data.get("speaker")
+            vips = data.get("vips")
+            self._vips = vips if isinstance(vips, dict) else {}
+
+    def _save(self) -> None:
+        atomic_write(self._record, json.dumps({"speaker": self._speaker_body, "vips": self._vips}), mode=0o600)
+
+    def put_speaker(self, body: Any) -> bool:
+        """Set the speaker and its peers (ValueError on bad input); returns whether it changed."""
+        bird_config.parse_speaker(body)
+        with self._lock:
+            if body == self._speaker_body:
+                return False
+            self._speaker_body = body
+            self._save()
+            self._apply(force=True)
+            return True
+
+    def set_vip(self, vip: str, lb_id: str, announce: bool) -> None:
+        from cohort import validation
+
+        address = validation.canonical_ip(vip, "VIP")
+        with self._lock:
+            self._vips[address] = {"lb_id": lb_id, "announce": bool(announce)}
+            self._save()
+            self._apply()
+
+    def remove_vip(self, vip: str) -> None:
+        with self._lock:
+            self._vips.pop(vip, None)
+            self._save()
+            self._apply()
+
+    def withdraw_lb(self, lb_id: str) -> None:
+        """Stop announcing the VIPs of ``lb_id`` (a drain or a stop): withdrawn before anything else."""
+        with self._lock:
+            for rec in self._vips.values():
+                if rec.get("lb_id") == lb_id:
+                    rec["announce"] = False
+            self._save()
+            self._apply()
+
+    def remove_lb(self, lb_id: str) -> None:
+        with self._lock:
+            for vip in [v for v, rec in self._vips.items() if rec.get("lb_id") == lb_id]:
+                self._vips.pop(vip)
+            self._save()
+            self._apply()
+
+    # -- BIRD -------------------------------------------------------------------------------------
+    def _effective(self) -> dict[str, bool]:
+        return {vip: bool(rec.get("announce")) and self._serving(str(rec.get("lb_id", "")))
+                for vip, rec in self._vips.items()}
+
+    def pid(self) -> int | None:
+        pid = read_pid(str(self._pid_file))
+        if pid is None or not pid_alive(pid) or not self.jail.holds(pid):
+            return None
+        args = cmdline(pid)
+        return pid if args and args[0].endswith("bird") else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def _apply(self, force: bool = False) -> None:
+        """Render what should be announced now; reconfigure BIRD when that changed."""
+        if self._speaker_body is None:
+            return
+        effective = self._effective()
+        if not force and effective == self._applied and self.running():
+            return
+        speaker = bird_config.parse_speaker(self._speaker_body)
+        text = bird_config.render(speaker, effective, f"{self.inner_dir}/bird.log")
+        candidate = self.dir / "bird.conf.new"
+        candidate.write_text(text)
+        self.jail.give(candidate)
+        os.replace(candidate, self.config_path)
+        if self.running():
+            reply = bird_command(self.ctl, "configure")
+            if not reply or reply[-1][0][:1] in ("8", "9"):
+                raise BirdError("; ".join(text for _, text in reply))
+        else:
+            self._start()
+        withdrawn = [vip for vip, on in (self._applied or {}).items() if on and not effective.get(vip)]
+        if withdrawn:
+            LOG.warning("withdrew %s", ", ".join(withdrawn))
+        self._applied = effective
+
+    def _start(self) -> None:
+        run(self.jail.command([BIRD, "-c", f"{self.inner_dir}/bird.conf", "-s", f"{self.inner_dir}/bird.ctl",
+                               "-P", f"{self.inner_dir}/bird.pid"], caps=CAPABILITIES))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                bird_command(self.ctl, "show status")
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise BirdError("BIRD did not open its control socket")
+
+    def stop(self) -> None:
+        with self._lock:
+            pid = self.pid()
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 5
+                while pid_alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            self._applied = None
+
+    # -- watchdog ---------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Adopt a running BIRD (or start it) and watch HAProxy from now on."""
+        with self._lock:
+            if self._speaker_body is not None:
+                try:
+                    self._apply(force=True)
+                except (OSError, BirdError, ValueError):
+                    LOG.exception("could not resume the BGP speaker")
+        self._thread = threading.Thread(target=self._watch, name="bgp-watchdog", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(WATCH_INTERVAL):
+            try:
+                with self._lock:
+                    self._apply()
+            except Exception:  # noqa: BLE001 - the watchdog must outlive any one failure
+                LOG.exception("BGP watchdog")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+
+    # -- status -----------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Sessions per peer and the VIPs announced, as BIRD reports them."""
+        with self._lock:
+            speaker = bird_config.parse_speaker(self._speaker_body) if self._speaker_body is not None else None
+            applied = dict(self._applied or {})
+            wanted = sorted(vip for vip, rec in self._vips.items() if rec.get("announce"))
+        result: dict[str, Any] = {"configured": speaker is not None, "running": self.running(), "sessions": {},
+                                  "announced": [], "wanted": wanted}
+        if speaker is None or not result["running"]:
+            return result
+        try:
+            protocols = bird_command(self.ctl, "show protocols")
+        except OSError:
+            return result
+        states: dict[str, tuple[str, str]] = {}
+        for _code, text in protocols:
+            fields = text.split()
+            if len(fields) >= 5 and fields[1] in ("BGP", "Static"):
+                # "Since" is a time today, or a date and a time before that.
+                info_at = 6 if "-" in fields[4] and len(fields) > 5 and ":" in fields[5] else 5
+                states[fields[0]] = (fields[3], " ".join(fields[info_at:]))
+        for peer in speaker.peers:
+            state, info = states.get(peer.protocol, ("down", ""))
+            result["sessions"][peer.peer_ip] = {"state": info.split()[0] if info else state, "info": info}
+        established = any(s["state"] == "Established" for s in result["sessions"].values())
+        result["announced"] = sorted(
+            vip for vip, on in applied.items()
+            if on and established and states.get(bird_config.vip_protocol(vip), ("",))[0] == "up")
+        pid = self.pid()
+        if pid is not None:
+            result["rss_kb"] = _rss_kb(pid)
+        return result
+
+
+def _rss_kb(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

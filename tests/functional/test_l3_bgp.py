@@ -1,0 +1,196 @@
+"""ACTIVE_ACTIVE over L3 with the real lab router (FRR) and real amphora speakers (BIRD), through the API.
+
+An operator defines a BGP speaker and its peer (MD5, GTSM, BFD) and an L3_BGP flavor; a tenant's
+load balancer becomes N amphorae that each announce the VIP to the lab's router, which installs
+one multipath route: every amphora carries traffic, no distributor exists. A dead amphora's next
+hop leaves the router within BFD's detection time and a replacement is announced; a speaker with
+the wrong password never reaches ONLINE, and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cohort import harness, netns
+from cohort.lab import Lab
+from cohort.lab.router import RouterSettings
+from tests.support import Api, wait_for
+
+pytestmark = pytest.mark.root
+
+PASSWORD = "s3cret-md5"
+SPEAKER_AS = 64600
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[harness.Instance, Api, Lab]]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+    with harness.private_cohort(tmp_path_factory.mktemp("l3"), tag="l", heartbeat_interval=0.5,
+                                heartbeat_stale_after=3.0, drain_timeout=5.0) as cohort:
+        assert cohort.lab is not None
+        cohort.lab.router.configure(RouterSettings(password=PASSWORD))
+        yield cohort, Api(cohort.base), cohort.lab
+
+
+def _speaker(api: Api, name: str, password: str) -> str:
+    status, speaker = api.post("/v2/octavia/bgp_speakers", {"bgp_speaker": {"name": name, "local_as": SPEAKER_AS}})
+    assert status == 201, speaker
+    speaker_id = speaker["bgp_speaker"]["id"]
+    status, peer = api.post("/v2/octavia/bgp_peers", {"bgp_peer": {
+        "name": f"{name}-tor", "bgp_speaker_id": speaker_id, "peer_ip": "203.0.113.1", "remote_as": 64512,
+        "auth_type": "md5", "md5_password": password, "ttl_hops": 1, "hold_time": 9,
+        "bfd_enabled": True, "bfd_min_rx": 100, "bfd_min_tx": 100, "bfd_multiplier": 3}})
+    assert status == 201, peer
+    assert "md5_password" not in peer["bgp_peer"] and PASSWORD not in json.dumps(peer)
+    return str(speaker_id)
+
+
+def _flavor(api: Api, name: str, data: dict[str, Any]) -> str:
+    status, profile = api.post("/v2/lbaas/flavorprofiles", {"flavorprofile": {
+        "name": name, "provider_name": "amphora", "flavor_data": json.dumps(data)}})
+    assert status == 201, profile
+    status, flavor = api.post("/v2/lbaas/flavors", {"flavor": {
+        "name": name, "flavor_profile_id": profile["flavorprofile"]["id"]}})
+    assert status == 201, flavor
+    return str(flavor["flavor"]["id"])
+
+
+def _l3(speaker_id: str, size: int = 3) -> dict[str, Any]:
+    return {"loadbalancer_topology": "ACTIVE_ACTIVE", "amp_cluster_size": size, "amp_cluster_min_size": 2,
+            "distributor_type": "L3_BGP", "bgp_speaker_id": speaker_id}
+
+
+def _create(api: Api, name: str, flavor_id: str, member: str) -> dict[str, Any]:
+    status, body = api.post("/v2/lbaas/loadbalancers", {"loadbalancer": {
+        "name": name, "vip_subnet_id": "public-subnet", "flavor_id": flavor_id, "listeners": [{
+            "protocol": "HTTP", "protocol_port": 80, "default_pool": {
+                "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN",
+                "members": [{"address": member, "protocol_port": 80, "subnet_id": "private-subnet"}]}}]}})
+    assert status == 201, body
+    return dict(body["loadbalancer"])
+
+
+def _amphorae(api: Api, lb_id: str) -> list[dict[str, Any]]:
+    return list(api.get(f"/v2/octavia/amphorae?loadbalancer_id={lb_id}")[1]["amphorae"])
+
+
+def test_bad_l3_flavors_are_refused(env: tuple[harness.Instance, Api, Lab]) -> None:
+    _cohort, api, _lab = env
+    status, speaker = api.post("/v2/octavia/bgp_speakers", {"bgp_speaker": {"name": "lonely", "local_as": 64601}})
+    assert status == 201
+    for data in ({"loadbalancer_topology": "ACTIVE_ACTIVE", "distributor_type": "L3_BGP"},
+                 {"loadbalancer_topology": "ACTIVE_ACTIVE", "distributor_type": "L3_BGP", "bgp_speaker_id": "nope"},
+                 _l3(speaker["bgp_speaker"]["id"])):
+        flavor_id = _flavor(api, f"bad-{len(json.dumps(data))}", data)
+        status, body = api.post("/v2/lbaas/loadbalancers", {"loadbalancer": {
+            "vip_subnet_id": "public-subnet", "flavor_id": flavor_id}})
+        assert status == 400 and "bgp_speaker_id" in body["faultstring"], body
+    for peer in ({"peer_ip": "203.0.113.1%x", "remote_as": 64512}, {"peer_ip": "203.0.113.1", "remote_as": 0},
+                 {"peer_ip": "203.0.113.1", "remote_as": 64512, "hold_time": 2},
+                 {"peer_ip": "203.0.113.1", "remote_as": 64512, "auth_type": "md5", "md5_password": 'a"b'}):
+        status, body = api.post("/v2/octavia/bgp_peers", {"bgp_peer": peer})
+        assert status == 400, (peer, body)
+    assert api.get("/v2/lbaas/loadbalancers")[1]["loadbalancers"] == []
+
+
+def test_l3_cluster_announces_spreads_fails_over_and_refuses_deletes(env: tuple[harness.Instance, Api, Lab]) -> None:
+    _cohort, api, lab = env
+    member = lab.add_member("l3m1")
+    speaker_id = _speaker(api, "tor", PASSWORD)
+    lb = _create(api, "l3", _flavor(api, "l3x3", _l3(speaker_id)), member)
+    lb_id = lb["id"]
+    lb = api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=120)
+    assert lb["provisioning_status"] == "ACTIVE", lb
+    vip = lb["vip_address"]
+    amphorae = _amphorae(api, lb_id)
+    fronts = sorted(a["vrrp_ip"] for a in amphorae)
+    assert len(fronts) == 3
+    assert api.get("/v2/octavia/distributors")[1]["distributors"] == []  # no distributor box at all
+
+    # The router installs one route with a next hop per amphora, learnt over MD5 + GTSM + BFD sessions.
+    wait_for(lambda: lab.router.routes().get(vip) == fronts, timeout=30, interval=0.2)
+    assert all(state == "Established" for state in lab.router.neighbors().values())
+    bfd = lab.router.vtysh("show bfd peers brief")
+    wait_for(lambda: [line.split()[-1] for line in lab.router.vtysh("show bfd peers brief").splitlines()
+                      if line.strip().startswith(tuple("0123456789"))] == ["up"] * 3, timeout=10), bfd
+    wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[1]["loadbalancer"]["operating_status"]
+             == "ONLINE", timeout=20)
+    cluster = api.get(f"/v2/octavia/clusters?loadbalancer_id={lb_id}")[1]["clusters"][0]
+    assert cluster["operating_status"] == "ONLINE" and cluster["distributor_id"] is None, cluster
+    assert all(report and vip in report["announced"] for report in cluster["bgp"].values()), cluster
+
+    # Traffic from the client reaches every amphora (ECMP hashes on ports).
+    wait_for(lambda: lab.exec_client(["curl", "-s", "--max-time", "2", f"http://{vip}/"]).stdout.strip() == "l3m1",
+             timeout=20)
+    answers = [lab.exec_client(["curl", "-s", "--max-time", "2", f"http://{vip}/"]).stdout.strip() for _ in range(30)]
+    assert answers == ["l3m1"] * 30
+    served = wait_for(lambda: {a["id"]: sum(r["total_connections"] for r in api.get(
+        f"/v2/octavia/amphorae/{a['id']}/stats")[1]["amphora_stats"]) for a in amphorae}, timeout=10)
+    wait_for(lambda: all(count > 0 for count in {a["id"]: sum(r["total_connections"] for r in api.get(
+        f"/v2/octavia/amphorae/{a['id']}/stats")[1]["amphora_stats"]) for a in amphorae}.values()), timeout=10)
+    print(f"connections per amphora: {served}")
+
+    # A speaker or peer in use is not deleted.
+    assert api.delete(f"/v2/octavia/bgp_speakers/{speaker_id}")[0] == 409
+    peer_id = api.get("/v2/octavia/bgp_peers")[1]["bgp_peers"][0]["id"]
+    assert api.delete(f"/v2/octavia/bgp_peers/{peer_id}")[0] == 409
+
+    # A dead amphora (every process killed): BFD takes its next hop out within half a second.
+    victim = amphorae[0]
+    started = time.monotonic()
+    namespace = lab.instance_ns(victim["id"], "amphora")
+    for pid in [int(p) for p in netns.run_in(None, ["ip", "netns", "pids", namespace]).stdout.split()]:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: victim["vrrp_ip"] not in lab.router.routes().get(vip, []), timeout=5, interval=0.01)
+    gone = time.monotonic() - started
+    print(f"dead amphora's next hop gone after {gone:.3f}s")
+    assert gone < 0.5 + 0.2  # BFD 100 ms x 3, plus this poll and the kernel route update
+    answers = [lab.exec_client(["curl", "-s", "--max-time", "2", f"http://{vip}/"]).stdout.strip() for _ in range(20)]
+    assert answers == ["l3m1"] * 20, answers
+
+    # N+1: a replacement is built and announced.
+    wait_for(lambda: victim["id"] not in {a["id"] for a in _amphorae(api, lb_id)} and len(_amphorae(api, lb_id)) == 3,
+             timeout=90, interval=0.5)
+    api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=90)
+    fronts = sorted(a["vrrp_ip"] for a in _amphorae(api, lb_id))
+    wait_for(lambda: lab.router.routes().get(vip) == fronts, timeout=30, interval=0.2)
+
+    assert api.delete(f"/v2/lbaas/loadbalancers/{lb_id}?cascade=true")[0] == 204
+    wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 404, timeout=60)
+    wait_for(lambda: vip not in lab.router.routes(), timeout=10)
+    lab.remove_member("l3m1")
+
+
+def test_wrong_password_never_comes_online(env: tuple[harness.Instance, Api, Lab]) -> None:
+    _cohort, api, lab = env
+    member = lab.add_member("l3m2")
+    speaker_id = _speaker(api, "wrong", "not-the-password")
+    lb = _create(api, "l3bad", _flavor(api, "l3bad", _l3(speaker_id, size=2)), member)
+    lb_id = lb["id"]
+    lb = api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=120)
+    time.sleep(6)  # several connect retries and heartbeats
+    vip = api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[1]["loadbalancer"]["vip_address"]
+    assert vip not in lab.router.routes()
+    lb = api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[1]["loadbalancer"]
+    assert lb["operating_status"] == "ERROR", lb
+    cluster = api.get(f"/v2/octavia/clusters?loadbalancer_id={lb_id}")[1]["clusters"][0]
+    assert cluster["operating_status"] == "ERROR" and "no BGP session established" in cluster["status_reason"], cluster
+    assert api.delete(f"/v2/lbaas/loadbalancers/{lb_id}?cascade=true")[0] == 204
+    wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 404, timeout=60)
+    lab.remove_member("l3m2")
+
+
+def test_lab_status_shows_the_router(env: tuple[harness.Instance, Api, Lab]) -> None:
+    _cohort, _api, lab = env
+    status = lab.status()["router"]
+    assert status["asn"] == 64512 and status["address"] == "203.0.113.1" and status["running"] and status["md5"]
+    assert Path(f"/run/cohort-lab/{lab.prefix}").exists()
