@@ -50,9 +50,23 @@ class Settings(BaseModel):
     api_workers: int = Field(default=1, ge=1, le=64)
     # Cache load balancer show/list answers, validated against the database (SQLite only).
     api_response_cache: bool = True
-    auth_strategy: Literal["noauth", "token"] = "noauth"
+    auth_strategy: Literal["noauth", "token", "keystone"] = "noauth"
     tokens: dict[str, TokenEntry] = Field(default_factory=dict)
     noauth_project_id: str = "admin"
+    # keystone: the v3 endpoint tokens are validated against, and (optionally) the service user that
+    # validates them; without one, each token is presented to Keystone by itself.
+    keystone_auth_url: str = ""
+    keystone_username: str = ""
+    keystone_password: str = ""
+    keystone_project_name: str = "service"
+    keystone_user_domain_name: str = "Default"
+    keystone_project_domain_name: str = "Default"
+    keystone_cache_seconds: float = Field(default=300.0, ge=0)
+    keystone_timeout: float = Field(default=10.0, gt=0)
+    # Octavia's RBAC rules: always under keystone, on request under the other strategies. The
+    # file (oslo.policy YAML or JSON, e.g. an Octavia policy.yaml) overrides the defaults rule by rule.
+    enforce_policy: bool = False
+    policy_file: Path | None = None
     # A shorthand for the four seams below: "noop" builds nothing, "local" the local lab.
     drivers: Literal["noop", "local"] = "noop"
     # Each seam's driver by name; unset takes the shorthand's (noop: noop; local: lab, lab, rest, rest).
