@@ -67,12 +67,17 @@ class Fabric:
     def announce(self, lb: d.LoadBalancer, vip: VipPort, ids: list[str], leaving: list[str]) -> None:
         """Serving amphorae announce the VIP; leaving ones withdraw it and drain."""
         speaker = self.speaker(lb)
-        for amphora in self._snapshots(ids):
+        serving, going = self._snapshots(ids), self._snapshots(leaving)
+        # Everyone in the cluster, leaving ones included: they still own flows until they drain.
+        fronts = [a.vrrp_ip for a in serving + going if a.vrrp_ip]
+        for amphora in serving:
             self.drivers.amphora.configure_bgp(amphora, speaker)
-            self.drivers.amphora.announce(amphora, vip.address, lb.id, True)
-        for amphora in self._snapshots(leaving):
+            self.drivers.amphora.announce(amphora, vip.address, lb.id, True,
+                                          [ip for ip in fronts if ip != amphora.vrrp_ip])
+        for amphora in going:
             try:
-                self.drivers.amphora.announce(amphora, vip.address, lb.id, False)
+                self.drivers.amphora.announce(amphora, vip.address, lb.id, False,
+                                              [ip for ip in fronts if ip != amphora.vrrp_ip])
             except DriverError as exc:
                 log.info("withdraw on leaving amphora %s: %s", amphora.id, exc)
         self.cluster.drain(lb.id, leaving)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ import pytest
 from cohort import harness, netns
 from cohort.lab import Lab
 from cohort.lab.router import RouterSettings
+from tests.functional.test_local_active_active import KEEPALIVE_CLIENT, RETRYING_CLIENT
 from tests.support import Api, wait_for
 
 pytestmark = pytest.mark.root
@@ -168,6 +171,41 @@ def test_l3_cluster_announces_spreads_fails_over_and_refuses_deletes(env: tuple[
     wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 404, timeout=60)
     wait_for(lambda: vip not in lab.router.routes(), timeout=10)
     lab.remove_member("l3m1")
+
+
+def test_scaling_breaks_no_open_connection_with_a_plain_router(env: tuple[harness.Instance, Api, Lab]) -> None:
+    """Hash-threshold ECMP moves open flows when next hops come and go; the second chance saves them."""
+    _cohort, api, lab = env
+    member = lab.add_member("l3m3", workers=2)
+    speaker_id = _speaker(api, "scale", PASSWORD)
+    lb = _create(api, "l3scale", _flavor(api, "l3scale", _l3(speaker_id)), member)
+    lb_id = lb["id"]
+    vip = api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=120)["vip_address"]
+    wait_for(lambda: len(lab.router.routes().get(vip, [])) == 3, timeout=30, interval=0.2)
+    cluster_id = api.get(f"/v2/octavia/clusters?loadbalancer_id={lb_id}")[1]["clusters"][0]["id"]
+
+    def scale(size: int, client: str) -> dict[str, int]:
+        runner = subprocess.Popen(["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", client, vip,
+                                   "40", "16"], stdout=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert api.put(f"/v2/octavia/clusters/{cluster_id}", {"cluster": {"desired_size": size}})[0] == 200
+        api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=90)
+        wait_for(lambda: len(lab.router.routes().get(vip, [])) == size, timeout=30, interval=0.2)
+        out, _ = runner.communicate(timeout=60)
+        result: dict[str, int] = json.loads(out.strip().splitlines()[-1])
+        print(f"scale to {size} under 40 long-lived connections: {result}")
+        return result
+
+    # Scale-out: flows the router moves to the new amphora reach their owner through it.
+    assert scale(4, KEEPALIVE_CLIENT) == {"broken": 0, "alive": 40}
+    # Scale-in: the leaving amphora withdraws, keeps serving what the router still sends it or
+    # its peers copy to it, then soft-stops: idle keep-alive connections are closed cleanly and
+    # clients reconnect, as HTTP clients do; no request fails.
+    result = scale(3, RETRYING_CLIENT)
+    assert result["failed"] == 0 and result["ok"] > 100, result
+    assert api.delete(f"/v2/lbaas/loadbalancers/{lb_id}?cascade=true")[0] == 204
+    wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 404, timeout=60)
+    lab.remove_member("l3m3")
 
 
 def test_wrong_password_never_comes_online(env: tuple[harness.Instance, Api, Lab]) -> None:

@@ -198,11 +198,14 @@ class AmphoraApi:
 
     def put_bgp_vip(self, req: Request) -> Response:
         body = req.json()
-        lb_id, announce = body.get("lb_id") if isinstance(body, dict) else None, body.get("announce")
-        if not isinstance(lb_id, str) or not isinstance(announce, bool):
-            raise HttpError(400, "body must be {\"lb_id\": string, \"announce\": boolean}")
+        if not isinstance(body, dict):
+            raise HttpError(400, "body must be an object")
+        lb_id, announce, peers = body.get("lb_id"), body.get("announce"), body.get("peers", [])
+        if not isinstance(lb_id, str) or not isinstance(announce, bool) or not isinstance(peers, list) \
+                or not all(isinstance(p, str) for p in peers) or len(peers) > 64:
+            raise HttpError(400, 'body must be {"lb_id": string, "announce": boolean, "peers": [address, ...]}')
         check_id(lb_id, "load balancer id")
-        self._speaker().set_vip(req.params["vip"], lb_id, announce)
+        self._speaker().set_vip(req.params["vip"], lb_id, announce, peers)
         return _ok()
 
     def delete_bgp_vip(self, req: Request) -> Response:

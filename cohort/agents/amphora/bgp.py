@@ -28,9 +28,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cohort.agents.amphora import bird_config
+from cohort import validation
+from cohort.agents.amphora import bird_config, second_chance
 from cohort.agents.common.files import atomic_write, short_dir
 from cohort.agents.common.jail import Jail
+from cohort.agents.common.net import set_sysctl
 from cohort.agents.common.proc import cmdline, pid_alive, read_pid, run
 
 LOG = logging.getLogger(__name__)
@@ -82,6 +84,8 @@ class BgpManager:
         self._speaker_body: dict[str, Any] | None = None
         self._vips: dict[str, dict[str, Any]] = {}  # vip -> {"lb_id", "announce"}
         self._applied: dict[str, bool] | None = None
+        self._second_chance: str | None = None
+        self._macs_checked = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._load()
@@ -111,12 +115,12 @@ class BgpManager:
             self._apply(force=True)
             return True
 
-    def set_vip(self, vip: str, lb_id: str, announce: bool) -> None:
-        from cohort import validation
-
+    def set_vip(self, vip: str, lb_id: str, announce: bool, peers: list[str] | None = None) -> None:
+        """``peers``: the front-end addresses of the other amphorae of the cluster (the second chance)."""
         address = validation.canonical_ip(vip, "VIP")
+        others = sorted({validation.canonical_ip(p, "peer address") for p in peers or []})
         with self._lock:
-            self._vips[address] = {"lb_id": lb_id, "announce": bool(announce)}
+            self._vips[address] = {"lb_id": lb_id, "announce": bool(announce), "peers": others}
             self._save()
             self._apply()
 
@@ -163,6 +167,10 @@ class BgpManager:
             return
         effective = self._effective()
         if not force and effective == self._applied and self.running():
+            # Routers' MACs appear once their sessions resolve them: look again now and then.
+            if time.monotonic() - self._macs_checked > 1.0:
+                self._macs_checked = time.monotonic()
+                self._apply_second_chance(bird_config.parse_speaker(self._speaker_body))
             return
         speaker = bird_config.parse_speaker(self._speaker_body)
         text = bird_config.render(speaker, effective, f"{self.inner_dir}/bird.log")
@@ -176,10 +184,24 @@ class BgpManager:
                 raise BirdError("; ".join(text for _, text in reply))
         else:
             self._start()
+        self._apply_second_chance(speaker)
         withdrawn = [vip for vip, on in (self._applied or {}).items() if on and not effective.get(vip)]
         if withdrawn:
             LOG.warning("withdrew %s", ", ".join(withdrawn))
         self._applied = effective
+
+    def _apply_second_chance(self, speaker: bird_config.Speaker) -> None:
+        """Forward packets of flows this amphora does not own to its cluster peers (second_chance)."""
+        macs = router_macs([peer.peer_ip for peer in speaker.peers])
+        text = second_chance.render({vip: list(rec.get("peers") or []) for vip, rec in self._vips.items()},
+                                    macs, speaker.interface)
+        if text == self._second_chance:
+            return
+        if self._second_chance is None:
+            # A mid-flow packet of a connection this amphora never saw must be invalid, not adopted.
+            set_sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")
+        run(["nft", "-f", "-"], stdin=text)
+        self._second_chance = text
 
     def _start(self) -> None:
         run(self.jail.command([BIRD, "-c", f"{self.inner_dir}/bird.conf", "-s", f"{self.inner_dir}/bird.ctl",
@@ -261,6 +283,22 @@ class BgpManager:
         if pid is not None:
             result["rss_kb"] = _rss_kb(pid)
         return result
+
+
+def router_macs(addresses: list[str], arp_table: str = "/proc/net/arp") -> list[str]:
+    """The MACs of the routers (BGP peers) this amphora has resolved."""
+    try:
+        rows = Path(arp_table).read_text().splitlines()[1:]
+    except OSError:
+        return []
+    wanted = set(addresses)
+    found = []
+    for row in rows:
+        fields = row.split()
+        # IP address, HW type, flags (0x2: complete), HW address, mask, device
+        if len(fields) >= 4 and fields[0] in wanted and fields[2] != "0x0" and fields[3] != "00:00:00:00:00:00":
+            found.append(fields[3])
+    return sorted(set(found))
 
 
 def _rss_kb(pid: int) -> int | None:

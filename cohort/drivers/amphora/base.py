@@ -61,8 +61,12 @@ class AmphoraDriver(Protocol):
         """Run the amphora's BGP speaker with ``speaker``'s sessions (idempotent; unchanged sessions stay)."""
         ...
 
-    def announce(self, amphora: Amphora, vip: str, lb_id: str, announce: bool) -> None:
-        """Announce ``vip`` (while the load balancer's HAProxy serves it) or withdraw it."""
+    def announce(self, amphora: Amphora, vip: str, lb_id: str, announce: bool, peers: Sequence[str] = ()) -> None:
+        """Announce ``vip`` (while the load balancer's HAProxy serves it) or withdraw it.
+
+        ``peers``: the front-end addresses of the cluster's other amphorae, which get the packets
+        of flows this one does not own (the router moved them when the cluster changed).
+        """
         ...
 
     def bgp_status(self, amphora: Amphora) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class NoopAmphoraDriver:
         with self._lock:
             self.speakers[amphora.id] = speaker
 
-    def announce(self, amphora: Amphora, vip: str, lb_id: str, announce: bool) -> None:
+    def announce(self, amphora: Amphora, vip: str, lb_id: str, announce: bool, peers: Sequence[str] = ()) -> None:
         self._record("announce" if announce else "withdraw", amphora)
         with self._lock:
             self.announced.setdefault(amphora.id, set())

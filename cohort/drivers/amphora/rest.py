@@ -139,8 +139,9 @@ class RestAmphoraDriver:
         if r.status_code == 400:
             raise PermanentDriverError(f"amphora {amphora.id} refused the BGP speaker: {r.text}")
 
-    def announce(self, amphora: Amphora, vip: str, lb_id: str, announce: bool) -> None:
-        self._agent.request("PUT", amphora, f"/1.0/bgp/vips/{vip}", json={"lb_id": lb_id, "announce": announce})
+    def announce(self, amphora: Amphora, vip: str, lb_id: str, announce: bool, peers: Sequence[str] = ()) -> None:
+        self._agent.request("PUT", amphora, f"/1.0/bgp/vips/{vip}",
+                            json={"lb_id": lb_id, "announce": announce, "peers": list(peers)})
 
     def bgp_status(self, amphora: Amphora) -> dict[str, Any]:
         r = self._agent.request("GET", amphora, "/1.0/bgp", allow=(404,))
