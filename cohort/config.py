@@ -89,6 +89,8 @@ class Settings(BaseModel):
     lab_prefix: str = "cohort"
     # The BGP speaker (id) of L3_BGP flavors that name none; empty: such a flavor is refused.
     default_bgp_speaker_id: str = ""
+    # Seconds between an L3 amphora's withdrawal and its drain: the routers' time to drop its route.
+    bgp_withdraw_grace: float = Field(default=1.0, ge=0, le=60)
     api_max_page: int = 1000
     # Largest request body accepted (413 beyond): a 1 MB secret payload or a batch of thousands of
     # members fits; nothing larger is ever buffered.

@@ -4,13 +4,15 @@ There is no distributor: the routers spread flows over the amphorae with ECMP. F
 the reconciler the serving amphorae get the cluster's BGP session profile (the speaker and its
 peers; the MD5 passwords decrypted only here, for the agents) and are told to announce the VIP,
 which their agent does only while their HAProxy serves it. Amphorae leaving by scale-in withdraw
-first, so the routers stop sending them new flows, then drain (HAProxy's soft stop lets their
+first, so the routers stop sending them new flows, wait ``withdraw_grace`` for the routers to
+act on it, then drain (HAProxy's soft stop lets their
 open connections finish) before they are deleted.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from sqlalchemy import select
@@ -45,12 +47,13 @@ def bgp_speaker(session: Session, key_file: Path, speaker_id: str) -> d.BgpSpeak
 
 class Fabric:
     def __init__(self, sessions: sessionmaker[Session], drivers: Drivers, cluster: ClusterManager,
-                 key_file: Path, default_speaker_id: str | None) -> None:
+                 key_file: Path, default_speaker_id: str | None, withdraw_grace: float = 1.0) -> None:
         self.sessions = sessions
         self.drivers = drivers
         self.cluster = cluster
         self.key_file = key_file
         self.default_speaker_id = default_speaker_id or None
+        self.withdraw_grace = withdraw_grace
 
     def speaker(self, lb: d.LoadBalancer) -> d.BgpSpeaker:
         speaker_id = lb.topology.bgp_speaker_id or self.default_speaker_id
@@ -80,6 +83,10 @@ class Fabric:
                                               [ip for ip in fronts if ip != amphora.vrrp_ip])
             except DriverError as exc:
                 log.info("withdraw on leaving amphora %s: %s", amphora.id, exc)
+        if going:
+            # The routers must have dropped the route before the leaving HAProxy stops listening,
+            # or new connections hashed to it in between would be refused.
+            time.sleep(self.withdraw_grace)
         self.cluster.drain(lb.id, leaving)
 
     def _snapshots(self, amphora_ids: list[str]) -> list[d.Amphora]:

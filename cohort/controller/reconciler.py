@@ -51,7 +51,7 @@ class Reconciler:
         self.amphorae = AmphoraManager(sessions, drivers)
         self.cluster = ClusterManager(sessions, drivers, settings.drain_timeout)
         self.fabric = Fabric(sessions, drivers, self.cluster, settings.secrets_key_file,
-                             settings.default_bgp_speaker_id)
+                             settings.default_bgp_speaker_id, settings.bgp_withdraw_grace)
         self.certificates = certificates or (lambda _session, _lb_id: {})
         self.owner = owner or controller_id()
         self._wake = threading.Event()

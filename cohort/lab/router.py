@@ -23,6 +23,7 @@ import ipaddress
 import json
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -157,9 +158,13 @@ class LabRouter:
             if time.monotonic() > deadline:
                 raise LabError(f"FRR did not start in {ns}; see {self.dir}/*.log")
             time.sleep(0.05)
+        if settings.resilient:
+            pid, _ = netns.spawn(ns, [sys.executable, "-m", "cohort.lab.fib", "--vty-dir", str(self.dir)],
+                                 self.dir / "fib.log")
+            (self.dir / "fib.pid").write_text(f"{pid}\n")
 
     def stop(self) -> None:
-        pids = [pid for pid in (self._pid(d) for d in DAEMONS) if pid is not None]
+        pids = [pid for pid in (self._pid(d) for d in (*DAEMONS, "fib")) if pid is not None]
         netns.kill_pids(set(pids))
         shutil.rmtree(self.dir, ignore_errors=True)
         with contextlib.suppress(OSError):

@@ -173,38 +173,41 @@ def test_l3_cluster_announces_spreads_fails_over_and_refuses_deletes(env: tuple[
     lab.remove_member("l3m1")
 
 
+def _scale(api: Api, lab: Lab, lb_id: str, vip: str, size: int, client: str) -> dict[str, int]:
+    cluster_id = api.get(f"/v2/octavia/clusters?loadbalancer_id={lb_id}")[1]["clusters"][0]["id"]
+    runner = subprocess.Popen(["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", client, vip,
+                               "40", "16"], stdout=subprocess.PIPE, text=True)
+    time.sleep(3)
+    assert api.put(f"/v2/octavia/clusters/{cluster_id}", {"cluster": {"desired_size": size}})[0] == 200
+    api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=90)
+    wait_for(lambda: len(lab.router.routes().get(vip, [])) == size, timeout=30, interval=0.2)
+    out, _ = runner.communicate(timeout=60)
+    result: dict[str, int] = json.loads(out.strip().splitlines()[-1])
+    print(f"scale to {size} under 40 long-lived connections: {result}")
+    return result
+
+
+def _scaling_keeps_connections(api: Api, lab: Lab, name: str, member: str) -> None:
+    speaker_id = _speaker(api, name, PASSWORD)
+    lb_id = _create(api, name, _flavor(api, name, _l3(speaker_id)), member)["id"]
+    vip = api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=120)["vip_address"]
+    wait_for(lambda: len(lab.router.routes().get(vip, [])) == 3, timeout=30, interval=0.2)
+    # Scale-out: flows the router moves to the new amphora reach their owner through it.
+    assert _scale(api, lab, lb_id, vip, 4, KEEPALIVE_CLIENT) == {"broken": 0, "alive": 40}
+    # Scale-in: the leaving amphora withdraws, keeps serving what the router still sends it or
+    # its peers copy to it, then soft-stops: idle keep-alive connections are closed cleanly and
+    # clients reconnect, as HTTP clients do; no request fails.
+    result = _scale(api, lab, lb_id, vip, 3, RETRYING_CLIENT)
+    assert result["failed"] == 0 and result["ok"] > 100, result
+    assert api.delete(f"/v2/lbaas/loadbalancers/{lb_id}?cascade=true")[0] == 204
+    wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 404, timeout=60)
+
+
 def test_scaling_breaks_no_open_connection_with_a_plain_router(env: tuple[harness.Instance, Api, Lab]) -> None:
     """Hash-threshold ECMP moves open flows when next hops come and go; the second chance saves them."""
     _cohort, api, lab = env
     member = lab.add_member("l3m3", workers=2)
-    speaker_id = _speaker(api, "scale", PASSWORD)
-    lb = _create(api, "l3scale", _flavor(api, "l3scale", _l3(speaker_id)), member)
-    lb_id = lb["id"]
-    vip = api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=120)["vip_address"]
-    wait_for(lambda: len(lab.router.routes().get(vip, [])) == 3, timeout=30, interval=0.2)
-    cluster_id = api.get(f"/v2/octavia/clusters?loadbalancer_id={lb_id}")[1]["clusters"][0]["id"]
-
-    def scale(size: int, client: str) -> dict[str, int]:
-        runner = subprocess.Popen(["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", client, vip,
-                                   "40", "16"], stdout=subprocess.PIPE, text=True)
-        time.sleep(3)
-        assert api.put(f"/v2/octavia/clusters/{cluster_id}", {"cluster": {"desired_size": size}})[0] == 200
-        api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=90)
-        wait_for(lambda: len(lab.router.routes().get(vip, [])) == size, timeout=30, interval=0.2)
-        out, _ = runner.communicate(timeout=60)
-        result: dict[str, int] = json.loads(out.strip().splitlines()[-1])
-        print(f"scale to {size} under 40 long-lived connections: {result}")
-        return result
-
-    # Scale-out: flows the router moves to the new amphora reach their owner through it.
-    assert scale(4, KEEPALIVE_CLIENT) == {"broken": 0, "alive": 40}
-    # Scale-in: the leaving amphora withdraws, keeps serving what the router still sends it or
-    # its peers copy to it, then soft-stops: idle keep-alive connections are closed cleanly and
-    # clients reconnect, as HTTP clients do; no request fails.
-    result = scale(3, RETRYING_CLIENT)
-    assert result["failed"] == 0 and result["ok"] > 100, result
-    assert api.delete(f"/v2/lbaas/loadbalancers/{lb_id}?cascade=true")[0] == 204
-    wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 404, timeout=60)
+    _scaling_keeps_connections(api, lab, "l3plain", member)
     lab.remove_member("l3m3")
 
 
@@ -232,3 +235,34 @@ def test_lab_status_shows_the_router(env: tuple[harness.Instance, Api, Lab]) -> 
     status = lab.status()["router"]
     assert status["asn"] == 64512 and status["address"] == "203.0.113.1" and status["running"] and status["md5"]
     assert Path(f"/run/cohort-lab/{lab.prefix}").exists()
+
+
+def test_scaling_breaks_no_open_connection_with_a_resilient_router(env: tuple[harness.Instance, Api, Lab]) -> None:
+    _cohort, api, lab = env
+    lab.router.configure(RouterSettings(password=PASSWORD, resilient=True))
+    try:
+        member = lab.add_member("l3m4", workers=2)
+        _scaling_keeps_connections(api, lab, "l3resilient", member)
+        lab.remove_member("l3m4")
+    finally:
+        lab.router.configure(RouterSettings(password=PASSWORD))
+
+
+def test_the_resilient_router_installs_resilient_groups(env: tuple[harness.Instance, Api, Lab]) -> None:
+    _cohort, api, lab = env
+    lab.router.configure(RouterSettings(password=PASSWORD, resilient=True))
+    try:
+        member = lab.add_member("l3m5")
+        speaker_id = _speaker(api, "groups", PASSWORD)
+        lb_id = _create(api, "l3groups", _flavor(api, "l3groups", _l3(speaker_id, size=2)), member)["id"]
+        vip = api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=120)["vip_address"]
+        wait_for(lambda: len(lab.router.routes().get(vip, [])) == 2, timeout=30, interval=0.2)
+        groups = netns.run_in(lab.gw_ns, ["ip", "nexthop", "show"]).stdout
+        assert "type resilient buckets 64" in groups, groups
+        assert lab.exec_client(["curl", "-s", "--max-time", "3", f"http://{vip}/"]).stdout.strip() == "l3m5"
+        assert api.delete(f"/v2/lbaas/loadbalancers/{lb_id}?cascade=true")[0] == 204
+        wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 404, timeout=60)
+        wait_for(lambda: vip not in lab.router.routes(), timeout=10)
+        lab.remove_member("l3m5")
+    finally:
+        lab.router.configure(RouterSettings(password=PASSWORD))
