@@ -30,4 +30,5 @@ def test_commands_change_only_what_changed_and_clean_up() -> None:
     grown = commands({"203.0.113.100": ["203.0.113.2"]}, {"203.0.113.100": ["203.0.113.2", "203.0.113.3"]}, "fe0")
     assert not any(c[:3] == ["ip", "route", "replace"] for c in grown)  # the route keeps its group
     gone = commands({"203.0.113.100": ["203.0.113.2"]}, {}, "fe0")
-    assert gone == [["ip", "route", "del", "203.0.113.100/32", "proto", "bgp"], ["ip", "nexthop", "del", "id", group[4]]]
+    assert gone == [["ip", "route", "del", "203.0.113.100/32", "proto", "bgp"],
+                    ["ip", "nexthop", "del", "id", group[4]]]
