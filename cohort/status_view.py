@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
@@ -20,6 +22,18 @@ def _c(value: str | None) -> str:
     return f"[{colour}]{text}[/{colour}]"
 
 
+def _bgp(health: m.AmphoraHealth | None) -> tuple[str, str]:
+    """An L3 amphora's sessions (peer: state) and announced VIPs, as its last heartbeat said."""
+    if health is None or not health.bgp:
+        return "-", "-"
+    try:
+        report = json.loads(health.bgp)
+    except ValueError:
+        return "?", "?"
+    sessions = ", ".join(f"{peer} {state}" for peer, state in sorted((report.get("sessions") or {}).items()))
+    return sessions or "-", ", ".join(report.get("announced") or []) or "-"
+
+
 def render_status(settings: Settings, console: Console) -> None:
     engine = make_engine(settings.db_url)
     sessions = make_sessionmaker(engine)
@@ -34,12 +48,14 @@ def render_status(settings: Settings, console: Console) -> None:
                         (lb.status_reason or "")[:60])
         console.print(lbs)
         clusters = Table(title="Amphora clusters")
-        for column in ("id", "load balancer", "desired", "min", "cooldown", "type", "provisioning", "operating"):
+        for column in ("id", "load balancer", "desired", "min", "cooldown", "type", "provisioning", "operating",
+                       "reason"):
             clusters.add_column(column)
         for cluster in session.scalars(select(m.AmphoraCluster)):
             clusters.add_row(cluster.id[:8], cluster.load_balancer_id[:8], str(cluster.desired_size),
                              str(cluster.min_size), str(cluster.cooldown), cluster.cluster_type,
-                             _c(cluster.provisioning_status), _c(cluster.operating_status))
+                             _c(cluster.provisioning_status), _c(cluster.operating_status),
+                             (cluster.status_reason or "")[:60])
         console.print(clusters)
         distributors = Table(title="Distributors")
         for column in ("id", "type", "status", "management ip", "compute", "load balancers"):
@@ -51,11 +67,14 @@ def render_status(settings: Settings, console: Console) -> None:
                                  dist.compute_id or "-", str(len(served)))
         console.print(distributors)
         amphorae = Table(title="Amphorae")
-        for column in ("id", "load balancer", "role", "status", "management ip", "front-end ip", "compute"):
+        for column in ("id", "load balancer", "role", "status", "management ip", "front-end ip", "compute",
+                       "BGP sessions", "announces"):
             amphorae.add_column(column)
         for amp in session.scalars(select(m.Amphora).where(m.Amphora.status != "DELETED")
                                    .order_by(m.Amphora.created_at)):
+            sessions_text, announces = _bgp(session.get(m.AmphoraHealth, amp.id))
             amphorae.add_row(amp.id[:8], (amp.load_balancer_id or "-")[:8], amp.role or "-", _c(amp.status),
-                             amp.lb_network_ip or "-", amp.frontend_ip or "-", amp.compute_id or "-")
+                             amp.lb_network_ip or "-", amp.frontend_ip or "-", amp.compute_id or "-",
+                             sessions_text, announces)
         console.print(amphorae)
     engine.dispose()

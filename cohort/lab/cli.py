@@ -21,6 +21,7 @@ from cohort import netns
 from cohort.config import load_settings
 from cohort.lab.core import Lab
 from cohort.lab.errors import LabError
+from cohort.lab.router import DEFAULT_ASN, RouterSettings
 from cohort.layout import Layout
 
 app = typer.Typer(help="The local lab network (namespaces, bridges, gateway, client, members).")
@@ -54,11 +55,15 @@ def up(
     state_dir: StateDir = None,
     prefix: Prefix = None,
     mgmt_cidr: Annotated[str | None, typer.Option(help="Management /24 inside 198.18.0.0/15.")] = None,
+    router_asn: Annotated[int, typer.Option(help="The gateway router's AS.")] = DEFAULT_ASN,
+    router_password: Annotated[str | None, typer.Option(help="MD5 password the router asks of BGP peers.")] = None,
+    resilient: Annotated[bool, typer.Option(help="Resilient next-hop groups instead of plain ECMP.")] = False,
 ) -> None:
-    """Build the lab (or finish a half-built one)."""
+    """Build the lab (or finish a half-built one), with FRR as its gateway router."""
     lab = _lab(config, state_dir, prefix, mgmt_cidr)
     try:
         lab.up()
+        lab.router.configure(RouterSettings(asn=router_asn, password=router_password, resilient=resilient))
     except LabError as exc:
         raise _fail(exc) from exc
     console.print(f"lab [bold]{lab.prefix}[/bold] is up; controller address {lab.mgmt_host_ip}")
@@ -115,6 +120,15 @@ def status(
         )
     )
     console.print(_table("namespaces", ["namespace"], [[ns] for ns in st["namespaces"]]))
+    router = st["router"]
+    console.print(
+        f"router: AS {router['asn']} at {router['address']} "
+        f"({'running' if router['running'] else 'stopped'}; {'resilient' if router['resilient'] else 'plain'} "
+        f"ECMP; MD5 {'on' if router['md5'] else 'off'})"
+    )
+    console.print(_table("BGP neighbours", ["peer", "state"], sorted(router["neighbors"].items())))
+    console.print(_table("VIP routes", ["VIP", "next hops"],
+                         [[vip, ", ".join(hops)] for vip, hops in sorted(router["routes"].items())]))
 
 
 @app.command("exec", context_settings={"allow_interspersed_args": False})

@@ -107,6 +107,8 @@ class LabRouter:
     def configure(self, settings: RouterSettings) -> None:
         """Record the router's settings; a running router is restarted with them."""
         settings.check()
+        if settings == self.settings() and self.running():
+            return
         with self.lab.transaction() as st:
             st["router"] = asdict(settings)
         if self.running():
