@@ -3,10 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Keystone (for the Keystone/RBAC tests) and tempest (for the upstream API suite) have
+# dependencies of their own that clash with Cohort's: each lives in a virtualenv of its own.
+KEYSTONE_VENV := .venv-keystone
+KEYSTONE_STAMP := $(KEYSTONE_VENV)/.installed
 
 .PHONY: install system-deps up down test test-unit lint bench clean
 
-install: system-deps $(STAMP)
+install: system-deps $(STAMP) $(KEYSTONE_STAMP)
 
 system-deps:
 	@scripts/install-system-deps.sh
@@ -16,6 +20,12 @@ $(STAMP): pyproject.toml
 	@$(BIN)/pip install -q --upgrade pip >/dev/null
 	@$(BIN)/pip install -q -e '.[test]'
 	@touch $(STAMP)
+
+$(KEYSTONE_STAMP):
+	@test -x $(KEYSTONE_VENV)/bin/python || $(PYTHON) -m venv $(KEYSTONE_VENV)
+	@$(KEYSTONE_VENV)/bin/pip install -q --upgrade pip >/dev/null
+	@$(KEYSTONE_VENV)/bin/pip install -q 'keystone>=26' 'gunicorn>=22'
+	@touch $(KEYSTONE_STAMP)
 
 up: install
 	@$(BIN)/cohort up --drivers local --demo --detach
@@ -40,4 +50,4 @@ bench: install
 	@$(BIN)/python -m bench.active_active
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(KEYSTONE_VENV) .venv-tempest .mypy_cache .ruff_cache

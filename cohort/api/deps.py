@@ -12,7 +12,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from cohort.api.auth import CONTEXT_KEY, RequestContext, authenticate
+from cohort.api.auth import CONTEXT_KEY, RequestContext, authenticate_request
+from cohort.api.policy import endpoint_rule
 from cohort.api.subnets import SubnetCatalog
 from cohort.config import Settings
 
@@ -78,9 +79,17 @@ async def db_session(request: Request) -> AsyncIterator[Session]:
 async def request_context(request: Request) -> RequestContext:
     known = request.scope.get(CONTEXT_KEY)
     if isinstance(known, RequestContext):  # authenticated by the intake middleware already
-        return known
-    state: AppState = request.app.state.cohort
-    return authenticate(request.headers, state.settings)
+        ctx = known
+    else:
+        state: AppState = request.app.state.cohort
+        ctx = await authenticate_request(request.headers, state.settings)
+    if ctx.policy is None:
+        return ctx
+    # The rule of the handler about to run, enforced for the caller's own project (a 403 before
+    # anything is read); reaching another project's objects asks it again with that project.
+    endpoint = request.scope.get("endpoint")
+    rule = endpoint_rule(endpoint.__module__, endpoint.__name__) if endpoint is not None else None
+    return ctx.enforcing(rule) if rule is not None else ctx
 
 
 async def raw_body(request: Request) -> bytes:

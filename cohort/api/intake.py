@@ -22,8 +22,8 @@ import time
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cohort.api.auth import CONTEXT_KEY, authenticate
-from cohort.api.errors import NotAuthenticated
+from cohort.api.auth import CONTEXT_KEY, authenticate_request
+from cohort.api.errors import APIFault, NotAuthenticated
 from cohort.config import Settings
 
 DRAIN_SECONDS = 1.0
@@ -50,11 +50,14 @@ class RequestIntake:
         declared = headers.get("content-length")
         has_body = "transfer-encoding" in headers or declared not in (None, "0")
         try:
-            scope[CONTEXT_KEY] = authenticate(headers, self.settings)
+            scope[CONTEXT_KEY] = await authenticate_request(headers, self.settings)
         except NotAuthenticated as exc:
             if has_body:
                 await _refuse(401, exc.message, receive, send)
                 return
+        except APIFault as exc:  # the identity service is unreachable: a 503, whatever the request
+            await _refuse(exc.status_code, exc.message, receive, send)
+            return
         limit = self.settings.api_max_body_bytes
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _refuse(413, str(RequestTooLarge(limit)), receive, send)

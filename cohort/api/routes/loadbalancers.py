@@ -14,7 +14,7 @@ from cohort.api import lb_json, views
 from cohort.api.builders import build_listener, build_pool, set_fields
 from cohort.api.collection import list_collection, page_of
 from cohort.api.deps import DB, AppState, Ctx, RawBody, State
-from cohort.api.errors import InvalidInput, NotFound
+from cohort.api.errors import APIFault, InvalidInput, NotAuthorized, NotFound
 from cohort.api.guards import check_bgp_speaker, check_quotas, lock_load_balancer, visible
 from cohort.api.listing import parse_options, select_fields
 from cohort.api.routing import JSONRoute
@@ -174,18 +174,23 @@ def list_(request: Request, session: DB, ctx: Ctx, state: State) -> Any:
     return Response(content, media_type="application/json")
 
 
+def _unseen(ctx: Ctx, lb_id: str, exists: bool) -> APIFault:
+    """Another project's load balancer is a 403 under a policy (as in Octavia), else unknown."""
+    return NotAuthorized() if exists and ctx.forbids_openly else NotFound("Load Balancer", lb_id)
+
+
 @router.get("/{lb_id}")
 def show(lb_id: str, request: Request, session: DB, ctx: Ctx) -> Any:
     fields = parse_options(list(request.query_params.multi_items()), 1).fields
     if not lb_json.supported(lb_json.session_engine(session)):
         row = session.connection().execute(LB_BY_ID, {"lb_id": lb_id}).one_or_none()
         if row is None or not ctx.can_see(row.project_id):
-            raise NotFound("Load Balancer", lb_id)
+            raise _unseen(ctx, lb_id, row is not None)
         return {"loadbalancer": select_fields(lb_views(session, [row])[0], fields)}
     statement = RENDERED_BY_ID if not fields else _rendered_select(fields).where(LB_TABLE.c.id == bindparam("lb_id"))
     row = session.connection().execute(statement, {"lb_id": lb_id}).one_or_none()
     if row is None or not ctx.can_see(row.project_id):
-        raise NotFound("Load Balancer", lb_id)
+        raise _unseen(ctx, lb_id, row is not None)
     return Response(f'{{"loadbalancer":{rendered_bodies(session, [row], fields)[0]}}}',
                     media_type="application/json")
 
