@@ -167,6 +167,34 @@ def test_l3_cluster_announces_spreads_fails_over_and_refuses_deletes(env: tuple[
     fronts = sorted(a["vrrp_ip"] for a in _amphorae(api, lb_id))
     wait_for(lambda: lab.router.routes().get(vip) == fronts, timeout=30, interval=0.2)
 
+    # Links down: nothing closes the TCP session, only BFD can tell the router.
+    amphorae = _amphorae(api, lb_id)
+    silent = amphorae[0]
+    started = time.monotonic()
+    netns.run_in(lab.instance_ns(silent["id"], "amphora"), ["ip", "link", "set", "fe0", "down"])
+    wait_for(lambda: silent["vrrp_ip"] not in lab.router.routes().get(vip, []), timeout=5, interval=0.01)
+    print(f"silent amphora's next hop gone after {time.monotonic() - started:.3f}s (BFD)")
+    assert time.monotonic() - started < 0.5 + 0.2
+    wait_for(lambda: silent["id"] not in {a["id"] for a in _amphorae(api, lb_id)} and len(_amphorae(api, lb_id)) == 3,
+             timeout=90, interval=0.5)
+    api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=90)
+
+    # Only HAProxy dies: the agent withdraws the VIP (its watchdog), the speaker stays up.
+    amphorae = _amphorae(api, lb_id)
+    wait_for(lambda: lab.router.routes().get(vip) == sorted(a["vrrp_ip"] for a in amphorae), timeout=30,
+             interval=0.2)
+    broken = amphorae[0]
+    namespace = lab.instance_ns(broken["id"], "amphora")
+    haproxies = [int(p) for p in netns.run_in(None, ["ip", "netns", "pids", namespace]).stdout.split()
+                 if Path(f"/proc/{p}/comm").read_text().strip() == "haproxy"]
+    started = time.monotonic()
+    for pid in haproxies:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: broken["vrrp_ip"] not in lab.router.routes().get(vip, []), timeout=5, interval=0.01)
+    print(f"VIP withdrawn {time.monotonic() - started:.3f}s after its HAProxy died")
+    assert time.monotonic() - started < 0.5
+    assert any(state == "Established" for state in lab.router.neighbors().values())
+
     assert api.delete(f"/v2/lbaas/loadbalancers/{lb_id}?cascade=true")[0] == 204
     wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 404, timeout=60)
     wait_for(lambda: vip not in lab.router.routes(), timeout=10)
