@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 KEYSTONE_VENV := .venv-keystone
 KEYSTONE_STAMP := $(KEYSTONE_VENV)/.installed
 
-.PHONY: install system-deps up down test test-unit lint bench clean
+.PHONY: install system-deps up down test test-unit test-tempest lint bench clean
 
 install: system-deps $(STAMP) $(KEYSTONE_STAMP)
 
@@ -35,6 +35,19 @@ down:
 
 test: install
 	@$(BIN)/pytest -q -p no:cacheprovider tests
+
+TEMPEST_VENV := .venv-tempest
+TEMPEST_STAMP := $(TEMPEST_VENV)/.installed
+
+$(TEMPEST_STAMP):
+	@test -x $(TEMPEST_VENV)/bin/python || $(PYTHON) -m venv $(TEMPEST_VENV)
+	@$(TEMPEST_VENV)/bin/pip install -q --upgrade pip >/dev/null
+	@$(TEMPEST_VENV)/bin/pip install -q 'tempest>=40' 'octavia-tempest-plugin>=2.8'
+	@touch $(TEMPEST_STAMP)
+
+# Octavia's upstream API suite (octavia-tempest-plugin tests.api.v2) through a local Keystone.
+test-tempest: install $(TEMPEST_STAMP)
+	@$(BIN)/python -m tests.tempest.run
 
 test-unit: install
 	@$(BIN)/pytest -q tests/unit
