@@ -84,6 +84,8 @@ class Settings(BaseModel):
     heartbeat_key: str = ""
     heartbeat_interval: float = 1.0
     heartbeat_stale_after: float = 5.0
+    # A distributor serves every L2 load balancer: it is declared failed (and rebuilt) sooner.
+    distributor_stale_after: float = Field(default=3.0, gt=0)
     agent_port: int = 9443
     drain_timeout: float = 30.0
     lab_prefix: str = "cohort"

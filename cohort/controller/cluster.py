@@ -61,6 +61,10 @@ class ClusterManager:
                 row = session.get(m.Distributor, ident)
                 assert row is not None
                 row.compute_id, row.lb_network_ip, row.status = instance.compute_id, instance.lb_network_ip, "BOOTING"
+                # The old instance's last heartbeat says nothing about this one: its silence counts anew.
+                health = session.get(m.DistributorHealth, ident)
+                if health is not None:
+                    session.delete(health)
             compute_id, address = instance.compute_id, instance.lb_network_ip
         ref = DistributorRef(id=ident, lb_network_ip=address)
         self.drivers.distributor.wait_ready(ref, 60.0)

@@ -59,6 +59,20 @@ class FailoverWatcher:
                 found.append((amphora, f"no heartbeat for {now - health.last_update:.1f}s"))
         return found
 
+    def dead_distributors(self, session: Session) -> list[tuple[str, str]]:
+        """Distributors whose instance failed, or that heartbeated and then went silent: silence is failure."""
+        now = time.time()
+        found = []
+        for row in session.scalars(select(m.Distributor).where(m.Distributor.status == "ACTIVE")):
+            if row.compute_id and self.drivers.compute.status(row.compute_id) in ("ERROR", "DELETED"):
+                found.append((row.id, "its compute instance failed"))
+                continue
+            health = session.get(m.DistributorHealth, row.id)
+            stale_after = self.settings.distributor_stale_after
+            if health is not None and not health.busy and now - health.last_update > stale_after:
+                found.append((row.id, f"no heartbeat for {now - health.last_update:.1f}s"))
+        return found
+
     def scan(self) -> int:
         return self.scan_amphorae() + self.scan_distributors()
 
@@ -66,14 +80,13 @@ class FailoverWatcher:
         """A failed distributor is rebuilt by reconciling every load balancer it served."""
         started = 0
         with self.sessions() as session:
-            failed = [row.id for row in session.scalars(select(m.Distributor).where(m.Distributor.status == "ACTIVE"))
-                      if row.compute_id and self.drivers.compute.status(row.compute_id) in ("ERROR", "DELETED")]
-        for distributor_id in failed:
+            failed = self.dead_distributors(session)
+        for distributor_id, reason in failed:
             with self.sessions() as session, session.begin():
                 row = session.get(m.Distributor, distributor_id)
-                if row is None:
+                if row is None or row.status != "ACTIVE":
                     continue
-                row.status, row.status_reason = "ERROR", "its compute instance failed"
+                row.status, row.status_reason = "ERROR", reason
                 served = session.scalars(select(m.AmphoraCluster.load_balancer_id).where(
                     m.AmphoraCluster.distributor_id == distributor_id)).all()
             for lb_id in served:
@@ -82,7 +95,8 @@ class FailoverWatcher:
                         lock_load_balancer(session, lb_id)
                     except LoadBalancerBusy:
                         session.rollback()  # busy: its own pass rebuilds the distributor anyway
-            log.warning("distributor %s failed; rebuilding it for %d load balancers", distributor_id, len(served))
+            log.warning("distributor %s failed (%s); rebuilding it for %d load balancers", distributor_id, reason,
+                        len(served))
             started += 1
         if started:
             self.on_change()

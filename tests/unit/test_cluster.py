@@ -99,3 +99,39 @@ def test_operating_status_follows_cluster_size(tmp_path: Path) -> None:
         assert report_and_read([]) == "ONLINE"
         assert report_and_read(ids[:1]) == "DEGRADED"  # below desired size
         assert report_and_read(ids[:2]) == "ERROR"  # below min size
+
+
+def test_a_silent_distributor_is_failed_and_rebuilt(tmp_path: Path) -> None:
+    """Silence is failure: a distributor that heartbeated and then stopped is rebuilt, and the
+    rebuilt one is judged by its own heartbeats, not its predecessor's last one."""
+    import time
+
+    from cohort.db import models as m
+
+    with running_cohort(tmp_path, drivers="noop", distributor_stale_after=1.0) as (cohort, base):
+        api = Api(base)
+        _, profile = api.post("/v2/lbaas/flavorprofiles", {"flavorprofile": {
+            "name": "aa", "provider_name": "amphora",
+            "flavor_data": json.dumps({"loadbalancer_topology": "ACTIVE_ACTIVE", "amp_cluster_size": 2})}})
+        _, flavor = api.post("/v2/lbaas/flavors", {"flavor": {
+            "name": "aa", "flavor_profile_id": profile["flavorprofile"]["id"]}})
+        lb_id = api.post("/v2/lbaas/loadbalancers", {"loadbalancer": {
+            "vip_subnet_id": "public-subnet", "flavor_id": flavor["flavor"]["id"]}})[1]["loadbalancer"]["id"]
+        api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer")
+        distributor = api.get("/v2/octavia/distributors")[1]["distributors"][0]
+        builds = [c for c in cohort.drivers.compute.calls if c == ("build", distributor["compute_id"])]
+        cohort.health.on_heartbeat({"id": distributor["id"], "distributor": True, "seq": time.time_ns()})
+        with cohort.sessions() as session, session.begin():
+            health = session.get(m.DistributorHealth, distributor["id"])
+            assert health is not None
+            health.last_update = time.time() - 10  # it went silent ten seconds ago
+        assert cohort.failover.scan_distributors() == 1
+        row = api.get(f"/v2/octavia/distributors/{distributor['id']}")[1]["distributor"]
+        assert row["status"] in ("ERROR", "BOOTING", "ACTIVE")
+        wait_for(lambda: api.get(f"/v2/octavia/distributors/{distributor['id']}")[1]["distributor"]["status"]
+                 == "ACTIVE" and len([c for c in cohort.drivers.compute.calls
+                                      if c == ("build", distributor["compute_id"])]) > len(builds))
+        api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer")
+        assert ("delete", distributor["compute_id"]) in cohort.drivers.compute.calls  # the silent one is gone
+        # The rebuilt distributor has no heartbeat yet: it is not failed again for its predecessor's silence.
+        assert cohort.failover.scan_distributors() == 0
