@@ -1,7 +1,8 @@
 """The lab's member server: a small, fast HTTP/1.1 origin that says who it is.
 
 Every request gets ``200``, the body ``NAME\\n`` and the header ``X-Member: NAME`` (plus
-``X-Peer``, the client address it saw), except ``/healthz`` which answers ``ok\\n``. It
+``X-Peer``, the client address it saw), except ``/healthz`` which answers ``ok\\n``;
+``/set-cookie/NAME=VALUE`` also sets that cookie, as an application starting a session would. It
 keeps connections alive, accepts pipelined requests and request bodies (Content-Length or
 chunked). It is an asyncio protocol rather than ``http.server`` because benchmarks push
 tens of thousands of requests per second through it; ``--workers N`` runs N processes on
@@ -16,11 +17,15 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import sys
 
 MAX_HEAD = 64 * 1024
+# GET /set-cookie/NAME=VALUE answers with that cookie set (an application's session, for persistence tests).
+COOKIE_PATH = b"/set-cookie/"
+COOKIE = re.compile(rb"[A-Za-z0-9_-]{1,32}=[A-Za-z0-9_-]{1,64}")
 
 
 class BadRequest(Exception):
@@ -103,10 +108,13 @@ class MemberProtocol(asyncio.Protocol):
         keep_alive = b"keep-alive" in connection if version == b"HTTP/1.0" else b"close" not in connection
         path = target.split(b"?", 1)[0]
         payload = b"ok\n" if path == b"/healthz" else self.name.encode() + b"\n"
-        self._respond(200, payload, keep_alive=keep_alive, head=method == b"HEAD")
+        cookie = path[len(COOKIE_PATH):] if path.startswith(COOKIE_PATH) else None
+        if cookie is not None and not COOKIE.fullmatch(cookie):
+            cookie = None
+        self._respond(200, payload, keep_alive=keep_alive, head=method == b"HEAD", cookie=cookie)
         return True
 
-    def _respond(self, code: int, body: bytes, *, keep_alive: bool, head: bool) -> None:
+    def _respond(self, code: int, body: bytes, *, keep_alive: bool, head: bool, cookie: bytes | None = None) -> None:
         if self.transport is None:
             return
         reason = b"OK" if code == 200 else b"Bad Request"
@@ -115,6 +123,7 @@ class MemberProtocol(asyncio.Protocol):
                 b"HTTP/1.1 %d %s\r\n" % (code, reason),
                 b"Content-Type: text/plain\r\nContent-Length: %d\r\n" % len(body),
                 b"X-Member: " + self.name.encode() + b"\r\nX-Peer: " + self.peer + b"\r\n",
+                b"Set-Cookie: " + cookie + b"\r\n" if cookie else b"",
                 b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n",
                 b"" if head else body,
             )

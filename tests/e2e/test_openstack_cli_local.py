@@ -104,8 +104,9 @@ def test_cli_builds_a_load_balancer_that_serves_real_traffic(local: tuple[Cli, L
         amphora = cli.json("amphora", "show", amphorae[0]["id"])
         assert (amphora["role"], amphora["status"]) == ("STANDALONE", "ALLOCATED"), amphora
         assert amphora["loadbalancer_id"] == lb_id and amphora["lb_network_ip"], amphora
-        compute_id = amphora["compute_id"]
-        assert compute_id and netns.netns_exists(compute_id), amphora
+        assert amphora["compute_id"], amphora  # a UUID, as Nova's are
+        compute_id = lab.instance_ns(amphora["id"], "amphora")
+        assert netns.netns_exists(compute_id), amphora
     except BaseException:
         subprocess.run([*cli.prefix, "delete", "--cascade", "--wait", lb_id], env=cli.env, capture_output=True,
                        timeout=120)

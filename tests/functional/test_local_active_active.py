@@ -172,7 +172,7 @@ def test_cluster_of_three_serves_one_vip(env: tuple[Any, Api, Any]) -> None:
 
     # N+1: an amphora dies; the others carry its traffic at once and a replacement is built.
     victim = amphorae[0]
-    for pid in namespace_pids(victim["compute_id"]):
+    for pid in namespace_pids(lab.instance_ns(victim["id"], "amphora")):
         os.kill(pid, signal.SIGKILL)
     # The distributor's probes take it out of the table within 500 ms (measured precisely in
     # tests/functional/test_distributor.py); after that, every new connection is served.
@@ -189,3 +189,54 @@ def test_cluster_of_three_serves_one_vip(env: tuple[Any, Api, Any]) -> None:
     assert api.delete(f"/v2/lbaas/loadbalancers/{lb_id}?cascade=true")[0] == 204
     wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 404, timeout=60)
     lab.remove_member("aa1")
+
+
+def test_app_cookie_persistence_holds_across_the_cluster(env: tuple[Any, Api, Any]) -> None:
+    """Stick tables are shared through HAProxy peers: a session's requests reach its member on every
+    amphora (SOURCE_IP_PORT spreads one client's connections), also after the amphora that saw the
+    session start is gone."""
+    _cohort, api, lab = env
+    members = {name: lab.add_member(name) for name in ("pc1", "pc2", "pc3")}
+    _, profile = api.post("/v2/lbaas/flavorprofiles", {"flavorprofile": {
+        "name": "aa3cookie", "provider_name": "amphora", "flavor_data": json.dumps({
+            "loadbalancer_topology": "ACTIVE_ACTIVE", "amp_cluster_size": 3,
+            "distributor_affinity": "SOURCE_IP_PORT"})}})
+    _, flavor = api.post("/v2/lbaas/flavors", {"flavor": {
+        "name": "aa3cookie", "flavor_profile_id": profile["flavorprofile"]["id"]}})
+    status, body = api.post("/v2/lbaas/loadbalancers", {"loadbalancer": {
+        "name": "cookies", "vip_subnet_id": "public-subnet", "flavor_id": flavor["flavor"]["id"], "listeners": [{
+            "protocol": "HTTP", "protocol_port": 80, "default_pool": {
+                "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN",
+                "session_persistence": {"type": "APP_COOKIE", "cookie_name": "SESSION"},
+                "members": [{"address": a, "protocol_port": 80, "subnet_id": "private-subnet"}
+                            for a in members.values()]}}]}})
+    assert status == 201, body
+    lb_id = body["loadbalancer"]["id"]
+    vip = api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=120)["vip_address"]
+
+    def get(path: str, cookie: str | None = None) -> str:
+        command = ["curl", "-s", "--max-time", "2", f"http://{vip}{path}"]
+        if cookie:
+            command[1:1] = ["-H", f"Cookie: SESSION={cookie}"]
+        return str(lab.exec_client(command).stdout.strip())
+
+    wait_for(lambda: get("/") in members, timeout=30)
+    sessions = {}
+    for token in ("s1", "s2", "s3", "s4"):
+        sessions[token] = get(f"/set-cookie/SESSION={token}")  # the member that started the session
+    time.sleep(1.0)  # the peers replicate each new entry at once; give them a moment on a busy machine
+    for token, owner in sessions.items():
+        answers = {get("/", token) for _ in range(12)}
+        assert answers == {owner}, (token, owner, answers)
+    # Every amphora saw requests of these sessions; one dies, the others still know every session.
+    amphorae = api.get(f"/v2/octavia/amphorae?loadbalancer_id={lb_id}")[1]["amphorae"]
+    for pid in namespace_pids(lab.instance_ns(amphorae[0]["id"], "amphora")):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(1.0)  # the distributor's probes take it out
+    for token, owner in sessions.items():
+        answers = {get("/", token) for _ in range(12)}
+        assert answers == {owner}, (token, owner, answers)
+    assert api.delete(f"/v2/lbaas/loadbalancers/{lb_id}?cascade=true")[0] == 204
+    wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 404, timeout=60)
+    for name in members:
+        lab.remove_member(name)

@@ -949,3 +949,25 @@ def test_capped_amphora_runs_as_many_threads_as_cpus() -> None:
     assert "nbthread 1" in render_haproxy(lb, capped, "/certs", "/state")
     uncapped = Amphora(id="a2", load_balancer_id="lb1", role="STANDALONE")
     assert "nbthread" not in render_haproxy(lb, uncapped, "/certs", "/state")
+
+
+# --- stick tables shared by a cluster --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("persistence", [SessionPersistence(type="SOURCE_IP", persistence_timeout=60),
+                                         SessionPersistence(type="APP_COOKIE", cookie_name="SESSION")])
+def test_cluster_amphorae_share_stick_tables_through_peers(tmp_path: Path, persistence: SessionPersistence) -> None:
+    cluster = tuple(Amphora(id=f"amp-{i}", load_balancer_id="lb-1", role="IN_CLUSTER", vrrp_ip=f"203.0.113.{10 + i}")
+                    for i in range(3))
+    balancer = lb(pools=(pool(session_persistence=persistence),), topology=Topology(name="ACTIVE_ACTIVE"))
+    cfg = render_haproxy(balancer, cluster[1], "/certs", str(tmp_path / "state"), cluster=cluster)
+    assert "    localpeer amp-1" in section(cfg, "global")
+    peers = section(cfg, "peers cohort_peers")
+    assert peers.splitlines() == [f"    peer amp-{i} 203.0.113.{10 + i}:1025" for i in range(3)]
+    table = next(line for line in section(cfg, "backend pool-1").splitlines() if "stick-table" in line)
+    assert table.endswith("peers cohort_peers")
+    haproxy_check(cfg, tmp_path)
+    # Without persistence, or outside a cluster, there is nothing to share.
+    assert "peers" not in render_haproxy(lb(topology=Topology(name="ACTIVE_ACTIVE")), cluster[0], "/certs",
+                                         cluster=cluster)
+    assert "peers" not in render_haproxy(lb(pools=(pool(session_persistence=persistence),)), AMP, "/certs")

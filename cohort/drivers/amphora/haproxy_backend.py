@@ -52,6 +52,8 @@ class BackendSettings:
     timeout_connect_ms: int
     timeout_server_ms: int
     ipv6: bool  # the VIP's family, hence the clients'
+    # The peers section stick tables are shared through (the amphorae of a cluster), if any.
+    peers: str | None = None
 
 
 def uses_ping(pool: Pool) -> bool:
@@ -121,6 +123,10 @@ def _persistence_lines(sp: SessionPersistence | None, settings: BackendSettings,
     if sp is None:
         return []
     expire = f" expire {v.seconds(sp.persistence_timeout, 'persistence_timeout')}" if sp.persistence_timeout else ""
+    if settings.peers is not None:
+        # The table is the cluster's: every amphora learns each entry, so a client's next
+        # connection finds its member whichever amphora it lands on.
+        expire += f" peers {v.name(settings.peers, 'peers section')}"
     if sp.type == "SOURCE_IP":
         table = "ipv6" if settings.ipv6 else "ip"
         key = "src"

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from cohort import validation
 from cohort.datamodel import CLUSTER_HEALTH_PORT, Amphora, Listener, LoadBalancer, Pool
@@ -44,6 +44,9 @@ from cohort.drivers.amphora.haproxy_tls import cert_filename
 
 __all__ = ["cert_filename", "rename_prometheus_metrics", "render_haproxy"]
 
+# Stick tables of an ACTIVE_ACTIVE cluster are shared between its amphorae over this section.
+PEERS_SECTION = "cohort_peers"
+PEER_PORT = 1025
 DEFAULT_STATE_DIR = "/var/lib/cohort-amphora"
 _UNSUPPORTED = frozenset({"UDP", "SCTP"})
 # Octavia's listener -> pool protocol compatibility.
@@ -100,7 +103,8 @@ def _pool_users(lb: LoadBalancer) -> dict[str, list[Listener]]:
     return users
 
 
-def _backend_settings(pool: Pool, listeners: list[Listener], ipv6: bool) -> haproxy_backend.BackendSettings:
+def _backend_settings(pool: Pool, listeners: list[Listener], ipv6: bool,
+                      peers: str | None = None) -> haproxy_backend.BackendSettings:
     modes = {haproxy_frontend.MODES[li.protocol] for li in listeners}
     # An HTTP frontend cannot hand over to a TCP backend; the reverse upgrades.
     mode = _POOL_MODES.get(pool.protocol, "http" if "http" in modes else "tcp")
@@ -110,6 +114,7 @@ def _backend_settings(pool: Pool, listeners: list[Listener], ipv6: bool) -> hapr
         timeout_connect_ms=owner.timeout_member_connect,
         timeout_server_ms=owner.timeout_member_data,
         ipv6=ipv6,
+        peers=peers,
     )
 
 
@@ -172,8 +177,28 @@ def _cluster_health_lines(lb: LoadBalancer, amphora: Amphora) -> list[str]:
     ] + ([] if lb.admin_state_up else ["    disabled"])
 
 
-def render_haproxy(lb: LoadBalancer, amphora: Amphora, cert_dir: str, state_dir: str = DEFAULT_STATE_DIR) -> str:
-    """The complete haproxy.cfg text for ``lb`` as served by ``amphora``."""
+def _stick_tables(pools: Sequence[Pool]) -> bool:
+    return any(p.session_persistence is not None and p.session_persistence.type in ("SOURCE_IP", "APP_COOKIE")
+               for p in pools)
+
+
+def _peers_lines(amphora: Amphora, cluster: Sequence[Amphora]) -> list[str]:
+    """The cluster's amphorae as HAProxy peers, this one included (it is the local peer)."""
+    members = {a.id: a for a in cluster if a.vrrp_ip}
+    members[amphora.id] = amphora
+    lines = [f"peers {PEERS_SECTION}"]
+    for ident, member in sorted(members.items()):
+        address = v.address_port(str(member.vrrp_ip), PEER_PORT, f"amphora {ident} front-end address")
+        lines.append(f"    peer {v.name(ident, 'amphora id')} {address}")
+    return lines
+
+
+def render_haproxy(lb: LoadBalancer, amphora: Amphora, cert_dir: str, state_dir: str = DEFAULT_STATE_DIR,
+                   cluster: Sequence[Amphora] = ()) -> str:
+    """The complete haproxy.cfg text for ``lb`` as served by ``amphora``.
+
+    ``cluster``: the amphorae serving ``lb`` with it (ACTIVE_ACTIVE), which share its stick tables.
+    """
     v.name(lb.id, "load balancer id")
     v.name(amphora.id, "amphora id")
     if not lb.vip_address:
@@ -184,7 +209,11 @@ def render_haproxy(lb: LoadBalancer, amphora: Amphora, cert_dir: str, state_dir:
     pools = [pool for pool in lb.pools if pool.id in users]
     backends = frozenset(users)
 
+    shared = lb.topology.name == "ACTIVE_ACTIVE" and amphora.vrrp_ip is not None and _stick_tables(pools)
     sections = [_global_lines(lb, amphora, state_dir, pools)]
+    if shared:
+        sections[0].insert(1, f"    localpeer {v.name(amphora.id, 'amphora id')}")
+        sections.append(_peers_lines(amphora, cluster))
     for listener in lb.listeners:
         settings = haproxy_frontend.FrontendSettings(
             vip_address=vip.compressed,
@@ -196,7 +225,7 @@ def render_haproxy(lb: LoadBalancer, amphora: Amphora, cert_dir: str, state_dir:
         )
         sections.append(haproxy_frontend.frontend_lines(listener, settings))
     for pool in pools:
-        settings_b = _backend_settings(pool, users[pool.id], vip.version == 6)
+        settings_b = _backend_settings(pool, users[pool.id], vip.version == 6, PEERS_SECTION if shared else None)
         sections.append(haproxy_backend.backend_lines(pool, settings_b, amphora.id, cert_dir, state_dir))
     if any(listener.protocol == "PROMETHEUS" for listener in lb.listeners):
         sections.append(haproxy_prometheus.internal_lines(lb, state_dir))

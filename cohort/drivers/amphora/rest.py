@@ -78,7 +78,7 @@ class RestAmphoraDriver:
             r = self._agent.request("PUT", amphora, f"{base}/certificates/{cert_filename(ref)}", content=pem)
             changed |= bool(r.json().get("changed", True))
         try:
-            config = render_haproxy(lb, amphora, cert_dir, state_dir=state_dir)
+            config = render_haproxy(lb, amphora, cert_dir, state_dir=state_dir, cluster=peers)
         except ValueError as e:
             raise PermanentDriverError(f"load balancer {lb.id}: {e}") from e
         r = self._agent.request("PUT", amphora, f"{base}/haproxy", content=config)
