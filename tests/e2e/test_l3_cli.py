@@ -37,8 +37,8 @@ def test_openstack_cli_builds_an_l3_cluster_that_every_amphora_serves(
     env, api, lab, prefix = local
 
     def cli(*args: str, formatted: bool = True) -> Any:
-        done = subprocess.run([*prefix, *args, *(["-f", "json"] if formatted else [])], env=env, capture_output=True, text=True, timeout=120,
-                              check=False)
+        command = [*prefix, *args, *(["-f", "json"] if formatted else [])]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, f"{args}\n{done.stdout}\n{done.stderr}"
         return json.loads(done.stdout) if done.stdout.strip() else None
 
