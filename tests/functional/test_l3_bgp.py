@@ -131,6 +131,19 @@ def test_l3_cluster_announces_spreads_fails_over_and_refuses_deletes(env: tuple[
     assert cluster["operating_status"] == "ONLINE" and cluster["distributor_id"] is None, cluster
     assert all(report and vip in report["announced"] for report in cluster["bgp"].values()), cluster
 
+    # Every speaker runs as its amphora's own user, chrooted in its jail, with net_admin at most.
+    cohort = env[0]
+    for amphora in amphorae:
+        namespace = lab.instance_ns(amphora["id"], "amphora")
+        birds = [p for p in netns.run_in(None, ["ip", "netns", "pids", namespace]).stdout.split()
+                 if Path(f"/proc/{p}/comm").read_text().strip() == "bird"]
+        assert len(birds) == 1, birds
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{birds[0]}/status").read_text().splitlines())
+        assert "0" not in status["Uid"].split() and "0" not in status["Gid"].split(), status["Uid"]
+        assert int(status["CapEff"], 16) & ~(1 << 12) == 0, status["CapEff"]  # CAP_NET_ADMIN only
+        assert os.readlink(f"/proc/{birds[0]}/root") == str(cohort.layout.amphora_jail(amphora["id"]).resolve())
+        rss_kb = int(status["VmRSS"].split()[0])
+        assert rss_kb < 10 * 1024, rss_kb  # the speaker stays under 10 MB per amphora
     # Traffic from the client reaches every amphora (ECMP hashes on ports).
     wait_for(lambda: lab.exec_client(["curl", "-s", "--max-time", "2", f"http://{vip}/"]).stdout.strip() == "l3m1",
              timeout=20)
