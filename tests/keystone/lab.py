@@ -57,8 +57,11 @@ class KeystoneLab:
             "[DEFAULT]\n"
             f"log_file = {self.workdir / 'keystone.log'}\n"
             "[database]\n"
-            f"connection = sqlite:///{self.workdir / 'keystone.db'}\n"
+            # Two workers share the file: wait for SQLite's write lock rather than fail at once.
+            f"connection = sqlite:///{self.workdir / 'keystone.db'}?timeout=60\n"
             "[token]\nprovider = fernet\nexpiration = 7200\n"
+            # Test passwords need no costly hash: tempest makes seven users per test class.
+            "[identity]\npassword_hash_algorithm = bcrypt\npassword_hash_rounds = 4\n"
             f"[fernet_tokens]\nkey_repository = {self.workdir / 'fernet'}\n"
             f"[fernet_receipts]\nkey_repository = {self.workdir / 'fernet'}\n"
             f"[credential]\nkey_repository = {self.workdir / 'credential'}\n"

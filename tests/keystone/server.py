@@ -21,7 +21,7 @@ def main() -> None:
     class Keystone(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             self.cfg.set("bind", f"{host}:{port}")
-            self.cfg.set("workers", 2)
+            self.cfg.set("workers", 3)
             self.cfg.set("timeout", 120)
             self.cfg.set("accesslog", None)
 

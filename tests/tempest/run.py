@@ -97,8 +97,9 @@ def main() -> int:
         with running_cohort(workdir / "cohort", drivers="noop", auth_strategy="keystone",
                             keystone_auth_url=keystone.url) as (_, url):
             keystone.register_service("load-balancer", "octavia", url)
-            subprocess.run([str(VENV / "bin" / "tempest"), "init", str(workdir / "tempest")], check=True,
-                           capture_output=True)
+            # A workspace of its own name: tempest refuses a name already in its registry.
+            subprocess.run([str(VENV / "bin" / "tempest"), "init", "--name", f"cohort-{workdir.name}-{os.getpid()}",
+                            str(workdir / "tempest")], check=True, capture_output=True)
             conf = workdir / "tempest" / "etc" / "tempest.conf"
             conf.write_text(TEMPEST_CONF.format(workdir=workdir, keystone=keystone.url,
                                                 admin_password=ADMIN_PASSWORD))

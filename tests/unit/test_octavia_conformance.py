@@ -110,3 +110,10 @@ def test_noop_network_stand_ins() -> None:
     assert net.allocate_vip("b", subnet_id, None).address.startswith("198.51.100.")
     port = net.plug_port("cohort-a-00000001", subnet_id, "p1")
     assert port.subnet_id == subnet_id and port.mac_address.startswith("02:00:")
+
+
+def test_capability_lists_take_fields_and_filters(api: Api) -> None:
+    path = "/v2/lbaas/providers/amphora/availability_zone_capabilities?fields=name&name=compute_zone"
+    assert api.get(path)[1]["availability_zone_capabilities"] == [{"name": "compute_zone"}]
+    path = "/v2/lbaas/providers/amphora/flavor_capabilities?fields=description&name=amp_image_tag"
+    assert api.get(path)[1]["flavor_capabilities"] == [{"description": "The amphora image tag."}]

@@ -44,18 +44,26 @@ def providers(request: Request, ctx: Ctx) -> dict[str, Any]:
     return {"providers": [select_fields(dict(p), fields) for p in PROVIDERS], "providers_links": []}
 
 
+def _capabilities(request: Request, items: list[dict[str, str]]) -> list[dict[str, str]]:
+    """A capability list with Octavia's list options: filters by name or description, and ``fields``."""
+    options = parse_options(list(request.query_params.multi_items()), 1)
+    wanted = {key: value for key, value in options.filters.items() if key in ("name", "description")}
+    return [select_fields(dict(item), options.fields) for item in items
+            if all(item.get(key) == value for key, value in wanted.items())]
+
+
 @router.get("/providers/{provider}/flavor_capabilities")
-def flavor_capabilities(provider: str, ctx: Ctx) -> dict[str, Any]:
+def flavor_capabilities(provider: str, request: Request, ctx: Ctx) -> dict[str, Any]:
     if provider not in PROVIDER_NAMES:
         raise NotFound("Provider", provider)
-    return {"flavor_capabilities": a.FLAVOR_CAPABILITIES}
+    return {"flavor_capabilities": _capabilities(request, a.FLAVOR_CAPABILITIES)}
 
 
 @router.get("/providers/{provider}/availability_zone_capabilities")
-def az_capabilities(provider: str, ctx: Ctx) -> dict[str, Any]:
+def az_capabilities(provider: str, request: Request, ctx: Ctx) -> dict[str, Any]:
     if provider not in PROVIDER_NAMES:
         raise NotFound("Provider", provider)
-    return {"availability_zone_capabilities": a.AZ_CAPABILITIES}
+    return {"availability_zone_capabilities": _capabilities(request, a.AZ_CAPABILITIES)}
 
 
 def _get(session: Session, model: type[Any], ident: str, label: str) -> Any:
