@@ -12,6 +12,7 @@ import logging
 import time
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cohort import datamodel as d
@@ -39,16 +40,28 @@ class ClusterManager:
     # The distributor ---------------------------------------------------------------------------
 
     def ensure_distributor(self, distributor_type: str) -> DistributorRef:
-        """The one shared distributor of this type, built on first use (idempotently)."""
-        with transaction(self.sessions) as session:
-            row = session.scalar(select(m.Distributor).where(m.Distributor.distributor_type == distributor_type,
-                                                             m.Distributor.status != "DELETED"))
-            if row is None:
-                row = m.Distributor(name=f"distributor-{distributor_type.lower()}", distributor_type=distributor_type,
-                                    status="PENDING_CREATE")
-                session.add(row)
-                session.flush()
-            ident, compute_id, address, failed = row.id, row.compute_id, row.lb_network_ip, row.status == "ERROR"
+        """The one shared distributor of this type, built on first use (idempotently).
+
+        Controllers sharing a database may race to create it: the unique index on live names
+        (migration 0006) lets one insert win, and the others use its row.
+        """
+        for _attempt in range(3):
+            try:
+                with transaction(self.sessions) as session:
+                    row = session.scalar(select(m.Distributor).where(
+                        m.Distributor.distributor_type == distributor_type, m.Distributor.status != "DELETED"))
+                    if row is None:
+                        row = m.Distributor(name=f"distributor-{distributor_type.lower()}",
+                                            distributor_type=distributor_type, status="PENDING_CREATE")
+                        session.add(row)
+                        session.flush()
+                    ident, compute_id, address = row.id, row.compute_id, row.lb_network_ip
+                    failed = row.status == "ERROR"
+                break
+            except IntegrityError:
+                continue  # another controller created it first: use that one
+        else:
+            raise DriverError(f"could not create or find the {distributor_type} distributor")
         if failed and compute_id is not None:
             # A dead distributor is rebuilt from scratch; its tables are deterministic, so the
             # replacement sends each flow where the old one did.

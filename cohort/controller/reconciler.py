@@ -8,11 +8,14 @@ the objects in one transaction. A pass interrupted anywhere (crash, kill) is sim
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import or_, select, update
@@ -31,12 +34,16 @@ from cohort.drivers.errors import DriverError, PermanentDriverError
 log = logging.getLogger(__name__)
 
 PENDING = ("PENDING_CREATE", "PENDING_UPDATE", "PENDING_DELETE")
-LEASE_SECONDS = 120.0
+# A lease is renewed while its pass runs, so it can be short: a controller that dies mid-pass
+# hands its load balancer to another within seconds, however long passes take.
+LEASE_SECONDS = 10.0
+RENEW_EVERY = LEASE_SECONDS / 3
 CertificateSource = Callable[[Session, str], dict[str, bytes]]
 
 
 def controller_id() -> str:
-    return socket.gethostname()
+    """Unique per process: two controllers on one host must never hold each other's leases."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 class Reconciler:
@@ -130,6 +137,30 @@ class Reconciler:
     def reconcile(self, lb_id: str) -> None:
         if not self._claim(lb_id):
             return
+        with self._lease_kept(lb_id):
+            self._pass(lb_id)
+
+    @contextmanager
+    def _lease_kept(self, lb_id: str) -> Iterator[None]:
+        """Renew this controller's lease on ``lb_id`` until the pass ends."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(RENEW_EVERY):
+                with self.sessions() as session, session.begin():
+                    session.execute(update(m.LoadBalancer).where(
+                        m.LoadBalancer.id == lb_id, m.LoadBalancer.lease_owner == self.owner,
+                    ).values(lease_expires=time.time() + LEASE_SECONDS))
+
+        keeper = threading.Thread(target=renew, name=f"lease-{lb_id[:8]}", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            done.set()
+            keeper.join(timeout=5)
+
+    def _pass(self, lb_id: str) -> None:
         with self.sessions() as session:
             lb_row = session.get(m.LoadBalancer, lb_id)
             if lb_row is None:

@@ -11,11 +11,13 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -82,6 +84,9 @@ class AmphoraCluster(IdMixin, TimestampMixin, Base):
 
 class Distributor(IdMixin, TimestampMixin, Base):
     __tablename__ = "distributor"
+    # One live distributor per name, however many controllers race to create it (migration 0006).
+    __table_args__ = (Index("uq_distributor_live_name", "name", unique=True,
+                            sqlite_where=text("status != 'DELETED'"), postgresql_where=text("status != 'DELETED'")),)
 
     name: Mapped[str] = mapped_column(String(255), default="")
     distributor_type: Mapped[str] = mapped_column(String(16), default="L2")

@@ -125,9 +125,8 @@ def test_a_silent_distributor_is_failed_and_rebuilt(tmp_path: Path) -> None:
             health = session.get(m.DistributorHealth, distributor["id"])
             assert health is not None
             health.last_update = time.time() - 10  # it went silent ten seconds ago
-        assert cohort.failover.scan_distributors() == 1
-        row = api.get(f"/v2/octavia/distributors/{distributor['id']}")[1]["distributor"]
-        assert row["status"] in ("ERROR", "BOOTING", "ACTIVE")
+        # The failover watcher (running in the background) fails it on its next scan.
+        wait_for(lambda: ("delete", distributor["compute_id"]) in cohort.drivers.compute.calls, timeout=10)
         wait_for(lambda: api.get(f"/v2/octavia/distributors/{distributor['id']}")[1]["distributor"]["status"]
                  == "ACTIVE" and len([c for c in cohort.drivers.compute.calls
                                       if c == ("build", distributor["compute_id"])]) > len(builds))
@@ -135,3 +134,39 @@ def test_a_silent_distributor_is_failed_and_rebuilt(tmp_path: Path) -> None:
         assert ("delete", distributor["compute_id"]) in cohort.drivers.compute.calls  # the silent one is gone
         # The rebuilt distributor has no heartbeat yet: it is not failed again for its predecessor's silence.
         assert cohort.failover.scan_distributors() == 0
+
+
+def test_racing_controllers_make_one_distributor(tmp_path: Path) -> None:
+    """Several controllers building the shared distributor at once end up with one row."""
+    import threading
+
+    from sqlalchemy import select
+
+    from cohort.config import Settings
+    from cohort.controller.cluster import ClusterManager
+    from cohort.controller.wiring import make_drivers
+    from cohort.db import models as m
+    from cohort.db.session import make_engine, make_sessionmaker, upgrade
+
+    settings = Settings(state_dir=tmp_path, drivers="noop")
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    sessions = make_sessionmaker(engine)
+    drivers = make_drivers(settings)
+    barrier = threading.Barrier(4)
+    refs: list[str] = []
+
+    def build() -> None:
+        manager = ClusterManager(sessions, drivers, 1.0)
+        barrier.wait()
+        refs.append(manager.ensure_distributor("L2").id)
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    with sessions() as session:
+        rows = session.scalars(select(m.Distributor)).all()
+    engine.dispose()
+    assert len(rows) == 1 and set(refs) == {rows[0].id}, (len(rows), refs)

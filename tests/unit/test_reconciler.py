@@ -200,3 +200,78 @@ def test_operating_status_not_guessed(tmp_path: Path) -> None:
             "vip_subnet_id": "public-subnet", "admin_state_up": False}})
         lb = api.wait_active(f"/v2/lbaas/loadbalancers/{body['loadbalancer']['id']}", "loadbalancer")
         assert lb["operating_status"] == "OFFLINE"
+
+
+def test_controllers_stand_in_for_each_other(setup: Any) -> None:
+    """Two controllers on one database: the one that dies mid-pass holds its lease only for seconds,
+    the other finishes the work; a live controller's lease is renewed and never taken over."""
+    import threading
+
+    from cohort.controller import reconciler as rec
+
+    settings, sessions = setup
+    drivers = make_drivers(settings)
+    lb_id = add_lb(sessions, "ACTIVE_STANDBY")
+    dying, counter = faulty(drivers, fail_at=4, error=Crash("killed"))
+    with pytest.raises(Crash):
+        Reconciler(settings, sessions, dying, owner="controller-a").reconcile(lb_id)
+    other = Reconciler(settings, sessions, drivers, owner="controller-b")
+    assert other.due() == [] or not other._claim(lb_id)  # A's lease still holds
+    with sessions() as session, session.begin():
+        row = session.get(m.LoadBalancer, lb_id)
+        assert row is not None and row.lease_owner == "controller-a"
+        assert row.lease_expires - time.time() <= rec.LEASE_SECONDS  # seconds, not minutes
+        row.lease_expires = time.time() - 1  # ... and those seconds pass
+    other.run_until_idle()
+    assert len(amphorae(sessions, lb_id)) == 2  # finished, nothing duplicated
+    with sessions() as session:
+        row = session.get(m.LoadBalancer, lb_id)
+        assert row is not None and row.provisioning_status == "ACTIVE" and row.lease_owner is None
+
+    # A long pass keeps its lease: another controller cannot claim the load balancer meanwhile.
+    lb2 = add_lb(sessions, "SINGLE")
+    release = threading.Event()
+    entered = threading.Event()
+
+    class Slow:
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            target = getattr(self._inner, name)
+            if name != "build":
+                return target
+
+            def build(*args: Any, **kwargs: Any) -> Any:
+                entered.set()
+                release.wait(10)
+                return target(*args, **kwargs)
+
+            return build
+
+    slow = Drivers(compute=Slow(drivers.compute), network=drivers.network,  # type: ignore[arg-type]
+                   amphora=drivers.amphora, distributor=drivers.distributor)
+    original = rec.RENEW_EVERY
+    rec.RENEW_EVERY = 0.05
+    try:
+        worker = threading.Thread(target=Reconciler(settings, sessions, slow, owner="controller-a").reconcile,
+                                  args=(lb2,))
+        worker.start()
+        assert entered.wait(5)
+        with sessions() as session, session.begin():
+            row = session.get(m.LoadBalancer, lb2)
+            assert row is not None
+            row.lease_expires = time.time() - 1  # as if the lease ran out...
+        time.sleep(0.3)  # ... the keeper renews it
+        assert not other._claim(lb2)
+        release.set()
+        worker.join(10)
+    finally:
+        rec.RENEW_EVERY = original
+    assert len(amphorae(sessions, lb2)) == 1
+
+
+def test_controller_ids_are_unique_per_process() -> None:
+    from cohort.controller.reconciler import controller_id
+
+    assert controller_id() != controller_id()
