@@ -1,5 +1,6 @@
-"""Active-active N+1: N capped amphorae behind the L2 distributor against one, the latency the
-distributor adds, and what scaling 3->4->3 does to open and new connections.
+"""Active-active N+1: N capped amphorae behind the L2 distributor or over L3 (BGP + ECMP) against
+one, the latency the distributor adds, what scaling 3->4->3 does to open and new connections,
+and what an amphora's death does to new ones.
 
 In one run, on a private lab with Cohort on local drivers (see ``bench.common``):
 
@@ -42,8 +43,22 @@ In one run, on a private lab with Cohort on local drivers (see ``bench.common``)
    after each change, looked up in the distributor's flow-pinning map; the fraction that
    changed amphora is compared with the ideal 1/4.
 
-Run as root: ``.venv/bin/python -m bench.active_active`` (``--help`` for the knobs; about 11
-minutes; ``--quick`` for a smoke run of every part, small and short, in about three minutes,
+4. L3 (``--l3``, the default; ``l3``, ``l3_run``, ``l3_scaling``, ``failover``): the lab's
+   gateway runs FRR (MD5, GTSM, multipath); an operator's BGP speaker and peer with BFD
+   (100/100 ms x 3) and ``L3_BGP`` flavors build ``L3AA2..4``, which join the throughput
+   rotation above beside ``AA2..4`` (every amphora announces the VIP, the router spreads flows
+   with ECMP, no distributor). Then: each amphora's speaker memory (RSS of its ``bird``);
+   3->4->3 of ``L3AA3`` under the long-lived load of part 3, with the plain hash-threshold
+   router; the new-connection failure window when an amphora is killed (``kill -9`` of every
+   process in its namespace) under a stream of new connections, for ``AA3`` (the distributor's
+   probes), ``L3AA3`` (BFD) and ``L3HOLD3`` (a second speaker whose peer has hold timers only,
+   3 s / 1 s), each ``--failover-repeats`` times, with the time until the replacement carries
+   traffic (the router's route has N next hops again and the new HAProxy's counters grow);
+   last, the router restarted with resilient next-hop groups and 3->4->3 again. The L3 load
+   balancers are deleted before the comparison at a second cap and the latency part.
+
+Run as root: ``.venv/bin/python -m bench.active_active`` (``--help`` for the knobs; about 25
+minutes; ``--quick`` for a smoke run of every part, small and short, in about six minutes,
 written to a temporary directory). Writes ``bench/results/active_active.json`` and ``bench/results/active_active.png``.
 
 The benchmark observes the system under test as an operator would: through the Octavia v2
@@ -53,6 +68,7 @@ the lab's namespaces (``ss``, ``nft``, cgroups); never through Cohort's database
 
 Modules: ``cli`` (arguments, console), ``tools`` (what runs inside the lab's namespaces),
 ``setup`` (load balancers and baselines under test, the distributor), ``census`` (whose CPU
-it was), ``throughput``, ``latency``, ``scaling``, ``report`` (tables, plot); ``__main__``
-runs them in order.
+it was), ``throughput``, ``latency``, ``scaling``, ``l3`` (router, speakers, L3 load
+balancers, speaker memory), ``l3_scaling``, ``failover``, ``l3_run`` (the L3 parts in order),
+``report`` and ``report_l3`` (tables, plot); ``__main__`` runs them in order.
 """

@@ -1,23 +1,35 @@
 """``python -m bench.active_active``: the whole benchmark in order, or one of its tools (``tool ...``).
 
-Owns the run: the lab and Cohort (``bench.common.bench_env``), then set-up, throughput,
-scaling, the comparison at a second cap, latency, and the results file, tables and plot.
+Owns the run: the lab and Cohort (``bench.common.bench_env``), then set-up (L2 and L3),
+throughput, L2 scaling, the L3 parts and failure windows (``l3_run``), the comparison at a
+second cap, latency, and the results file, tables and plot.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from typing import Any
 
 from bench.active_active.cli import COMMAND, console, parse_args
+from bench.active_active.l3_run import l3_parts, setup_l3
 from bench.active_active.latency import latency
 from bench.active_active.report import plot, print_report
 from bench.active_active.scaling import scaling
-from bench.active_active.setup import Measured, build_configs, config_report, distributor_of, member_names, prepare_lab
+from bench.active_active.setup import (
+    Config,
+    Measured,
+    build_configs,
+    config_report,
+    distributor_of,
+    member_names,
+    prepare_lab,
+)
 from bench.active_active.throughput import compare_cap, runs_json, summarise, throughput
 from bench.active_active.tools import tool_main
 from bench.common import (
+    BenchError,
     bench_env,
     cgroup_quota,
     machine_facts,
@@ -31,12 +43,8 @@ from bench.common import (
 from cohort.lab import Lab
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    require_root_and_tools("wrk", "haproxy", "ip", "nft", "ss", "curl", "chrt", "ethtool")
-    started = time.monotonic()
-    report: dict[str, Any] = {"benchmark": "active_active", "timestamp": utc_now(), "command": COMMAND,
-                              "machine": machine_facts(), "cap_cpu": args.cap, "parameters": parameters(args)}
+def run(args: argparse.Namespace, report: dict[str, Any], started: float) -> None:
+    """Every part in order, on one lab; the figures go into ``report``."""
     with bench_env("aa") as env:
         lab = env.lab
         report.update(prepare_lab(env, args.members, args.member_workers, args.client_kthread))
@@ -44,9 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         members: list[str] = report["members"]["addresses"]
         console.print(f"lab {lab.prefix} up; members {members} ({args.member_workers} workers each); cap {args.cap}")
         configs, baselines = build_configs(env, members, set(names), args.cap, args.matched)
-        measured: list[Measured] = [*configs, *baselines]
         dist = distributor_of(env)
         report["configs"] = config_report(configs, baselines)
+        l3_configs: list[Config] = []
+        if args.l3:
+            l3_configs, report["l3"] = setup_l3(env, members, set(names), args.cap)
+        measured: list[Measured] = [*configs, *l3_configs, *baselines]
         report["distributor"] = {"namespace": dist.namespace, "id": dist.ref.id}
         report["setup_s"] = time.monotonic() - started
         by_name = {c.name: c for c in configs}
@@ -63,12 +74,29 @@ def main(argv: list[str] | None = None) -> int:
         if "scaling" not in args.skip:
             console.print("scaling:")
             report["scaling"] = scaling(env, by_name["AA3"], dist, args)
+        if args.l3 or "failover" not in args.skip:
+            report["failover"] = l3_parts(env, args, l3_configs, by_name["AA3"], dist, members, set(names), report)
         if args.compare_cap:
             report["compare"], configs = compare_cap(env, configs, baselines, args, names, members, dist)
             by_name = {c.name: c for c in configs}
         if "latency" not in args.skip:
             console.print(f"latency (cap {cgroup_quota(Lab.instance_cgroup(next(iter(by_name['AA4'].amphorae))))}):")
             report["latency"] = latency(env, by_name["AA4"], dist, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    require_root_and_tools("wrk", "haproxy", "ip", "nft", "ss", "curl", "chrt", "ethtool",
+                           *(("vtysh", "bird") if args.l3 else ()))
+    started = time.monotonic()
+    report: dict[str, Any] = {"benchmark": "active_active", "timestamp": utc_now(), "command": COMMAND,
+                              "machine": machine_facts(), "cap_cpu": args.cap, "parameters": parameters(args)}
+    try:
+        run(args, report, started)
+    except BenchError as exc:  # what was measured so far is kept beside the results file
+        report["error"] = str(exc)
+        write_json(args.output.with_suffix(".partial.json"), report)
+        raise
     report["elapsed_s"] = time.monotonic() - started
     write_json(args.output, report)
     print_report(report)

@@ -16,7 +16,7 @@ console = make_console(140)
 # --quick: every part once, small and short (the README's figures come from the defaults).
 QUICK: dict[str, Any] = {
     "repetitions": 1, "seconds": 1, "latency_rounds": 1, "latency_samples": 100, "long_lived": 10,
-    "probe_ports": 200, "settle": 0.5, "compare_cap": 0.0, "quiet_wait": 0.0,
+    "probe_ports": 200, "settle": 0.5, "compare_cap": 0.0, "quiet_wait": 0.0, "failover_repeats": 1,
     "output": Path(tempfile.gettempdir()) / "cohort-bench" / "active_active-quick.json",
 }
 
@@ -57,11 +57,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="process the client's packets in a kernel thread (bench.common.client_nic_kthread)")
     parser.add_argument("--matched", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure N SINGLE load balancers loaded at once (the load-matched baselines)")
-    parser.add_argument("--skip", choices=("throughput", "latency", "scaling"), action="append", default=[])
+    parser.add_argument("--l3", action=argparse.BooleanOptionalAction, default=True,
+                        help="also L3 ACTIVE_ACTIVE (BGP to the lab router, ECMP): throughput, scaling with the "
+                             "plain and the resilient router, failure windows, speaker memory")
+    parser.add_argument("--failover-repeats", type=int, default=3, help="amphora deaths per failure-window kind")
+    parser.add_argument("--failover-lead", type=float, default=1.0, help="seconds of new connections before a kill")
+    parser.add_argument("--failover-workers", type=int, default=2, help="loops making new connections meanwhile")
+    parser.add_argument("--failover-pause", type=float, default=0.005, help="pause of each loop between connections")
+    parser.add_argument("--replace-timeout", type=float, default=120.0, help="longest wait for a replacement")
+    parser.add_argument("--skip", choices=("throughput", "latency", "scaling", "failover", "l3-scaling"),
+                        action="append", default=[])
     parser.add_argument("--output", type=Path, default=RESULTS / "active_active.json")
     parser.add_argument("--quick", action="store_true",
-                        help=f"a smoke run of every part, small and short (about 3 minutes on a busy 2-vCPU "
-                             f"machine, most of it building 13 amphorae): {quick_summary()}; other options given "
+                        help=f"a smoke run of every part, small and short (about 6 minutes on a busy 2-vCPU "
+                             f"machine, most of it building 25 amphorae): {quick_summary()}; other options given "
                              "still apply")
     args = parser.parse_args(argv)
     if args.quick:
@@ -69,6 +78,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args = parser.parse_args(argv)
     if not (1 <= args.seconds <= 30 and 1 <= args.repetitions <= 10 and 0 < args.cap <= 1
             and 1 <= args.probe_ports <= 5000 and 1 <= args.latency_rounds <= 50 and args.connections <= 1000
-            and 0 <= args.compare_cap <= 1 and 1 <= args.compare_repetitions <= 10 and 1 <= args.compare_seconds <= 30):
-        parser.error("keep the run bounded: --seconds 1-30, --repetitions 1-10, --cap (0, 1], --probe-ports <= 5000")
+            and 0 <= args.compare_cap <= 1 and 1 <= args.compare_repetitions <= 10 and 1 <= args.compare_seconds <= 30
+            and 1 <= args.failover_repeats <= 10 and 0 < args.failover_lead <= 10 and 1 <= args.failover_workers <= 8
+            and 0.001 <= args.failover_pause <= 1 and 10 <= args.replace_timeout <= 300):
+        parser.error("keep the run bounded: --seconds 1-30, --repetitions 1-10, --cap (0, 1], --probe-ports <= 5000, "
+                     "--failover-repeats 1-10, --failover-workers 1-8, --failover-pause >= 0.001, "
+                     "--replace-timeout 10-300")
     return args

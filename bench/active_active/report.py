@@ -1,4 +1,4 @@
-"""The report: the tables printed at the end of a run, and the plot of throughput against N.
+"""The report: the tables printed at the end of a run, and the plot of throughput against N (L2, L3).
 
 Reads only the report dictionary that ``__main__`` writes to ``active_active.json``, so a
 results file can be printed and plotted again without a run.
@@ -13,6 +13,7 @@ from typing import Any
 from rich.table import Table
 
 from bench.active_active.cli import COMMAND, console
+from bench.active_active.report_l3 import print_l3
 from bench.common import REPO, fmt
 
 
@@ -113,6 +114,7 @@ def print_report(report: dict[str, Any]) -> None:
         console.print(f"Other processes on this shared machine (not the lab, not this process): median "
                       f"{o['median']:.2f} CPU, max {o['max']:.2f}, above 0.25 CPU in {o['runs_above_0.25']} of "
                       f"{o['runs']} runs")
+    print_l3(report)
     mach, mem = report["machine"], report["members"]
     console.print(f"Machine: {nproc} vCPUs ({mach['cpu_model']}), busy {mach['busy_cpu_before_run']:.2f} CPU before "
                   f"the run; members: {mem['count']} x {mem['workers']} workers")
@@ -120,13 +122,16 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def plot(report: dict[str, Any], path: Path) -> Path:
-    """Throughput against N (SINGLE is N=1) with the ideal N x SINGLE, per cap and mode; PNG, or an SVG."""
+    """Throughput against N (SINGLE is N=1), L2 and L3, with the ideal N x SINGLE, per cap and mode; PNG, or an SVG."""
     panels = [(report["cap_cpu"], report["throughput"])]
     if "compare" in report:
         panels.append((report["compare"]["cap_cpu"], report["compare"]["throughput"]))
     series = {(cap, mode): [(int(f["amphorae"]), float(f["rate_per_s_median"])) for name, f in per.items()
-                            if not name.startswith("SINGLEx")]
+                            if name == "SINGLE" or name.startswith("AA")]
               for cap, figures in panels for mode, per in figures.items()}
+    l3 = {(cap, mode): [(int(f["amphorae"]), float(f["rate_per_s_median"])) for name, f in per.items()
+                        if name == "SINGLE" or name.startswith("L3AA")]
+          for cap, figures in panels for mode, per in figures.items()}
     matched = {(cap, mode): [(int(f["amphorae"]), float(f["rate_per_s_median"])) for name, f in per.items()
                              if name == "SINGLE" or name.startswith("SINGLEx")]
                for cap, figures in panels for mode, per in figures.items()}
@@ -144,17 +149,23 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         if len(matched[(cap, mode)]) > 1:
             mx, my = zip(*matched[(cap, mode)], strict=True)
             ax.plot(mx, my, "s:", color="tab:green", label="N SINGLE load balancers loaded at once")
-        ax.plot(xs, ys, "o-", label="ACTIVE_ACTIVE, N amphorae (median)")
+        ax.plot(xs, ys, "o-", label="ACTIVE_ACTIVE L2 (distributor), N amphorae (median)")
         for x, y in points:
             ax.annotate(f"{y / ys[0] / x:.2f}", (x, y), textcoords="offset points", xytext=(0, -14), ha="center",
                         fontsize=8)
+        if len(l3[(cap, mode)]) > 1:
+            lx, ly = zip(*l3[(cap, mode)], strict=True)
+            ax.plot(lx, ly, "^-", color="tab:red", label="ACTIVE_ACTIVE L3 (BGP + router ECMP), N amphorae (median)")
+            for x, y in l3[(cap, mode)][1:]:
+                ax.annotate(f"{y / ly[0] / x:.2f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center",
+                            fontsize=8, color="tab:red")
         ax.set_title(f"{'requests/s, keep-alive' if mode == 'keepalive' else 'new connections/s'}; cap {cap} CPU",
                      fontsize=10)
         ax.set_xlabel("amphorae N (1 = SINGLE)")
         ax.set_xticks(xs)
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8, loc="upper left")
-    fig.suptitle("Cohort ACTIVE_ACTIVE throughput vs N (point labels: scaling efficiency (AA_N/SINGLE)/N)")
+    fig.suptitle("Cohort ACTIVE_ACTIVE throughput vs N, L2 and L3 (labels: scaling efficiency (X_N/SINGLE)/N)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

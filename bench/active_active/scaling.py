@@ -104,6 +104,57 @@ def moved(before: dict[str, Any], after: dict[str, Any], added: set[str], remove
     }
 
 
+def resize(env: BenchEnv, cfg: Config, target: int) -> float:
+    """``PUT /v2/octavia/clusters/{id}`` to ``target``; seconds until the API lists ``target``
+    amphorae and the load balancer is ACTIVE again (``cfg.amphorae`` refreshed)."""
+    started = time.monotonic()
+    while True:  # 409 while the load balancer is busy (a failover of its own): wait for it, then again
+        status, body = env.api.call("PUT", f"/v2/octavia/clusters/{cfg.cluster_id}",
+                                    {"cluster": {"desired_size": target}})
+        if status == 200:
+            break
+        if status != 409 or time.monotonic() - started > 120:
+            raise BenchError(f"scale to {target}: {status} {body}")
+        env.wait_active(cfg.lb_id, timeout=120)
+    deadline = started + 150
+    while True:
+        cfg.refresh(env)
+        lb = env.api.get(f"/v2/lbaas/loadbalancers/{cfg.lb_id}")[1]["loadbalancer"]
+        if lb["provisioning_status"] == "ACTIVE" and len(cfg.amphorae) == target:
+            return time.monotonic() - started
+        if lb["provisioning_status"] == "ERROR" or time.monotonic() > deadline:
+            raise BenchError(f"scale to {target}: {lb['provisioning_status']}, {len(cfg.amphorae)} amphorae")
+        time.sleep(0.2)
+
+
+def long_lived_summary(conns: list[dict[str, Any]], before: dict[str, str], removed: set[str],
+                       held_before: dict[int, str], held_after: dict[int, str]) -> dict[str, Any]:
+    """What happened to the load client's long-lived connections across a scale event.
+
+    ``before``: the amphorae (namespace -> id) before it; ``held_before`` / ``held_after``:
+    client port -> amphora namespace holding it (``ss``) before the change and after it.
+    """
+    broken = [b for c in conns for b in c["broken"]]
+    first_ports = [c["ports"][0] for c in conns]
+    return {
+        "connections": len(conns),
+        "per_amphora_at_start": {ns: sum(1 for p in first_ports if held_before.get(p) == ns) for ns in before},
+        "on_removed_amphora": sum(1 for p in first_ports if held_before.get(p) in removed),
+        "requests_ok": sum(c["ok"] for c in conns),
+        "bad_status": sum(c["bad_status"] for c in conns),
+        "broken": len(broken),
+        "broken_connections": sum(1 for c in conns if c["broken"]),
+        "broken_on_removed_amphora": sum(1 for c in conns if c["broken"]
+                                         and held_before.get(c["ports"][0]) in removed),
+        "broken_errors": {e: sum(1 for b in broken if b["error"] == e) for e in {b["error"] for b in broken}},
+        "broken_at_s": sorted(b["t"] for b in broken),
+        "closed_cleanly_by_server": sum(c["server_closed"] for c in conns),
+        "changed_amphora_while_open": sum(1 for p, ns in held_before.items()
+                                          if p in held_after and held_after[p] != ns),
+        "still_open_on_same_amphora": sum(1 for p, ns in held_before.items() if held_after.get(p) == ns),
+    }
+
+
 def scale_event(env: BenchEnv, cfg: Config, target: int, args: argparse.Namespace,
                 dist: Distributor, before_probe: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Scale ``cfg`` to ``target`` under load; (what happened, the fixed-port probe afterwards)."""
@@ -112,21 +163,7 @@ def scale_event(env: BenchEnv, cfg: Config, target: int, args: argparse.Namespac
     try:
         time.sleep(1.0)
         held_before = established(list(before))
-        started = time.monotonic()
-        status, body = env.api.call("PUT", f"/v2/octavia/clusters/{cfg.cluster_id}",
-                                    {"cluster": {"desired_size": target}})
-        if status != 200:
-            raise BenchError(f"scale to {target}: {status} {body}")
-        deadline = started + 150
-        while True:
-            cfg.refresh(env)
-            lb = env.api.get(f"/v2/lbaas/loadbalancers/{cfg.lb_id}")[1]["loadbalancer"]
-            if lb["provisioning_status"] == "ACTIVE" and len(cfg.amphorae) == target:
-                break
-            if lb["provisioning_status"] == "ERROR" or time.monotonic() > deadline:
-                raise BenchError(f"scale to {target}: {lb['provisioning_status']}, {len(cfg.amphorae)} amphorae")
-            time.sleep(0.2)
-        took = time.monotonic() - started
+        took = resize(env, cfg, target)
         held_after = established(list(cfg.amphorae))
         time.sleep(args.settle)
         outcome = client.stop()
@@ -135,30 +172,11 @@ def scale_event(env: BenchEnv, cfg: Config, target: int, args: argparse.Namespac
     cfg.size = target
     after_probe = probe_new_flows(env, cfg, dist, args)
     added, removed = set(cfg.amphorae) - set(before), set(before) - set(cfg.amphorae)
-    conns = outcome["connections"]
-    broken = [b for c in conns for b in c["broken"]]
-    first_ports = [c["ports"][0] for c in conns]
     return {
         "from": len(before), "to": target, "api_to_active_s": took,
         "added": sorted(added), "removed": sorted(removed),
         "client_seconds": outcome["seconds"],
-        "long_lived": {
-            "connections": len(conns),
-            "per_amphora_at_start": {ns: sum(1 for p in first_ports if held_before.get(p) == ns) for ns in before},
-            "on_removed_amphora": sum(1 for p in first_ports if held_before.get(p) in removed),
-            "requests_ok": sum(c["ok"] for c in conns),
-            "bad_status": sum(c["bad_status"] for c in conns),
-            "broken": len(broken),
-            "broken_connections": sum(1 for c in conns if c["broken"]),
-            "broken_on_removed_amphora": sum(1 for c in conns if c["broken"]
-                                             and held_before.get(c["ports"][0]) in removed),
-            "broken_errors": {e: sum(1 for b in broken if b["error"] == e) for e in {b["error"] for b in broken}},
-            "broken_at_s": sorted(b["t"] for b in broken),
-            "closed_cleanly_by_server": sum(c["server_closed"] for c in conns),
-            "changed_amphora_while_open": sum(1 for p, ns in held_before.items()
-                                              if p in held_after and held_after[p] != ns),
-            "still_open_on_same_amphora": sum(1 for p, ns in held_before.items() if held_after.get(p) == ns),
-        },
+        "long_lived": long_lived_summary(outcome["connections"], before, removed, held_before, held_after),
         "short_connections": outcome["short"],
         "new_flows": moved(before_probe, after_probe, added, removed),
         "probe_after": {k: v for k, v in after_probe.items() if k in ("served", "failed")},

@@ -27,12 +27,13 @@ EPHEMERAL_PORTS = "1024 60000"  # of the client namespace; the fixed-port probe 
 
 @dataclass
 class Config:
-    name: str  # SINGLE | AA2 | AA3 | AA4
+    name: str  # SINGLE | AA2 | AA3 | AA4 | L3AA2 | L3AA3 | L3AA4 (bench.active_active.l3)
     size: int
     lb_id: str
     vip: str
     amphorae: dict[str, str]  # namespace -> amphora id
     cluster_id: str | None
+    l3: bool = False  # ACTIVE_ACTIVE over L3 BGP: no distributor, the lab router's ECMP spreads
 
     def refresh(self, env: BenchEnv) -> None:
         """Its live amphorae, as the admin API lists them."""

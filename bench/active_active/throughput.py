@@ -116,7 +116,7 @@ def measure(env: BenchEnv, cfg: Measured, mode: str, rep: int, args: argparse.Na
     for ns, cg in cgroups.items():
         groups[ns] = functools.partial(netns.cgroup_pids, cg)
         groups["haproxy:" + ns] = functools.partial(haproxy_pids, cg)
-    clustered = isinstance(cfg, Config) and cfg.size > 1
+    clustered = isinstance(cfg, Config) and cfg.size > 1 and not cfg.l3  # behind the L2 distributor
     buckets0 = dist.buckets(cfg) if isinstance(cfg, Config) and clustered else None
     throttle0 = {ns: cgroup_throttling(cg) for ns, cg in cgroups.items()}
     requests0 = {ns: haproxy_frontend_requests(s) for ns, s in sockets.items()}

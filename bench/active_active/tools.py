@@ -5,6 +5,9 @@
 - ``client``: the scaling test's load, long-lived keep-alive connections (a request each every
   ``--interval``) and a stream of short ones, until stdin closes; prints what happened to each;
 - ``ports``: one request from each of a range of fixed source ports (the distributor's pins);
+- ``stream``: new connections (one request each) from ``--short-workers`` loops until stdin
+  closes, each attempt timed on CLOCK_MONOTONIC (which the benchmark process shares); prints
+  the failures with their times, for the failure window when an amphora dies;
 - ``latency``: a sampler alternating sample by sample between source addresses, TCP connect
   or keep-alive request time, in batches asked for on stdin.
 
@@ -140,6 +143,47 @@ async def load_client(vip: str, connections: int, interval: float, short_workers
          "broken": c.broken} for c in conns]}
 
 
+async def stream(vip: str, workers: int, pause: float, max_seconds: float) -> dict[str, Any]:
+    """New connections from ``workers`` loops until stdin closes (or ``max_seconds``); ``ready`` first.
+
+    Each attempt: connect (1 s timeout), one ``Connection: close`` request (2 s). Failures are
+    listed with their start and end (``time.monotonic``); successes only counted, with the last.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    def watch_stdin() -> None:
+        sys.stdin.read()
+        loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    loop.call_later(max_seconds, stop.set)
+    failures: list[dict[str, Any]] = []
+    done: dict[str, float] = {"ok": 0, "first_t": time.monotonic(), "last_ok_t": 0.0}
+
+    async def worker() -> None:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(vip, 80), 1.0)
+                try:
+                    status, _ = await exchange(reader, writer, CLOSE_REQUEST, 2.0)
+                finally:
+                    writer.close()
+                error = None if status == 200 else f"status_{status}"
+            except NET_ERRORS as exc:
+                error = type(exc).__name__
+            if error is None:
+                done["ok"] += 1
+                done["last_ok_t"] = time.monotonic()
+            else:
+                failures.append({"t0": round(t0, 4), "t1": round(time.monotonic(), 4), "error": error})
+            await asyncio.sleep(pause)
+
+    print("ready", flush=True)
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return {**done, "end_t": time.monotonic(), "failures": failures}
+
+
 async def fixed_port_probe(vip: str, first: int, count: int, concurrency: int) -> dict[int, bool]:
     """One HTTP request (``Connection: close``) from each local port first..first+count-1."""
     loop = asyncio.get_running_loop()
@@ -244,7 +288,7 @@ def latency_samples(vip: str, sources: dict[str, str], kind: str, count: int, ga
 def tool_main(argv: list[str]) -> int:
     """``python -m bench.active_active tool KIND VIP ...``: one of the tools, in this namespace."""
     parser = argparse.ArgumentParser(prog="python -m bench.active_active tool")
-    parser.add_argument("kind", choices=("client", "ports", "latency"))
+    parser.add_argument("kind", choices=("client", "ports", "latency", "stream"))
     parser.add_argument("vip")
     parser.add_argument("--connections", type=int, default=60)
     parser.add_argument("--interval", type=float, default=0.05)
@@ -259,6 +303,9 @@ def tool_main(argv: list[str]) -> int:
     if args.kind == "client":
         result = asyncio.run(load_client(args.vip, args.connections, args.interval, args.short_workers,
                                          args.short_pause, min(args.max_seconds, 300.0)))
+        print(json.dumps(result), flush=True)
+    elif args.kind == "stream":
+        result = asyncio.run(stream(args.vip, args.short_workers, args.short_pause, min(args.max_seconds, 300.0)))
         print(json.dumps(result), flush=True)
     elif args.kind == "ports":
         print(json.dumps(asyncio.run(fixed_port_probe(args.vip, args.first, args.count, 32))), flush=True)
