@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from cohort.db import models as m
 from cohort.db.session import transaction
 
+CONFIGURED_ONLINE = (m.L7Policy, m.L7Rule, m.HealthMonitor)
+
 
 def tree(lb: m.LoadBalancer) -> Iterator[Any]:
     """Every child object of a load balancer, leaves first (the order deletes must follow)."""
@@ -53,6 +55,10 @@ def finalize_active(sessions: sessionmaker[Session], lb_id: str, generation: int
                 obj.provisioning_status = "ACTIVE"
             if not obj.admin_state_up:
                 obj.operating_status = "OFFLINE"
+            elif isinstance(obj, CONFIGURED_ONLINE) and obj.operating_status == "OFFLINE":
+                # As in Octavia: an enabled L7 policy or rule is ONLINE once applied (nothing measures
+                # them), and so is an enabled monitor until the health manager reports otherwise.
+                obj.operating_status = "ONLINE"
         cluster = session.scalar(select(m.AmphoraCluster).where(m.AmphoraCluster.load_balancer_id == lb_id))
         if cluster is not None:
             cluster.provisioning_status = "ACTIVE"

@@ -117,3 +117,33 @@ def test_capability_lists_take_fields_and_filters(api: Api) -> None:
     assert api.get(path)[1]["availability_zone_capabilities"] == [{"name": "compute_zone"}]
     path = "/v2/lbaas/providers/amphora/flavor_capabilities?fields=description&name=amp_image_tag"
     assert api.get(path)[1]["flavor_capabilities"] == [{"description": "The amphora image tag."}]
+
+
+def test_enabled_monitors_and_l7_objects_are_online_once_applied(api: Api) -> None:
+    lb = _lb(api)
+    status, body = api.post("/v2/lbaas/listeners", {"listener": {"loadbalancer_id": lb["id"], "protocol": "HTTP",
+                                                                "protocol_port": 80}})
+    assert status == 201, body
+    listener = body["listener"]["id"]
+    _active(api, f"{LB}/{lb['id']}")
+    status, body = api.post("/v2/lbaas/pools", {"pool": {"listener_id": listener, "protocol": "HTTP",
+                                                        "lb_algorithm": "ROUND_ROBIN"}})
+    pool = body["pool"]["id"]
+    _active(api, f"{LB}/{lb['id']}")
+    status, body = api.post("/v2/lbaas/healthmonitors", {"healthmonitor": {
+        "pool_id": pool, "type": "TCP", "delay": 2, "timeout": 1, "max_retries": 2}})
+    monitor = body["healthmonitor"]["id"]
+    _active(api, f"{LB}/{lb['id']}")
+    status, body = api.post("/v2/lbaas/l7policies", {"l7policy": {"listener_id": listener, "action": "REJECT"}})
+    policy = body["l7policy"]["id"]
+    _active(api, f"{LB}/{lb['id']}")
+    status, body = api.post(f"/v2/lbaas/l7policies/{policy}/rules", {"rule": {
+        "type": "PATH", "compare_type": "STARTS_WITH", "value": "/x", "admin_state_up": False}})
+    rule = body["rule"]["id"]
+    _active(api, f"{LB}/{lb['id']}")
+    assert api.get(f"/v2/lbaas/healthmonitors/{monitor}")[1]["healthmonitor"]["operating_status"] == "ONLINE"
+    assert api.get(f"/v2/lbaas/l7policies/{policy}")[1]["l7policy"]["operating_status"] == "ONLINE"
+    assert api.get(f"/v2/lbaas/l7policies/{policy}/rules/{rule}")[1]["rule"]["operating_status"] == "OFFLINE"
+    # Measured statuses are never guessed on noop drivers.
+    assert api.get(f"/v2/lbaas/listeners/{listener}")[1]["listener"]["operating_status"] == "OFFLINE"
+    assert api.get(f"/v2/lbaas/pools/{pool}")[1]["pool"]["operating_status"] == "OFFLINE"
