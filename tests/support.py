@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -77,6 +78,16 @@ class Api:
             return None
 
         return dict(wait_for(done, timeout))
+
+    def flavor(self, name: str, data: dict[str, Any]) -> str:
+        """A flavor of provider ``amphora`` (and its profile) carrying ``data``; returns its id."""
+        status, profile = self.post("/v2/lbaas/flavorprofiles", {"flavorprofile": {
+            "name": name, "provider_name": "amphora", "flavor_data": json.dumps(data)}})
+        assert status == 201, profile
+        status, flavor = self.post("/v2/lbaas/flavors", {"flavor": {
+            "name": name, "flavor_profile_id": profile["flavorprofile"]["id"]}})
+        assert status == 201, flavor
+        return str(flavor["flavor"]["id"])
 
 
 @contextmanager

@@ -57,16 +57,6 @@ def _speaker(api: Api, name: str, password: str) -> str:
     return str(speaker_id)
 
 
-def _flavor(api: Api, name: str, data: dict[str, Any]) -> str:
-    status, profile = api.post("/v2/lbaas/flavorprofiles", {"flavorprofile": {
-        "name": name, "provider_name": "amphora", "flavor_data": json.dumps(data)}})
-    assert status == 201, profile
-    status, flavor = api.post("/v2/lbaas/flavors", {"flavor": {
-        "name": name, "flavor_profile_id": profile["flavorprofile"]["id"]}})
-    assert status == 201, flavor
-    return str(flavor["flavor"]["id"])
-
-
 def _l3(speaker_id: str, size: int = 3) -> dict[str, Any]:
     return {"loadbalancer_topology": "ACTIVE_ACTIVE", "amp_cluster_size": size, "amp_cluster_min_size": 2,
             "distributor_type": "L3_BGP", "bgp_speaker_id": speaker_id}
@@ -93,7 +83,7 @@ def test_bad_l3_flavors_are_refused(env: tuple[harness.Instance, Api, Lab]) -> N
     for data in ({"loadbalancer_topology": "ACTIVE_ACTIVE", "distributor_type": "L3_BGP"},
                  {"loadbalancer_topology": "ACTIVE_ACTIVE", "distributor_type": "L3_BGP", "bgp_speaker_id": "nope"},
                  _l3(speaker["bgp_speaker"]["id"])):
-        flavor_id = _flavor(api, f"bad-{len(json.dumps(data))}", data)
+        flavor_id = api.flavor(f"bad-{len(json.dumps(data))}", data)
         status, body = api.post("/v2/lbaas/loadbalancers", {"loadbalancer": {
             "vip_subnet_id": "public-subnet", "flavor_id": flavor_id}})
         assert status == 400 and "bgp_speaker_id" in body["faultstring"], body
@@ -109,7 +99,7 @@ def test_l3_cluster_announces_spreads_fails_over_and_refuses_deletes(env: tuple[
     _cohort, api, lab = env
     member = lab.add_member("l3m1")
     speaker_id = _speaker(api, "tor", PASSWORD)
-    lb = _create(api, "l3", _flavor(api, "l3x3", _l3(speaker_id)), member)
+    lb = _create(api, "l3", api.flavor("l3x3", _l3(speaker_id)), member)
     lb_id = lb["id"]
     lb = api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=120)
     assert lb["provisioning_status"] == "ACTIVE", lb
@@ -230,7 +220,7 @@ def _scale(api: Api, lab: Lab, lb_id: str, vip: str, size: int, client: str) -> 
 
 def _scaling_keeps_connections(api: Api, lab: Lab, name: str, member: str) -> None:
     speaker_id = _speaker(api, name, PASSWORD)
-    lb_id = _create(api, name, _flavor(api, name, _l3(speaker_id)), member)["id"]
+    lb_id = _create(api, name, api.flavor(name, _l3(speaker_id)), member)["id"]
     vip = api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=120)["vip_address"]
     wait_for(lambda: len(lab.router.routes().get(vip, [])) == 3, timeout=30, interval=0.2)
     # Scale-out: flows the router moves to the new amphora reach their owner through it.
@@ -256,7 +246,7 @@ def test_wrong_password_never_comes_online(env: tuple[harness.Instance, Api, Lab
     _cohort, api, lab = env
     member = lab.add_member("l3m2")
     speaker_id = _speaker(api, "wrong", "not-the-password")
-    lb = _create(api, "l3bad", _flavor(api, "l3bad", _l3(speaker_id, size=2)), member)
+    lb = _create(api, "l3bad", api.flavor("l3bad", _l3(speaker_id, size=2)), member)
     lb_id = lb["id"]
     lb = api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=120)
     time.sleep(6)  # several connect retries and heartbeats
@@ -295,7 +285,7 @@ def test_the_resilient_router_installs_resilient_groups(env: tuple[harness.Insta
     try:
         member = lab.add_member("l3m5")
         speaker_id = _speaker(api, "groups", PASSWORD)
-        lb_id = _create(api, "l3groups", _flavor(api, "l3groups", _l3(speaker_id, size=2)), member)["id"]
+        lb_id = _create(api, "l3groups", api.flavor("l3groups", _l3(speaker_id, size=2)), member)["id"]
         vip = api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=120)["vip_address"]
         wait_for(lambda: len(lab.router.routes().get(vip, [])) == 2, timeout=30, interval=0.2)
         groups = netns.run_in(lab.gw_ns, ["ip", "nexthop", "show"]).stdout

@@ -8,7 +8,6 @@ veth, jail user's process and file that Cohort made must be gone.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -25,16 +24,6 @@ pytestmark = pytest.mark.root
 
 TOPOLOGIES = {"single": None, "standby": {"loadbalancer_topology": "ACTIVE_STANDBY"},
               "active": {"loadbalancer_topology": "ACTIVE_ACTIVE", "amp_cluster_size": 2}}
-
-
-def _flavor(api: Api, name: str, data: dict[str, Any]) -> str:
-    status, profile = api.post("/v2/lbaas/flavorprofiles", {"flavorprofile": {
-        "name": name, "provider_name": "amphora", "flavor_data": json.dumps(data)}})
-    assert status == 201, profile
-    status, flavor = api.post("/v2/lbaas/flavors", {"flavor": {
-        "name": name, "flavor_profile_id": profile["flavorprofile"]["id"]}})
-    assert status == 201, flavor
-    return str(flavor["flavor"]["id"])
 
 
 def _processes_of_uids(uids: set[int]) -> list[int]:
@@ -66,7 +55,7 @@ def test_cohort_down_removes_everything_cohort_made(tmp_path: Path) -> None:
                 body: dict[str, Any] = {"name": name, "vip_subnet_id": "public-subnet", "listeners": [
                     {"protocol": "HTTP", "protocol_port": 80}]}
                 if data is not None:
-                    body["flavor_id"] = _flavor(api, name, data)
+                    body["flavor_id"] = api.flavor(name, data)
                 status, created = api.post("/v2/lbaas/loadbalancers", {"loadbalancer": body})
                 assert status == 201, created
                 ids.append(created["loadbalancer"]["id"])
