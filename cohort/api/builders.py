@@ -89,6 +89,17 @@ def validate_listener_fields(protocol: str, fields: dict[str, Any]) -> None:
         raise InvalidInput("PROMETHEUS listeners cannot have a default pool.")
 
 
+def check_cidr_families(lb: m.LoadBalancer, cidrs: list[str] | None) -> None:
+    """An allowed CIDR must be of the VIP's IP version, as Octavia requires (a 400 otherwise)."""
+    if not cidrs or not lb.vip_address:
+        return
+    version = validation.ip_address(lb.vip_address).version
+    for cidr in cidrs:
+        if validation.ip_network(cidr).version != version:
+            raise InvalidInput(f"Validation failure: CIDR {cidr} IP version incompatible with the VIP "
+                               f"{lb.vip_address}.")
+
+
 def check_listener_pool(listener_protocol: str, pool_protocol: str) -> None:
     if pool_protocol not in LISTENER_POOL_PROTOCOLS[listener_protocol]:
         raise InvalidInput(f"The pool protocol '{pool_protocol}' is invalid while the listener protocol is "
@@ -102,6 +113,7 @@ def build_listener(session: Session, lb: m.LoadBalancer, body: s.ListenerTree,
     for nested in ("default_pool", "l7policies", "loadbalancer_id", "project_id"):
         fields.pop(nested, None)
     validate_listener_fields(body.protocol, fields)
+    check_cidr_families(lb, fields.get("allowed_cidrs"))
     check_tls_refs(session, lb.project_id, fields, LISTENER_REFS)
     for other in lb.listeners:
         if _live(other) and other.protocol_port == body.protocol_port:

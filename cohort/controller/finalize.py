@@ -54,7 +54,10 @@ def finalize_active(sessions: sessionmaker[Session], lb_id: str, generation: int
             if obj.provisioning_status in ("PENDING_CREATE", "PENDING_UPDATE"):
                 obj.provisioning_status = "ACTIVE"
             if not obj.admin_state_up:
-                obj.operating_status = "OFFLINE"
+                # A member nothing monitors stays NO_MONITOR (as in Octavia); the health manager
+                # reports a disabled member's real state where amphorae run.
+                if not (isinstance(obj, m.Member) and obj.operating_status == "NO_MONITOR"):
+                    obj.operating_status = "OFFLINE"
             elif isinstance(obj, CONFIGURED_ONLINE) and obj.operating_status == "OFFLINE":
                 # As in Octavia: an enabled L7 policy or rule is ONLINE once applied (nothing measures
                 # them), and so is an enabled monitor until the health manager reports otherwise.

@@ -55,19 +55,27 @@ def test_monitor_timeout_above_delay_many_tags_and_members_as_sent(api: Api) -> 
     assert len(body["member"]["tags"]) == 200
     member = body["member"]["id"]
     _active(api, f"{LB}/{lb['id']}")
-    # Re-enabled without a monitor: NO_MONITOR again, as in Octavia (not OFFLINE).
+    # Disabled and re-enabled without a monitor: NO_MONITOR throughout, as Octavia's noop run shows.
     assert api.put(f"{members}/{member}", {"member": {"admin_state_up": False}})[0] == 200
     wait_for(lambda: api.get(f"{members}/{member}")[1]["member"]["provisioning_status"] == "ACTIVE")
-    assert api.get(f"{members}/{member}")[1]["member"]["operating_status"] == "OFFLINE"
+    assert api.get(f"{members}/{member}")[1]["member"]["operating_status"] == "NO_MONITOR"
     assert api.put(f"{members}/{member}", {"member": {"admin_state_up": True}})[0] == 200
     wait_for(lambda: api.get(f"{members}/{member}")[1]["member"]["provisioning_status"] == "ACTIVE")
     assert api.get(f"{members}/{member}")[1]["member"]["operating_status"] == "NO_MONITOR"
+    # A member disabled while a monitor watches the pool is OFFLINE; enabled again it waits for a report.
+    status, body = api.post(members, {"member": {"address": "192.0.2.10", "protocol_port": 80,
+                                                 "admin_state_up": False}})
+    assert status == 201, body
+    second = body["member"]["id"]
+    _active(api, f"{LB}/{lb['id']}")
+    assert api.get(f"{members}/{second}")[1]["member"]["operating_status"] == "NO_MONITOR"
     # Octavia's cookbook monitor: a timeout longer than the delay.
     status, body = api.post("/v2/lbaas/healthmonitors", {"healthmonitor": {
         "pool_id": pool, "type": "HTTP", "delay": 5, "timeout": 10, "max_retries": 4}})
     assert status == 201, body
     assert (body["healthmonitor"]["delay"], body["healthmonitor"]["timeout"]) == (5, 10)
     _active(api, f"{LB}/{lb['id']}")
+    assert api.get(f"{members}/{second}")[1]["member"]["operating_status"] == "OFFLINE"
     status, body = api.put(f"/v2/lbaas/healthmonitors/{body['healthmonitor']['id']}",
                            {"healthmonitor": {"timeout": 30}})
     assert status == 200 and body["healthmonitor"]["timeout"] == 30, body
@@ -121,6 +129,9 @@ def test_capability_lists_take_fields_and_filters(api: Api) -> None:
 
 def test_enabled_monitors_and_l7_objects_are_online_once_applied(api: Api) -> None:
     lb = _lb(api)
+    status, body = api.post("/v2/lbaas/listeners", {"listener": {
+        "loadbalancer_id": lb["id"], "protocol": "HTTP", "protocol_port": 81, "allowed_cidrs": ["2001:db8::/64"]}})
+    assert status == 400 and "IP version" in body["faultstring"], body  # the VIP is IPv4
     status, body = api.post("/v2/lbaas/listeners", {"listener": {"loadbalancer_id": lb["id"], "protocol": "HTTP",
                                                                 "protocol_port": 80}})
     assert status == 201, body

@@ -13,6 +13,7 @@ from cohort.api.builders import (
     LISTENER_REFS,
     apply_changes,
     build_listener,
+    check_cidr_families,
     check_listener_pool,
     check_tls_refs,
     validate_listener_fields,
@@ -65,6 +66,7 @@ def update(raw: RawBody, listener_id: str, request: Request, session: DB, ctx: C
               if column in m.Listener.__table__.columns}
     merged.update({k: v for k, v in changes.items() if v is not None})
     validate_listener_fields(listener.protocol, merged)
+    check_cidr_families(listener.load_balancer, changes.get("allowed_cidrs"))
     check_tls_refs(session, listener.project_id, changes, LISTENER_REFS)
     pool_id = changes.get("default_pool_id")
     if pool_id:
