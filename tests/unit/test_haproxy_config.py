@@ -218,9 +218,12 @@ def test_tcp_listener_may_use_an_http_pool(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("protocol", ["UDP", "SCTP"])
-def test_udp_and_sctp_listeners_are_refused(tmp_path: Path, protocol: str) -> None:
-    with pytest.raises(ValueError, match=f"{protocol} listeners are not supported"):
-        render_haproxy(lb((listener(protocol=protocol),), (pool(protocol=protocol),)), AMP, "/c")
+def test_udp_and_sctp_listeners_are_left_to_the_kernel(tmp_path: Path, protocol: str) -> None:
+    tree = lb((listener(protocol=protocol, protocol_port=53), listener(id="lis-2", default_pool_id="pool-2")),
+              (pool(protocol=protocol), pool(id="pool-2")))
+    cfg = render(tmp_path, tree)
+    assert "frontend lis-2" in cfg and "backend pool-2" in cfg
+    assert "lis-1" not in cfg and "pool-1" not in cfg and ":53" not in cfg
 
 
 def test_inconsistent_trees_are_refused() -> None:

@@ -12,6 +12,7 @@ from cohort.agents.amphora.bgp import BgpManager
 from cohort.agents.amphora.haproxy import HaproxyManager
 from cohort.agents.amphora.heartbeat import HeartbeatBody
 from cohort.agents.amphora.keepalived import KeepalivedManager
+from cohort.agents.amphora.l4 import L4Manager
 from cohort.agents.common import cli
 from cohort.agents.common.jail import Jail, uid_for
 from cohort.agents.common.net import set_sysctl
@@ -59,10 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     keepalived = KeepalivedManager(jail)
     bgp = BgpManager(jail, args.state_dir / "bgp.json", haproxy.running)
     bgp.resume()
-    api = AmphoraApi(args.amphora_id, args.state_dir, haproxy, keepalived, bgp)
+    l4 = L4Manager(args.state_dir)
+    l4.resume()
+    api = AmphoraApi(args.amphora_id, args.state_dir, haproxy, keepalived, bgp, l4)
     # HAProxy and keepalived deliberately keep running when the agent stops: the next agent adopts them.
-    return cli.serve("amphora", args.amphora_id, args, hb_key, api.router(), HeartbeatBody(haproxy, bgp),
-                     stop=[bgp.close])
+    return cli.serve("amphora", args.amphora_id, args, hb_key, api.router(), HeartbeatBody(haproxy, bgp, l4),
+                     stop=[bgp.close, l4.close])
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from cohort.agents.amphora import AGENT_VERSION, interfaces, stats
 from cohort.agents.amphora.bgp import BgpManager
 from cohort.agents.amphora.haproxy import HaproxyManager, check_id, haproxy_version
 from cohort.agents.amphora.keepalived import KeepalivedManager
+from cohort.agents.amphora.l4 import L4Manager
 from cohort.agents.common.files import atomic_write
 from cohort.agents.common.http import HttpError, Request, Response, Route, Router
 from cohort.agents.common.proc import CommandFailed
@@ -54,13 +55,14 @@ def _ok(**extra: Any) -> Response:
 class AmphoraApi:
     def __init__(
         self, amphora_id: str, state_dir: Path, haproxy: HaproxyManager, keepalived: KeepalivedManager,
-        bgp: BgpManager | None = None,
+        bgp: BgpManager | None = None, l4: L4Manager | None = None,
     ) -> None:
         self.amphora_id = amphora_id
         self._vip_file = state_dir / "vip.json"
         self.haproxy = haproxy
         self.keepalived = keepalived
         self.bgp = bgp
+        self.l4 = l4
         self._haproxy_version = haproxy_version()
         # HAProxy outlives an agent; the metrics proxies of the instances it left running do not.
         haproxy.resume()
@@ -75,6 +77,8 @@ class AmphoraApi:
             ("GET", "/1.0/loadbalancer/{lb_id}/haproxy", self.get_haproxy),
             ("GET", "/1.0/loadbalancer/{lb_id}/stats", self.lb_stats),
             ("PUT", "/1.0/loadbalancer/{lb_id}/certificates/{filename}", self.put_certificate),
+            ("PUT", "/1.0/loadbalancer/{lb_id}/l4", self.put_l4),
+            ("GET", "/1.0/loadbalancer/{lb_id}/l4", self.get_l4),
             ("PUT", "/1.0/loadbalancer/{lb_id}/{action}", self.lb_action),
             ("DELETE", "/1.0/loadbalancer/{lb_id}", self.delete_lb),
             ("PUT", "/1.0/vrrp/config", self.put_vrrp),
@@ -159,6 +163,10 @@ class AmphoraApi:
         lb_id = req.params["lb_id"]
         self.haproxy.get_config(lb_id)
         listeners, pools = stats.summarize(self.haproxy.show_stat(lb_id))
+        if self.l4 is not None:
+            l4_listeners, l4_pools = self.l4.stats(lb_id)
+            listeners.update(l4_listeners)
+            pools.update(l4_pools)
         return Response(200, {"running": self.haproxy.running(lb_id), "listeners": listeners, "pools": pools})
 
     def lb_action(self, req: Request) -> Response:
@@ -182,7 +190,22 @@ class AmphoraApi:
         if self.bgp is not None:
             self.bgp.remove_lb(req.params["lb_id"])
         self.haproxy.delete(req.params["lb_id"])
+        if self.l4 is not None:
+            self.l4.delete(req.params["lb_id"])
         return _ok()
+
+    def _l4(self) -> L4Manager:
+        if self.l4 is None:
+            raise HttpError(404, "this amphora serves no UDP or SCTP")
+        return self.l4
+
+    def put_l4(self, req: Request) -> Response:
+        """The load balancer's UDP and SCTP listeners (``l4_spec``), applied to the kernel at once."""
+        lb_id = check_id(req.params["lb_id"], "load balancer id")
+        return _ok(changed=self._l4().put(lb_id, req.json()))
+
+    def get_l4(self, req: Request) -> Response:
+        return Response(200, self._l4().get(check_id(req.params["lb_id"], "load balancer id")))
 
     def _speaker(self) -> BgpManager:
         if self.bgp is None:

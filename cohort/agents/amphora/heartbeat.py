@@ -13,6 +13,7 @@ from typing import Any
 from cohort.agents.amphora import stats
 from cohort.agents.amphora.bgp import BgpManager
 from cohort.agents.amphora.haproxy import HaproxyManager
+from cohort.agents.amphora.l4 import L4Manager
 
 HEARTBEAT_VERSION = 1
 CUMULATIVE = ("bytes_in", "bytes_out", "total_connections", "request_errors")
@@ -21,9 +22,10 @@ CUMULATIVE = ("bytes_in", "bytes_out", "total_connections", "request_errors")
 class HeartbeatBody:
     """Callable building the heartbeat body (``ver``, ``listeners``, ``pools``) across all HAProxy instances."""
 
-    def __init__(self, haproxy: HaproxyManager, bgp: BgpManager | None = None) -> None:
+    def __init__(self, haproxy: HaproxyManager, bgp: BgpManager | None = None, l4: L4Manager | None = None) -> None:
         self.haproxy = haproxy
         self.bgp = bgp
+        self.l4 = l4
         self._last: dict[tuple[str, str], int] = {}
         self._offset: dict[tuple[str, str], int] = {}
 
@@ -40,6 +42,11 @@ class HeartbeatBody:
         pools: dict[str, Any] = {}
         for lb_id in self.haproxy.lb_ids():
             lb_listeners, lb_pools = stats.summarize(self.haproxy.show_stat(lb_id))
+            listeners.update(lb_listeners)
+            pools.update(lb_pools)
+        # UDP and SCTP listeners: nftables counters and conntrack (already monotonic: kept across changes).
+        l4 = self.l4
+        for lb_id, (lb_listeners, lb_pools) in ((i, l4.stats(i)) for i in l4.lb_ids()) if l4 is not None else ():
             listeners.update(lb_listeners)
             pools.update(lb_pools)
         for listener_id, report in listeners.items():

@@ -26,7 +26,8 @@ with (two descriptors per proxied connection plus listeners and checks), about
 makes HAProxy refuse to start, and the controller cannot know the amphora's
 limit. Listeners without a connection_limit inherit the global value.
 
-UDP and SCTP need a different engine: they raise ValueError here.
+UDP and SCTP listeners and their pools are not HAProxy's: they are left out here and
+served by the amphora's kernel (``l4_config`` renders them).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import math
 import posixpath
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from cohort import validation
 from cohort.datamodel import CLUSTER_HEALTH_PORT, Amphora, Listener, LoadBalancer, Pool
@@ -204,6 +206,7 @@ def render_haproxy(lb: LoadBalancer, amphora: Amphora, cert_dir: str, state_dir:
     if not lb.vip_address:
         raise ValueError(f"load balancer {lb.id} has no VIP address")
     vip = v.ip(lb.vip_address, "VIP")
+    lb = replace(lb, listeners=tuple(li for li in lb.listeners if li.protocol not in _UNSUPPORTED))
     _check_protocols(lb)
     users = _pool_users(lb)
     pools = [pool for pool in lb.pools if pool.id in users]

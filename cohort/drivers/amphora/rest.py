@@ -16,6 +16,7 @@ from cohort.datamodel import Amphora, BgpSpeaker, LoadBalancer
 from cohort.drivers.agent_client import AgentClient
 from cohort.drivers.amphora.haproxy_config import cert_filename, render_haproxy
 from cohort.drivers.amphora.keepalived_config import render_keepalived
+from cohort.drivers.amphora.l4_config import render_l4
 from cohort.drivers.errors import DriverError, PermanentDriverError
 from cohort.drivers.network.base import PluggedPort
 from cohort.pki import CertPaths
@@ -79,6 +80,7 @@ class RestAmphoraDriver:
             changed |= bool(r.json().get("changed", True))
         try:
             config = render_haproxy(lb, amphora, cert_dir, state_dir=state_dir, cluster=peers)
+            l4 = render_l4(lb)
         except ValueError as e:
             raise PermanentDriverError(f"load balancer {lb.id}: {e}") from e
         r = self._agent.request("PUT", amphora, f"{base}/haproxy", content=config)
@@ -88,8 +90,18 @@ class RestAmphoraDriver:
             self._agent.request("PUT", amphora, f"{base}/start")
         elif changed:
             self._agent.request("PUT", amphora, f"{base}/reload")
+        # UDP and SCTP listeners: the agent programs the kernel (an empty spec removes them).
+        self._update_l4(amphora, base, l4)
         if lb.topology.name == "ACTIVE_STANDBY" and amphora.role in VRRP_ROLES:
             self._update_vrrp(amphora, lb, peers, info, state_dir)
+
+    def _update_l4(self, amphora: Amphora, base: str, spec: dict[str, Any] | None) -> None:
+        body = spec if spec is not None else {"listeners": []}
+        r = self._agent.request("PUT", amphora, f"{base}/l4", json=body, allow=(400, 404))
+        if r.status_code == 404 and spec is not None:
+            raise PermanentDriverError(f"amphora {amphora.id}: its agent serves no UDP or SCTP")
+        if r.status_code == 400:
+            raise PermanentDriverError(f"amphora {amphora.id} refused the UDP/SCTP configuration: {r.text}")
 
     def _layout(self, amphora: Amphora, info: dict[str, Any], lb_id: str) -> tuple[str, str]:
         state_dir, template = info.get("haproxy_state_dir"), info.get("cert_dir_template")

@@ -1,0 +1,64 @@
+"""Connection tracking in the amphora's namespace: count flows by mark, and forget a member's flows.
+
+The L4 data path tags each flow's conntrack entry with a mark naming its listener and member.
+Active flows are counted from ``/proc/net/nf_conntrack`` (per namespace). When a member leaves
+the dispatch set (failed monitor, disabled, removed), its entries are deleted with one ctnetlink
+request filtered by mark, so the next packet of each of its UDP "sessions" is a new flow and goes
+to a healthy member instead of waiting for conntrack's timeout. Plain ``socket`` netlink: the
+amphora needs no conntrack tool or extra package.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import socket
+import struct
+from collections import Counter
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_CTNETLINK = 1
+IPCTNL_MSG_CT_DELETE = 2
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLMSG_ERROR = 0x2
+CTA_MARK = 8
+CTA_MARK_MASK = 21
+PROC = "/proc/net/nf_conntrack"
+_MARK = re.compile(r"\bmark=(\d+)\b")
+
+
+def marks(path: str = PROC) -> Counter[int]:
+    """How many conntrack entries carry each non-zero mark."""
+    counts: Counter[int] = Counter()
+    try:
+        with open(path) as f:
+            for line in f:
+                found = _MARK.search(line)
+                if found and found.group(1) != "0":
+                    counts[int(found.group(1))] += 1
+    except OSError:
+        pass
+    return counts
+
+
+def _attr(kind: int, value: int) -> bytes:
+    return struct.pack("=HH", 8, kind) + struct.pack("!I", value)
+
+
+def delete_by_mark(value: int, mask: int = 0xFFFFFFFF) -> None:
+    """Delete every conntrack entry whose mark & ``mask`` == ``value`` (all address families)."""
+    payload = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0) + _attr(CTA_MARK, value) + _attr(CTA_MARK_MASK, mask)
+    header = struct.pack("=IHHII", 16 + len(payload), NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE,
+                         NLM_F_REQUEST | NLM_F_ACK, 1, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+        sock.settimeout(5)
+        sock.bind((0, 0))
+        sock.send(header + payload)
+        answer = sock.recv(65536)
+    if len(answer) >= 20:
+        _, kind, _, _, _ = struct.unpack("=IHHII", answer[:16])
+        (code,) = struct.unpack("=i", answer[16:20])
+        if kind == NLMSG_ERROR and code not in (0, -errno.ENOENT):
+            raise OSError(-code, f"conntrack delete by mark {value:#x}: {os.strerror(-code)}")
