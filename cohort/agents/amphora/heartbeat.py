@@ -46,7 +46,7 @@ class HeartbeatBody:
             pools.update(lb_pools)
         # UDP and SCTP listeners: nftables counters and conntrack (already monotonic: kept across changes).
         l4 = self.l4
-        for lb_id, (lb_listeners, lb_pools) in ((i, l4.stats(i)) for i in l4.lb_ids()) if l4 is not None else ():
+        for lb_listeners, lb_pools in (l4.stats(i) for i in l4.lb_ids()) if l4 is not None else ():
             listeners.update(lb_listeners)
             pools.update(lb_pools)
         for listener_id, report in listeners.items():
