@@ -40,6 +40,8 @@ FRR_DIR = Path("/usr/lib/frr")
 RUN_ROOT = Path("/run/cohort-lab")
 DAEMONS = ("zebra", "bfdd", "bgpd")
 DEFAULT_ASN = 64512
+BFD_PROFILE = "amphorae"
+BFD_MIN_MS = 50
 PASSWORD_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:+=/@%")
 
 
@@ -58,6 +60,13 @@ class RouterSettings:
         return self
 
 
+def bfdd_config() -> str:
+    """The router is willing to go as fast as BFD_MIN_MS: each session then runs at what the amphora
+    asks (a session's interval is the slower of one side's transmit and the other's receive)."""
+    return "\n".join(["bfd", f" profile {BFD_PROFILE}", f"  receive-interval {BFD_MIN_MS}",
+                      f"  transmit-interval {BFD_MIN_MS}", "  detect-multiplier 3", " exit", "exit", ""])
+
+
 def bgpd_config(settings: RouterSettings) -> str:
     lines = [
         "hostname cohort-lab-router",
@@ -69,6 +78,7 @@ def bgpd_config(settings: RouterSettings) -> str:
         " neighbor AMPHORAE peer-group",
         " neighbor AMPHORAE remote-as external",
         " neighbor AMPHORAE bfd",
+        f" neighbor AMPHORAE bfd profile {BFD_PROFILE}",
         " neighbor AMPHORAE timers connect 2",
     ]
     if settings.password:
@@ -141,7 +151,7 @@ class LabRouter:
         self.dir.mkdir(exist_ok=True)
         self.dir.chmod(0o750)
         shutil.chown(self.dir, "frr", "frr")
-        configs = {"zebra": "hostname cohort-lab-router\n", "bfdd": "bfd\nexit\n", "bgpd": bgpd_config(settings)}
+        configs = {"zebra": "hostname cohort-lab-router\n", "bfdd": bfdd_config(), "bgpd": bgpd_config(settings)}
         for daemon, text in configs.items():
             path = self.dir / f"{daemon}.conf"
             path.write_text(text)

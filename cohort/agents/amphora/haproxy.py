@@ -43,6 +43,7 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # The longest socket name under the state directory: "/" + a 64-character id + "-prometheus.sock".
 _SOCKET_NAME_MAX = 1 + 64 + len("-prometheus.sock")
+REVALIDATE = 2.0
 
 
 class InvalidConfig(ValueError):
@@ -89,6 +90,7 @@ class HaproxyManager:
         self.stop_grace = stop_grace
         self._lock = threading.RLock()
         self.metrics = MetricsProxies(self.dir, self.inner_dir, jail.give)
+        self._alive: dict[str, tuple[int | None, float]] = {}
 
     def resume(self) -> None:
         """Serve the metrics of the HAProxy instances a previous agent left running."""
@@ -182,6 +184,21 @@ class HaproxyManager:
 
     def running(self, lb_id: str) -> bool:
         return self.master_pid(lb_id) is not None
+
+    def alive(self, lb_id: str) -> bool:
+        """``running``, cheap enough to ask ten times a second from inside a capped amphora: the
+        master's pid is checked with a signal 0 and fully re-validated every ``REVALIDATE`` seconds."""
+        now = time.monotonic()
+        known, checked = self._alive.get(lb_id, (None, 0.0))
+        if known is not None and now - checked < REVALIDATE:
+            try:
+                os.kill(known, 0)
+                return True
+            except ProcessLookupError:
+                pass
+        pid = self.master_pid(lb_id)
+        self._alive[lb_id] = (pid, now)
+        return pid is not None
 
     def start(self, lb_id: str) -> None:
         with self._lock:
