@@ -26,7 +26,13 @@ LISTENER_POOL_PROTOCOLS = {
     "SCTP": {"SCTP"},
     "PROMETHEUS": set(),
 }
-UNSUPPORTED_PROTOCOLS = {"UDP", "SCTP"}
+# UDP is served by the amphora's kernel (nftables); SCTP rules are rendered the same way but cannot be
+# shown end to end on these machines, whose kernels have no SCTP sockets: refused until they are.
+UNSUPPORTED_PROTOCOLS = {"SCTP"}
+L4_PROTOCOLS = {"UDP", "SCTP"}
+L4_ALGORITHMS = ("ROUND_ROBIN", "SOURCE_IP", "SOURCE_IP_PORT")
+L4_MONITORS = ("UDP-CONNECT", "SCTP", "TCP", "HTTP")
+UDP_CONNECT_MIN_DELAY = 3  # Octavia's udp_connect_min_interval_health_monitor
 L7_LISTENER_PROTOCOLS = {"HTTP", "TERMINATED_HTTPS"}
 DN_FIELDS = {"C", "ST", "L", "O", "OU", "CN", "emailAddress", "SN", "GN", "DC", "UID"}
 TLS_LISTENER_FIELDS = ("default_tls_container_ref", "sni_container_refs", "client_ca_tls_container_ref",
@@ -63,8 +69,9 @@ def pending_create(project_id: str) -> dict[str, Any]:
 def reject_unsupported_protocol(protocol: str) -> None:
     if protocol in UNSUPPORTED_PROTOCOLS:
         raise InvalidInput(
-            f"Invalid input for field/attribute protocol. Value: '{protocol}'. Cohort's amphorae run HAProxy, "
-            f"which cannot serve {protocol}; use TCP, HTTP, HTTPS, TERMINATED_HTTPS or PROMETHEUS."
+            f"Invalid input for field/attribute protocol. Value: '{protocol}'. Cohort does not serve {protocol} yet "
+            f"(its kernel data path is untested without SCTP sockets); use UDP, TCP, HTTP, HTTPS, TERMINATED_HTTPS "
+            f"or PROMETHEUS."
         )
 
 
@@ -85,6 +92,9 @@ def validate_listener_fields(protocol: str, fields: dict[str, Any]) -> None:
                            "authentication revocation list.")
     if fields.get("insert_headers") and protocol not in L7_LISTENER_PROTOCOLS:
         raise InvalidInput(f"insert_headers are only allowed on HTTP and TERMINATED_HTTPS listeners, not {protocol}.")
+    if protocol in L4_PROTOCOLS and fields.get("allowed_cidrs"):
+        raise InvalidInput(f"Invalid input for field/attribute allowed_cidrs: Cohort does not yet filter "
+                           f"{protocol} listeners by source.")
     if protocol == "PROMETHEUS" and fields.get("default_pool_id"):
         raise InvalidInput("PROMETHEUS listeners cannot have a default pool.")
 
@@ -114,9 +124,14 @@ def build_listener(session: Session, lb: m.LoadBalancer, body: s.ListenerTree,
         fields.pop(nested, None)
     validate_listener_fields(body.protocol, fields)
     check_cidr_families(lb, fields.get("allowed_cidrs"))
+    if body.protocol in L4_PROTOCOLS and lb.topology == "ACTIVE_ACTIVE":
+        raise InvalidInput(f"Invalid input for field/attribute protocol. Value: '{body.protocol}'. ACTIVE_ACTIVE "
+                           f"load balancers do not spread {body.protocol} flows yet (SINGLE and ACTIVE_STANDBY do).")
     check_tls_refs(session, lb.project_id, fields, LISTENER_REFS)
     for other in lb.listeners:
-        if _live(other) and other.protocol_port == body.protocol_port:
+        # As in Octavia, one port may carry a UDP and a TCP listener (DNS), not two of the same L4 protocol.
+        if _live(other) and other.protocol_port == body.protocol_port and \
+                _l4_protocol(other.protocol) == _l4_protocol(body.protocol):
             raise Conflict(f"Another Listener on this Load Balancer is already using protocol_port "
                            f"{body.protocol_port}")
     if body.default_pool_id:
@@ -132,6 +147,10 @@ def build_listener(session: Session, lb: m.LoadBalancer, body: s.ListenerTree,
     for policy in body.l7policies or []:
         build_l7policy(session, listener, policy)
     return listener
+
+
+def _l4_protocol(protocol: str) -> str:
+    return protocol if protocol in L4_PROTOCOLS else "TCP"
 
 
 def _listener_defaults(fields: dict[str, Any]) -> dict[str, Any]:
@@ -166,11 +185,30 @@ def build_pool(session: Session, lb: m.LoadBalancer, body: s.PoolTree, listener:
 
 def validate_pool_fields(protocol: str, fields: dict[str, Any]) -> None:
     persistence = fields.get("session_persistence")
+    if protocol in L4_PROTOCOLS:
+        validate_l4_pool_fields(protocol, fields)
     if persistence and persistence.get("type") in ("HTTP_COOKIE", "APP_COOKIE") and protocol not in (
             "HTTP", "HTTPS", "PROXY", "PROXYV2"):
         raise InvalidInput(f"Cookie session persistence is not valid for {protocol} pools.")
     if fields.get("tls_enabled") and protocol not in ("HTTP", "TCP", "PROXY", "PROXYV2"):
         raise InvalidInput(f"tls_enabled is not valid for {protocol} pools.")
+
+
+def validate_l4_pool_fields(protocol: str, fields: dict[str, Any]) -> None:
+    """What Octavia refuses for UDP and SCTP pools, and what Cohort's kernel data path does not build."""
+    persistence = fields.get("session_persistence")
+    if persistence and persistence.get("type") in ("HTTP_COOKIE", "APP_COOKIE"):
+        raise InvalidInput(f"Session persistence of type {persistence['type']} is not supported for UDP/SCTP "
+                           "protocol pools.")
+    algorithm = fields.get("lb_algorithm")
+    if algorithm is not None and algorithm not in L4_ALGORITHMS:
+        raise InvalidInput(f"Invalid input for field/attribute lb_algorithm. Value: '{algorithm}'. {protocol} pools "
+                           f"take {', '.join(L4_ALGORITHMS)} in Cohort (the kernel data path has no least-connections "
+                           "choice).")
+    for name in ("tls_enabled", "tls_container_ref", "ca_tls_container_ref", "crl_container_ref", "tls_ciphers",
+                 "tls_versions", "alpn_protocols"):
+        if fields.get(name):
+            raise InvalidInput(f"Invalid input for field/attribute {name}: {protocol} pools do not support TLS.")
 
 
 def resolve_subnet(network: SubnetCatalog | None, subnet: str | None) -> str | None:
@@ -222,6 +260,10 @@ def monitor_fields(monitor_type: str, fields: dict[str, Any],
         for name in http_only:
             if fields.get(name) is not None:
                 raise InvalidInput(f"{name} is only valid for HTTP and HTTPS health monitors, not {monitor_type}.")
+    delay = fields.get("delay")
+    if monitor_type == "UDP-CONNECT" and delay is not None and delay < UDP_CONNECT_MIN_DELAY:
+        raise InvalidInput(f"The request delay value {delay} should be larger than {UDP_CONNECT_MIN_DELAY} for "
+                           "UDP-CONNECT health monitor type.")
     if fields.get("domain_name") and (fields.get("http_version") or (existing and existing.http_version)) != 1.1:
         raise InvalidInput("domain_name requires http_version 1.1.")
     # Octavia's defaults, on create and when an update unsets (sends null for) one of them.
@@ -240,8 +282,14 @@ def build_health_monitor(session: Session, pool: m.Pool, body: s.HealthMonitorTr
         raise Conflict(f"Pool {pool.id} already has a health monitor.")
     if pool.health_monitor is not None:
         raise Conflict(f"Pool {pool.id}'s previous health monitor is still being deleted.")
-    if body.type in ("UDP-CONNECT", "SCTP"):
-        raise InvalidInput(f"Health monitor type {body.type} needs a UDP or SCTP pool, which Cohort does not serve.")
+    if pool.protocol in L4_PROTOCOLS and body.type not in L4_MONITORS:
+        raise InvalidInput(f"The associated pool protocol is {pool.protocol}, so only a {'/'.join(L4_MONITORS)} "
+                           "health monitor is supported.")
+    if pool.protocol not in L4_PROTOCOLS and body.type in ("UDP-CONNECT", "SCTP"):
+        raise InvalidInput(f"The {body.type} type is only supported for pools of type UDP/SCTP.")
+    if body.type == "SCTP":
+        raise InvalidInput("Invalid input for field/attribute type. Value: 'SCTP'. Cohort does not run SCTP health "
+                           "monitors yet (no SCTP sockets in these kernels); use UDP-CONNECT, TCP or HTTP.")
     fields = {k: v for k, v in given(body).items() if k not in ("pool_id", "project_id")}
     fields = monitor_fields(body.type, fields)
     monitor = m.HealthMonitor(pool=pool, **pending_create(pool.project_id), **fields)

@@ -1,0 +1,127 @@
+"""UDP listeners, pools and monitors through the API, with Octavia's rules and faults; SCTP still refused."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.support import Api
+
+LB = "/v2/lbaas/loadbalancers"
+
+
+def _lb(api: Api, **extra: Any) -> dict[str, Any]:
+    status, body = api.post(LB, {"loadbalancer": {"name": "udp", "vip_subnet_id": "public-subnet", **extra}})
+    assert status == 201, body
+    return dict(api.wait_active(f"{LB}/{body['loadbalancer']['id']}", "loadbalancer"))
+
+
+def _wait(api: Api, lb: dict[str, Any]) -> None:
+    api.wait_active(f"{LB}/{lb['id']}", "loadbalancer")
+
+
+def _fault(status: int, body: dict[str, Any], *words: str) -> None:
+    assert status == 400 and body["faultcode"] == "Client", body
+    for word in words:
+        assert word in body["faultstring"], body
+
+
+def test_udp_tree_is_accepted_as_octavia_takes_it(api: Api) -> None:
+    pool = {"protocol": "UDP", "lb_algorithm": "SOURCE_IP",
+            "session_persistence": {"type": "SOURCE_IP", "persistence_timeout": 120,
+                                    "persistence_granularity": "255.255.255.0"},
+            "healthmonitor": {"type": "UDP-CONNECT", "delay": 3, "timeout": 2, "max_retries": 2},
+            "members": [{"address": "192.0.2.50", "protocol_port": 53, "weight": 3, "backup": True}]}
+    lb = _lb(api, listeners=[{"protocol": "UDP", "protocol_port": 53, "connection_limit": 1000,
+                              "default_pool": pool}])
+    _wait(api, lb)
+    tree = api.get(f"{LB}/{lb['id']}/status")[1]["statuses"]["loadbalancer"]
+    assert tree["listeners"][0]["pools"][0]["health_monitor"]["type"] == "UDP-CONNECT"
+    # A TCP listener may share the port (DNS over both), a second UDP one may not.
+    status, body = api.post("/v2/lbaas/listeners", {"listener": {"loadbalancer_id": lb["id"], "protocol": "TCP",
+                                                                 "protocol_port": 53}})
+    assert status == 201, body
+    _wait(api, lb)
+    status, body = api.post("/v2/lbaas/listeners", {"listener": {"loadbalancer_id": lb["id"], "protocol": "UDP",
+                                                                 "protocol_port": 53}})
+    assert status == 409, body
+    for monitor in ("TCP", "HTTP"):
+        status, pool_body = api.post("/v2/lbaas/pools", {"pool": {"loadbalancer_id": lb["id"], "protocol": "UDP",
+                                                                  "lb_algorithm": "ROUND_ROBIN"}})
+        assert status == 201, pool_body
+        _wait(api, lb)
+        status, body = api.post("/v2/lbaas/healthmonitors", {"healthmonitor": {
+            "pool_id": pool_body["pool"]["id"], "type": monitor, "delay": 1, "timeout": 1, "max_retries": 1}})
+        assert status == 201, body
+        _wait(api, lb)
+
+
+def test_what_octavia_refuses_for_udp_is_a_400_naming_it(api: Api) -> None:
+    lb = _lb(api)
+    listener = {"loadbalancer_id": lb["id"], "protocol": "UDP", "protocol_port": 53}
+    status, body = api.post("/v2/lbaas/listeners", {"listener": {**listener, "insert_headers": {
+        "X-Forwarded-For": "true"}}})
+    _fault(status, body, "insert_headers")
+    status, body = api.post("/v2/lbaas/listeners", {"listener": {**listener, "default_tls_container_ref": "x"}})
+    _fault(status, body, "default_tls_container_ref")
+    status, body = api.post("/v2/lbaas/listeners", {"listener": {**listener, "allowed_cidrs": ["198.51.100.0/24"]}})
+    _fault(status, body, "allowed_cidrs")
+    status, body = api.post("/v2/lbaas/listeners", {"listener": listener})
+    assert status == 201, body
+    udp_listener = body["listener"]["id"]
+    _wait(api, lb)
+    status, body = api.post("/v2/lbaas/l7policies", {"l7policy": {"listener_id": udp_listener, "action": "REJECT"}})
+    _fault(status, body, "L7 policies")
+    pool = {"listener_id": udp_listener, "protocol": "UDP", "lb_algorithm": "ROUND_ROBIN"}
+    for persistence, word in (({"type": "HTTP_COOKIE"}, "HTTP_COOKIE"),
+                              ({"type": "APP_COOKIE", "cookie_name": "c"}, "APP_COOKIE")):
+        status, body = api.post("/v2/lbaas/pools", {"pool": {**pool, "session_persistence": persistence}})
+        _fault(status, body, word)
+    status, body = api.post("/v2/lbaas/pools", {"pool": {**pool, "lb_algorithm": "LEAST_CONNECTIONS"}})
+    _fault(status, body, "lb_algorithm")
+    status, body = api.post("/v2/lbaas/pools", {"pool": {**pool, "tls_enabled": True}})
+    _fault(status, body, "tls_enabled")
+    # The pool protocol must match the listener's, both ways.
+    status, body = api.post("/v2/lbaas/pools", {"pool": {**pool, "protocol": "TCP"}})
+    _fault(status, body, "pool protocol")
+    status, body = api.post("/v2/lbaas/pools", {"pool": pool})
+    assert status == 201, body
+    udp_pool = body["pool"]["id"]
+    _wait(api, lb)
+    status, body = api.post("/v2/lbaas/listeners", {"listener": {
+        "loadbalancer_id": lb["id"], "protocol": "TCP", "protocol_port": 80, "default_pool_id": udp_pool}})
+    _fault(status, body, "pool protocol")
+    status, body = api.put(f"/v2/lbaas/pools/{udp_pool}", {"pool": {"lb_algorithm": "LEAST_CONNECTIONS"}})
+    _fault(status, body, "lb_algorithm")
+    monitor = {"pool_id": udp_pool, "delay": 3, "timeout": 1, "max_retries": 1}
+    status, body = api.post("/v2/lbaas/healthmonitors", {"healthmonitor": {**monitor, "type": "PING"}})
+    _fault(status, body, "UDP-CONNECT/SCTP/TCP/HTTP")
+    status, body = api.post("/v2/lbaas/healthmonitors", {"healthmonitor": {**monitor, "type": "UDP-CONNECT",
+                                                                          "delay": 2}})
+    _fault(status, body, "delay value 2")
+    status, body = api.post("/v2/lbaas/healthmonitors", {"healthmonitor": {**monitor, "type": "UDP-CONNECT"}})
+    assert status == 201, body
+    _wait(api, lb)
+    status, body = api.put(f"/v2/lbaas/healthmonitors/{body['healthmonitor']['id']}", {"healthmonitor": {
+        "delay": 1}})
+    _fault(status, body, "delay value 1")
+    # UDP-CONNECT on a TCP pool; SCTP listeners and monitors are not served yet.
+    status, body = api.post("/v2/lbaas/pools", {"pool": {"loadbalancer_id": lb["id"], "protocol": "TCP",
+                                                         "lb_algorithm": "ROUND_ROBIN"}})
+    assert status == 201
+    _wait(api, lb)
+    status, body = api.post("/v2/lbaas/healthmonitors", {"healthmonitor": {
+        **monitor, "pool_id": body["pool"]["id"], "type": "UDP-CONNECT"}})
+    _fault(status, body, "only supported for pools of type UDP/SCTP")
+    status, body = api.post("/v2/lbaas/listeners", {"listener": {**listener, "protocol": "SCTP"}})
+    _fault(status, body, "SCTP")
+
+
+def test_active_active_refuses_udp_until_it_spreads_it(api: Api) -> None:
+    profile = api.post("/v2/lbaas/flavorprofiles", {"flavorprofile": {
+        "name": "aa", "provider_name": "amphora", "flavor_data": json.dumps({
+            "loadbalancer_topology": "ACTIVE_ACTIVE", "amp_cluster_size": 2})}})[1]["flavorprofile"]
+    flavor = api.post("/v2/lbaas/flavors", {"flavor": {"name": "aa-udp", "flavor_profile_id": profile["id"]}})[1]
+    status, body = api.post(LB, {"loadbalancer": {"vip_subnet_id": "public-subnet", "flavor_id": flavor["flavor"]["id"],
+                                                  "listeners": [{"protocol": "UDP", "protocol_port": 53}]}})
+    _fault(status, body, "ACTIVE_ACTIVE")
