@@ -228,11 +228,16 @@ def test_app_cookie_persistence_holds_across_the_cluster(env: tuple[Any, Api, An
     for token, owner in sessions.items():
         answers = {get("/", token) for _ in range(12)}
         assert answers == {owner}, (token, owner, answers)
-    # Every amphora saw requests of these sessions; one dies, the others still know every session.
+    # Every amphora saw requests of these sessions; one dies, and once it is replaced (the newcomer
+    # learns the tables from its peers when it joins) every session still reaches its member.
     amphorae = api.get(f"/v2/octavia/amphorae?loadbalancer_id={lb_id}")[1]["amphorae"]
-    for pid in namespace_pids(lab.instance_ns(amphorae[0]["id"], "amphora")):
+    victim = amphorae[0]["id"]
+    for pid in namespace_pids(lab.instance_ns(victim, "amphora")):
         os.kill(pid, signal.SIGKILL)
-    time.sleep(1.0)  # the distributor's probes take it out
+    wait_for(lambda: victim not in {a["id"] for a in api.get(
+        f"/v2/octavia/amphorae?loadbalancer_id={lb_id}")[1]["amphorae"]}, timeout=90, interval=0.5)
+    api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=90)
+    time.sleep(6.0)  # HAProxy peers reconnect within 5 s and resynchronise the newcomer
     for token, owner in sessions.items():
         answers = {get("/", token) for _ in range(12)}
         assert answers == {owner}, (token, owner, answers)
