@@ -158,3 +158,18 @@ def test_enabled_monitors_and_l7_objects_are_online_once_applied(api: Api) -> No
     # Measured statuses are never guessed on noop drivers.
     assert api.get(f"/v2/lbaas/listeners/{listener}")[1]["listener"]["operating_status"] == "OFFLINE"
     assert api.get(f"/v2/lbaas/pools/{pool}")[1]["pool"]["operating_status"] == "OFFLINE"
+
+
+def test_a_new_session_persistence_replaces_the_old_whole(api: Api) -> None:
+    lb = _lb(api)
+    status, body = api.post("/v2/lbaas/pools", {"pool": {
+        "loadbalancer_id": lb["id"], "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN",
+        "session_persistence": {"type": "APP_COOKIE", "cookie_name": "sid"}}})
+    assert status == 201, body
+    pool = body["pool"]["id"]
+    _active(api, f"{LB}/{lb['id']}")
+    status, body = api.put(f"/v2/lbaas/pools/{pool}", {"pool": {"session_persistence": {"type": "HTTP_COOKIE"}}})
+    assert status == 200, body
+    _active(api, f"{LB}/{lb['id']}")
+    persistence = api.get(f"/v2/lbaas/pools/{pool}")[1]["pool"]["session_persistence"]
+    assert persistence["type"] == "HTTP_COOKIE" and persistence.get("cookie_name") is None, persistence

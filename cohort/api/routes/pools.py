@@ -70,6 +70,9 @@ def show(pool_id: str, request: Request, session: DB, ctx: Ctx) -> dict[str, Any
     return {"pool": select_fields(pool_view(session, visible(session, ctx, m.Pool, pool_id)), fields)}
 
 
+SESSION_PERSISTENCE_FIELDS = ("type", "cookie_name", "persistence_timeout", "persistence_granularity")
+
+
 @router.put("/{pool_id}")
 def update(raw: RawBody, pool_id: str, request: Request, session: DB, ctx: Ctx, state: State) -> dict[str, Any]:
     body = unwrap(raw, "pool", s.PoolUpdate)
@@ -80,7 +83,10 @@ def update(raw: RawBody, pool_id: str, request: Request, session: DB, ctx: Ctx, 
     lock_load_balancer(session, pool.load_balancer_id)
     if "session_persistence" in changes:
         persistence = changes.pop("session_persistence")
-        pool.session_persistence = m.SessionPersistence(**persistence) if persistence else None
+        # The new persistence replaces the old one whole (Octavia's semantics): every field is set,
+        # so the row SQLAlchemy reuses for the same pool keeps nothing of the old (a cookie name).
+        pool.session_persistence = m.SessionPersistence(**{
+            key: persistence.get(key) for key in SESSION_PERSISTENCE_FIELDS}) if persistence else None
     apply_changes(pool, changes)
     if pool.provisioning_status == "ACTIVE":
         pool.provisioning_status = "PENDING_UPDATE"
