@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,7 @@ check_interval = 0.5
 lb_build_interval = 0.5
 check_timeout = 120
 lb_build_timeout = 300
+build_timeout = 120
 availability_zone = bogus-az-1
 availability_zone2 = bogus-az-2
 availability_zone3 = bogus-az-3
@@ -90,6 +92,8 @@ def main() -> int:
     if not (VENV / "bin" / "tempest").exists():
         print(f"{VENV} has no tempest: run `make test-tempest`, which builds it", file=sys.stderr)
         return 2
+    # A TERM (CI's timeout, a developer's kill) still stops Keystone and Cohort on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cohort-tempest-"))
     workdir.mkdir(parents=True, exist_ok=True)
     keystone = KeystoneLab(workdir / "keystone").start()
