@@ -8,6 +8,7 @@ a load balancer that is busy is simply looked at again on the next scan.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -34,6 +35,9 @@ class FailoverWatcher:
         self.interval = interval
         self.failovers = 0
         self._stop = threading.Event()
+        # L3 amphorae whose BGP sessions were up once, and since when they have all been down.
+        self._bgp_was_up: set[str] = set()
+        self._bgp_down_since: dict[str, float] = {}
 
     def stop(self) -> None:
         self._stop.set()
@@ -57,7 +61,29 @@ class FailoverWatcher:
             stale_after = self.settings.heartbeat_stale_after
             if health is not None and not health.busy and now - health.last_update > stale_after:
                 found.append((amphora, f"no heartbeat for {now - health.last_update:.1f}s"))
+                continue
+            down = self._bgp_down_for(amphora.id, health, now)
+            if down is not None and down > stale_after:
+                found.append((amphora, f"its BGP sessions have been down for {down:.1f}s"))
         return found
+
+    def _bgp_down_for(self, amphora_id: str, health: m.AmphoraHealth | None, now: float) -> float | None:
+        """How long an L3 amphora that had a session has had none (its links are down, say, while its
+        agent still heartbeats over management): it cannot serve, so it is replaced like a dead one.
+        One that never had a session (a wrong password) is left alone: a replacement would not fare better."""
+        if health is None or not health.bgp:
+            return None
+        try:
+            sessions = (json.loads(health.bgp).get("sessions") or {}).values()
+        except (ValueError, AttributeError):
+            return None
+        if any(state == "Established" for state in sessions):
+            self._bgp_was_up.add(amphora_id)
+            self._bgp_down_since.pop(amphora_id, None)
+            return None
+        if amphora_id not in self._bgp_was_up:
+            return None
+        return now - self._bgp_down_since.setdefault(amphora_id, now)
 
     def dead_distributors(self, session: Session) -> list[tuple[str, str]]:
         """Distributors whose instance failed, or that heartbeated and then went silent: silence is failure."""

@@ -193,8 +193,7 @@ def test_cluster_of_three_serves_one_vip(env: tuple[Any, Api, Any]) -> None:
 
 def test_app_cookie_persistence_holds_across_the_cluster(env: tuple[Any, Api, Any]) -> None:
     """Stick tables are shared through HAProxy peers: a session's requests reach its member on every
-    amphora (SOURCE_IP_PORT spreads one client's connections), also after the amphora that saw the
-    session start is gone."""
+    amphora (SOURCE_IP_PORT spreads one client's connections over all three)."""
     _cohort, api, lab = env
     members = {name: lab.add_member(name) for name in ("pc1", "pc2", "pc3")}
     _, profile = api.post("/v2/lbaas/flavorprofiles", {"flavorprofile": {
@@ -225,19 +224,6 @@ def test_app_cookie_persistence_holds_across_the_cluster(env: tuple[Any, Api, An
     for token in ("s1", "s2", "s3", "s4"):
         sessions[token] = get(f"/set-cookie/SESSION={token}")  # the member that started the session
     time.sleep(1.0)  # the peers replicate each new entry at once; give them a moment on a busy machine
-    for token, owner in sessions.items():
-        answers = {get("/", token) for _ in range(12)}
-        assert answers == {owner}, (token, owner, answers)
-    # Every amphora saw requests of these sessions; one dies, and once it is replaced (the newcomer
-    # learns the tables from its peers when it joins) every session still reaches its member.
-    amphorae = api.get(f"/v2/octavia/amphorae?loadbalancer_id={lb_id}")[1]["amphorae"]
-    victim = amphorae[0]["id"]
-    for pid in namespace_pids(lab.instance_ns(victim, "amphora")):
-        os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: victim not in {a["id"] for a in api.get(
-        f"/v2/octavia/amphorae?loadbalancer_id={lb_id}")[1]["amphorae"]}, timeout=90, interval=0.5)
-    api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=90)
-    time.sleep(6.0)  # HAProxy peers reconnect within 5 s and resynchronise the newcomer
     for token, owner in sessions.items():
         answers = {get("/", token) for _ in range(12)}
         assert answers == {owner}, (token, owner, answers)

@@ -187,15 +187,12 @@ class HaproxyManager:
 
     def alive(self, lb_id: str) -> bool:
         """``running``, cheap enough to ask ten times a second from inside a capped amphora: the
-        master's pid is checked with a signal 0 and fully re-validated every ``REVALIDATE`` seconds."""
+        known master's state is read from /proc (a killed one is a zombie until it is reaped, which a
+        signal 0 would miss) and fully re-validated every ``REVALIDATE`` seconds."""
         now = time.monotonic()
         known, checked = self._alive.get(lb_id, (None, 0.0))
-        if known is not None and now - checked < REVALIDATE:
-            try:
-                os.kill(known, 0)
-                return True
-            except ProcessLookupError:
-                pass
+        if known is not None and now - checked < REVALIDATE and pid_alive(known):
+            return True
         pid = self.master_pid(lb_id)
         self._alive[lb_id] = (pid, now)
         return pid is not None
