@@ -266,34 +266,3 @@ def test_lab_status_shows_the_router(env: tuple[harness.Instance, Api, Lab]) -> 
     status = lab.status()["router"]
     assert status["asn"] == 64512 and status["address"] == "203.0.113.1" and status["running"] and status["md5"]
     assert Path(f"/run/cohort-lab/{lab.prefix}").exists()
-
-
-def test_scaling_breaks_no_open_connection_with_a_resilient_router(env: tuple[harness.Instance, Api, Lab]) -> None:
-    _cohort, api, lab = env
-    lab.router.configure(RouterSettings(password=PASSWORD, resilient=True))
-    try:
-        member = lab.add_member("l3m4", workers=2)
-        _scaling_keeps_connections(api, lab, "l3resilient", member)
-        lab.remove_member("l3m4")
-    finally:
-        lab.router.configure(RouterSettings(password=PASSWORD))
-
-
-def test_the_resilient_router_installs_resilient_groups(env: tuple[harness.Instance, Api, Lab]) -> None:
-    _cohort, api, lab = env
-    lab.router.configure(RouterSettings(password=PASSWORD, resilient=True))
-    try:
-        member = lab.add_member("l3m5")
-        speaker_id = _speaker(api, "groups", PASSWORD)
-        lb_id = _create(api, "l3groups", api.flavor("l3groups", _l3(speaker_id, size=2)), member)["id"]
-        vip = api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=120)["vip_address"]
-        wait_for(lambda: len(lab.router.routes().get(vip, [])) == 2, timeout=30, interval=0.2)
-        groups = netns.run_in(lab.gw_ns, ["ip", "nexthop", "show"]).stdout
-        assert "type resilient buckets 64" in groups, groups
-        assert lab.exec_client(["curl", "-s", "--max-time", "3", f"http://{vip}/"]).stdout.strip() == "l3m5"
-        assert api.delete(f"/v2/lbaas/loadbalancers/{lb_id}?cascade=true")[0] == 204
-        wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 404, timeout=60)
-        wait_for(lambda: vip not in lab.router.routes(), timeout=10)
-        lab.remove_member("l3m5")
-    finally:
-        lab.router.configure(RouterSettings(password=PASSWORD))
