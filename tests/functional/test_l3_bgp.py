@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,23 @@ PASSWORD = "s3cret-md5"
 SPEAKER_AS = 64600
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[harness.Instance, Api, Lab]]:
+@contextmanager
+def l3_lab(tmp_path_factory: pytest.TempPathFactory, tag: str,
+           resilient: bool = False) -> Iterator[tuple[harness.Instance, Api, Lab]]:
+    """Cohort on a private lab whose router asks for the MD5 password (and is resilient if asked)."""
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces)")
-    with harness.private_cohort(tmp_path_factory.mktemp("l3"), tag="l", heartbeat_interval=0.5,
+    with harness.private_cohort(tmp_path_factory.mktemp(tag), tag=tag, heartbeat_interval=0.5,
                                 heartbeat_stale_after=3.0, drain_timeout=5.0) as cohort:
         assert cohort.lab is not None
-        cohort.lab.router.configure(RouterSettings(password=PASSWORD))
+        cohort.lab.router.configure(RouterSettings(password=PASSWORD, resilient=resilient))
         yield cohort, Api(cohort.base), cohort.lab
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[harness.Instance, Api, Lab]]:
+    with l3_lab(tmp_path_factory, "l") as found:
+        yield found
 
 
 def _speaker(api: Api, name: str, password: str) -> str:

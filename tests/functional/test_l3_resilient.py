@@ -6,15 +6,13 @@ scale-out and scale-in keep every open connection, and the VIP routes are resili
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
 from cohort import harness, netns
 from cohort.lab import Lab
-from cohort.lab.router import RouterSettings
-from tests.functional.test_l3_bgp import PASSWORD, _create, _l3, _scaling_keeps_connections, _speaker
+from tests.functional.test_l3_bgp import PASSWORD, _create, _l3, _scaling_keeps_connections, _speaker, l3_lab
 from tests.support import Api, wait_for
 
 pytestmark = pytest.mark.root
@@ -22,13 +20,8 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[harness.Instance, Api, Lab]]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-    with harness.private_cohort(tmp_path_factory.mktemp("l3r"), tag="r", heartbeat_interval=0.5,
-                                heartbeat_stale_after=3.0, drain_timeout=5.0) as cohort:
-        assert cohort.lab is not None
-        cohort.lab.router.configure(RouterSettings(password=PASSWORD, resilient=True))
-        yield cohort, Api(cohort.base), cohort.lab
+    with l3_lab(tmp_path_factory, "r", resilient=True) as found:
+        yield found
 
 
 def test_scaling_breaks_no_open_connection_with_a_resilient_router(env: tuple[harness.Instance, Api, Lab]) -> None:
