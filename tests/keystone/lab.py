@@ -57,7 +57,7 @@ class KeystoneLab:
             "[DEFAULT]\n"
             f"log_file = {self.workdir / 'keystone.log'}\n"
             "[database]\n"
-            # Two workers share the file: wait for SQLite's write lock rather than fail at once.
+            # Wait for SQLite's write lock (held by a request of keystone-manage) rather than fail at once.
             f"connection = sqlite:///{self.workdir / 'keystone.db'}?timeout=60\n"
             "[token]\nprovider = fernet\nexpiration = 7200\n"
             # Test passwords need no costly hash: tempest makes seven users per test class.

@@ -21,7 +21,8 @@ def main() -> None:
     class Keystone(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             self.cfg.set("bind", f"{host}:{port}")
-            self.cfg.set("workers", 3)
+            # One worker: Keystone on SQLite fails requests whose transactions race for the write lock.
+            self.cfg.set("workers", 1)
             self.cfg.set("timeout", 120)
             self.cfg.set("accesslog", None)
 
