@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     allow_unprivileged_daemons(jail.gid)
     haproxy = HaproxyManager(jail)
     keepalived = KeepalivedManager(jail)
-    bgp = BgpManager(jail, args.state_dir / "bgp.json", haproxy.alive)
+    bgp = BgpManager(jail, args.state_dir / "bgp.json", haproxy.alive, haproxy.master_pid)
     bgp.resume()
     l4 = L4Manager(args.state_dir)
     l4.resume()

@@ -184,6 +184,8 @@ class AmphoraApi:
             # start and reload both need an installed configuration.
             self.haproxy.get_config(lb_id)
             self.haproxy.start(lb_id) if action == "start" else self.haproxy.reload(lb_id)
+            if self.bgp is not None:
+                self.bgp.wake()  # a new master to watch
         return _ok(running=self.haproxy.running(lb_id))
 
     def delete_lb(self, req: Request) -> Response:
