@@ -8,6 +8,7 @@ render the nftables rules it means. ``parse`` raises ValueError naming the field
 Shape (JSON)::
 
     {"listeners": [{"id", "protocol": "UDP"|"SCTP", "vip", "port", "connection_limit", "enabled",
+                    "allowed_cidrs": [CIDR of the VIP's family, ...] (empty: any source),
                     "pool": null | {"id", "algorithm", "enabled",
                                     "persistence": null | {"timeout": s, "granularity": bits},
                                     "monitor": null | {"type", "delay", "timeout", "max_retries",
@@ -19,6 +20,7 @@ Shape (JSON)::
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -26,13 +28,14 @@ from typing import Any
 from cohort import validation
 
 PROTOCOLS = ("UDP", "SCTP")
-ALGORITHMS = ("ROUND_ROBIN", "SOURCE_IP", "SOURCE_IP_PORT")
+ALGORITHMS = ("ROUND_ROBIN", "LEAST_CONNECTIONS", "SOURCE_IP", "SOURCE_IP_PORT")
 MONITOR_TYPES = ("UDP-CONNECT", "SCTP", "TCP", "HTTP")
 # Bounds that keep every rendered table small: marks hold a listener and a member number in 16 bits each.
 MAX_LISTENERS = 256
 MAX_MEMBERS = 1024
 MAX_WEIGHT = 256
 MAX_SECONDS = 365 * 24 * 3600
+MAX_CIDRS = 65536
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 
 
@@ -90,6 +93,7 @@ class Listener:
     pool: Pool | None = None
     connection_limit: int = -1
     enabled: bool = True
+    allowed_cidrs: tuple[str, ...] = ()  # canonical networks, collapsed; empty: every source
 
     @property
     def version(self) -> int:
@@ -120,6 +124,7 @@ class Spec:
         return {"listeners": [
             {"id": li.id, "protocol": li.protocol, "vip": li.vip, "port": li.port,
              "connection_limit": li.connection_limit, "enabled": li.enabled,
+             "allowed_cidrs": list(li.allowed_cidrs),
              "pool": None if li.pool is None else pool(li.pool)} for li in self.listeners]}
 
 
@@ -220,6 +225,24 @@ def _pool(body: dict[str, Any], version: int) -> Pool:
                 enabled=_bool(body, "enabled", what))
 
 
+def _cidrs(value: Any, version: int) -> tuple[str, ...]:
+    """The allowed sources as the fewest canonical networks (an nftables interval set refuses overlaps)."""
+    if not isinstance(value, list) or len(value) > MAX_CIDRS:
+        raise ValueError(f"listener.allowed_cidrs must be a list of at most {MAX_CIDRS}")
+    v4: list[ipaddress.IPv4Network] = []
+    v6: list[ipaddress.IPv6Network] = []
+    for cidr in value:
+        network = validation.ip_network(cidr, "listener.allowed_cidrs")
+        if network.version != version:
+            raise ValueError(f"listener.allowed_cidrs: {network} is not of the VIP's address family (IPv{version})")
+        if isinstance(network, ipaddress.IPv4Network):
+            v4.append(network)
+        else:
+            v6.append(network)
+    collapsed = ipaddress.collapse_addresses(v4) if version == 4 else ipaddress.collapse_addresses(v6)
+    return tuple(n.compressed for n in collapsed)
+
+
 def _listener(body: dict[str, Any]) -> Listener:
     what = "listener"
     vip = _address(body.get("vip"), "listener.vip")
@@ -229,6 +252,7 @@ def _listener(body: dict[str, Any]) -> Listener:
                     port=_int(body, "port", 1, 65535, what),
                     connection_limit=_int(body, "connection_limit", -1, validation.INT32_MAX, what, -1),
                     enabled=_bool(body, "enabled", what),
+                    allowed_cidrs=_cidrs(body.get("allowed_cidrs", []), version),
                     pool=None if pool is None else _pool(_obj(pool, "listener.pool"), version))
 
 

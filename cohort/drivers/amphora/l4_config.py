@@ -7,7 +7,8 @@ ERROR with a reason, never a half-applied table), and the agent parses the spec 
 
 Octavia's LVS semantics are kept: SOURCE_IP persistence defaults to a 360 s timeout and a
 /32 (/128) granularity; a disabled load balancer or listener serves nothing; disabled members
-and pools take no new flows.
+and pools take no new flows; a listener's ``allowed_cidrs`` admit only those sources (Octavia
+filters them in the VIP port's security group, the amphora's nftables here).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def render_l4(lb: LoadBalancer) -> dict[str, Any] | None:
             "id": listener.id, "protocol": listener.protocol, "vip": vip.compressed, "port": listener.protocol_port,
             "connection_limit": listener.connection_limit if listener.connection_limit > 0 else -1,
             "enabled": lb.admin_state_up and listener.admin_state_up,
+            "allowed_cidrs": [validation.canonical_cidr(cidr, "allowed CIDR") for cidr in listener.allowed_cidrs],
             "pool": None if pool is None else _pool(pool, listener, vip.version == 6),
         })
     spec = {"listeners": rendered}
