@@ -5,6 +5,10 @@ amphora's own namespace; no tenant process runs, so nothing is jailed), one prob
 pool (``l4_health``), and the figures heartbeats and ``/stats`` report, read from nftables
 counters and conntrack in the same shape as HAProxy's (``stats.summarize``).
 
+LEAST_CONNECTIONS listeners get a refill thread (``l4_least``): every ``l4_least.INTERVAL`` it
+counts each member's active flows in conntrack and the listener's new flows since the last
+round, and rewrites the listener's slot table when its water-filling changed.
+
 Specs are kept under ``<state>/l4/<lb_id>.json`` so a restarted agent probes again; the table
 itself lives in the kernel and keeps serving while no agent runs. Listener and member numbers
 (the conntrack marks) are allocated once per id and kept in ``slots.json``, so a flow's mark
@@ -13,14 +17,15 @@ names the same member across reconfigurations.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from pathlib import Path
 from typing import Any
 
-from cohort.agents.amphora import conntrack, l4_nft
+from cohort.agents.amphora import conntrack, l4_least, l4_nft
 from cohort.agents.amphora.l4_health import PoolProber
-from cohort.agents.amphora.l4_spec import Spec, parse
+from cohort.agents.amphora.l4_spec import Listener, Member, Spec, parse
 from cohort.agents.common.files import atomic_write
 from cohort.agents.common.net import set_sysctl
 from cohort.agents.common.proc import CommandFailed, run
@@ -41,6 +46,11 @@ class L4Manager:
         self._specs: dict[str, Spec] = {}
         self._probers: dict[str, dict[str, PoolProber]] = {}  # lb -> listener -> prober
         self._dispatched: dict[str, set[int]] = {}
+        self._least: dict[str, dict[str, list[Member]]] = {}  # lb -> listener -> slot table loaded
+        self._new_flows: dict[str, int] = {}  # listener -> its new-flow counter at the last refill
+        self._expected: dict[str, int] = {}  # listener -> new flows in the last interval
+        self._stop = threading.Event()
+        self._refiller: threading.Thread | None = None
         try:
             self._slots: dict[str, Any] = json.loads(self._slots_file.read_text())
         except (OSError, ValueError):
@@ -95,6 +105,9 @@ class L4Manager:
             self._specs[lb_id] = spec
             self._restart_probers(lb_id, spec)
             self._apply(lb_id)
+            if self._least_listeners(spec) and self._refiller is None:
+                self._refiller = threading.Thread(target=self._refill_loop, name="l4-least", daemon=True)
+                self._refiller.start()
             atomic_write(self._dir / f"{lb_id}.json", json.dumps(spec.to_json()))
         return changed
 
@@ -112,11 +125,13 @@ class L4Manager:
             for li in spec.listeners if spec is not None else ():
                 conntrack.delete_by_mark(self._slots["listeners"][li.id] << l4_nft.LISTENER_SHIFT, 0xFFFF0000)
             self._dispatched.pop(lb_id, None)
+            self._least.pop(lb_id, None)
             if not self._specs:
                 set_sysctl("net.ipv4.ip_forward", "0")
                 run(["nft", "-f", "-"], stdin=l4_nft.guard_script(False))
 
     def close(self) -> None:
+        self._stop.set()
         with self._lock:
             for probers in self._probers.values():
                 for prober in probers.values():
@@ -163,13 +178,15 @@ class L4Manager:
         healthy = self._healthy(lb_id)
         listener_slots: dict[str, int] = self._slots["listeners"]
         member_slots: dict[str, dict[str, int]] = self._slots["members"]
+        least = self._least_tables(lb_id, spec, healthy, conntrack.marks()) if self._least_listeners(spec) else {}
         rendered = l4_nft.render(lb_id, spec, listener_slots, member_slots, healthy,
-                                 self._existing(l4_nft.table_name(lb_id)))
+                                 self._existing(l4_nft.table_name(lb_id)), least)
         run(["nft", "-f", "-"], stdin=l4_nft.guard_script(True))
         set_sysctl("net.ipv4.ip_forward", "1")
         if any(li.version == 6 for li in spec.listeners):
             set_sysctl("net.ipv6.conf.all.forwarding", "1")
         run(["nft", "-f", "-"], stdin=rendered.script)
+        self._least[lb_id] = least
         dispatched: set[int] = set()
         for li in spec.listeners:
             if li.enabled and li.pool is not None and li.pool.enabled:
@@ -180,6 +197,59 @@ class L4Manager:
         for gone in self._dispatched.get(lb_id, set()) - dispatched:
             conntrack.delete_by_mark(gone)
         self._dispatched[lb_id] = dispatched
+
+    # -- least connections ---------------------------------------------------------------------
+    @staticmethod
+    def _least_listeners(spec: Spec) -> list[Listener]:
+        return [li for li in spec.listeners if li.enabled and li.pool is not None and li.pool.enabled
+                and li.pool.algorithm == "LEAST_CONNECTIONS"]
+
+    def _least_tables(self, lb_id: str, spec: Spec, healthy: dict[str, dict[str, bool]],
+                      flows: dict[int, int]) -> dict[str, list[Member]]:
+        tables: dict[str, list[Member]] = {}
+        for li in self._least_listeners(spec):
+            assert li.pool is not None
+            slot = self._slots["listeners"][li.id]
+            own = self._slots["members"][li.id]
+            members = l4_nft.dispatch_members(li.pool, healthy.get(li.id, {}))
+            active = {m.id: flows.get(l4_nft.mark(slot, own[m.id]), 0) for m in members}
+            expected = max(len(members), self._expected.get(li.id, 0))
+            tables[li.id] = l4_least.table(members, active, expected, l4_least.size(li.pool))
+        return tables
+
+    def _refill(self) -> None:
+        """One round: refill every LEAST_CONNECTIONS table whose water-filling changed."""
+        with self._lock:
+            specs = {lb_id: spec for lb_id, spec in self._specs.items() if self._least_listeners(spec)}
+        if not specs:
+            return
+        flows = conntrack.marks()
+        for lb_id, spec in specs.items():
+            counters = self._counters(lb_id)
+            with self._lock:
+                if self._specs.get(lb_id) is not spec:
+                    continue  # reconfigured meanwhile: its _apply computed fresh tables
+                for li in self._least_listeners(spec):
+                    seen = counters.get(f"l{self._slots['listeners'][li.id]}_new", (0, 0))[0]
+                    if li.id in self._new_flows:
+                        self._expected[li.id] = max(0, seen - self._new_flows[li.id])
+                    self._new_flows[li.id] = seen
+                healthy = self._healthy(lb_id)
+                loaded = self._least.get(lb_id, {})
+                for listener_id, table in self._least_tables(lb_id, spec, healthy, flows).items():
+                    if [m.id for m in table] == [m.id for m in loaded.get(listener_id, [])]:
+                        continue
+                    slot = self._slots["listeners"][listener_id]
+                    own = self._slots["members"][listener_id]
+                    marks = {m.id: l4_nft.mark(slot, own[m.id]) for m in table}
+                    run(["nft", "-f", "-"], stdin=l4_nft.least_script(lb_id, slot, table, marks))
+                    self._least.setdefault(lb_id, {})[listener_id] = table
+
+    def _refill_loop(self) -> None:
+        while not self._stop.wait(l4_least.INTERVAL):
+            # A failed round (nft busy, a table just deleted) is simply the next round's work.
+            with contextlib.suppress(CommandFailed, OSError, KeyError):
+                self._refill()
 
     def _counters(self, lb_id: str) -> dict[str, tuple[int, int]]:
         try:

@@ -3,13 +3,16 @@
 No packet passes through Python. For each listener, a ``prerouting`` nat chain catches new flows
 to VIP:port and picks one member (``numgen inc`` over weighted slots for ROUND_ROBIN, ``jhash``
 of the source address, or address and port, for SOURCE_IP and SOURCE_IP_PORT, with a seed fixed
-by the listener id so every amphora of a cluster picks alike), records it in the flow's conntrack
-mark (listener number << 16 | member number) and DNATs to it; conntrack keeps every later packet
-of the flow (a UDP "session", an SCTP association) on that member. SOURCE_IP persistence is a
+by the listener id so every amphora of a cluster picks alike; LEAST_CONNECTIONS from a named
+table of slots the agent keeps leaning to the least loaded members, see ``l4_least``), records
+it in the flow's conntrack mark (listener number << 16 | member number) and DNATs to it;
+conntrack keeps every later packet of the flow (a UDP "session", an SCTP association) on that
+member. SOURCE_IP persistence is a
 dynamic map of the masked source address to the mark, with the persistence timeout, consulted
 first while its member is in the healthy set. ``postrouting`` masquerades our flows so replies
 come back through the amphora; named counters in ``forward`` count bytes and packets per listener
-and member in each direction and a counter per new flow.
+and member in each direction and a counter per new flow. A listener's ``allowed_cidrs`` are a
+``filter`` chain before NAT that drops every packet to VIP:port from any other source.
 
 Applying keeps state: objects are added (``add`` leaves an existing counter or map untouched),
 chains flushed and refilled, the member maps flushed and refilled, and objects no longer
@@ -25,15 +28,18 @@ from __future__ import annotations
 import ipaddress
 import math
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from cohort import validation
+from cohort.agents.amphora import l4_least
 from cohort.agents.amphora.l4_spec import Listener, Member, Pool, Spec
 
 TABLE_PREFIX = "cohort_l4_"
 GUARD_TABLE = "cohort_l4_guard"
 LISTENER_SHIFT = 16
 MEMBER_MASK = 0xFFFF
+LEAST_KEY_SPACE = 65536
 
 
 def table_name(lb_id: str) -> str:
@@ -109,8 +115,55 @@ class _Program:
         self.body.append(f"add rule inet {self.table} {chain} {text}")
 
 
+def least_map(listener_slot: int) -> str:
+    return f"lc{listener_slot}"
+
+
+def least_elements(slots: Sequence[Member], marks: Mapping[str, int]) -> list[str]:
+    return [f"{i} : {hex(marks[m.id])}" for i, m in enumerate(slots)]
+
+
+def least_script(lb_id: str, listener_slot: int, slots: Sequence[Member], marks: Mapping[str, int]) -> str:
+    """The transaction that refills a LEAST_CONNECTIONS listener's table (flush and fill at once)."""
+    table, name = table_name(lb_id), least_map(listener_slot)
+    return (f"flush map inet {table} {name}\n"
+            f"add element inet {table} {name} {{ {', '.join(least_elements(slots, marks))} }}\n")
+
+
+def _cidr_rule(prog: _Program, li: Listener) -> None:
+    if not li.allowed_cidrs:
+        return
+    fam = "ip" if li.version == 4 else "ip6"
+    # Every packet from elsewhere, before NAT: new flows, and open ones when the list shrinks.
+    cidrs = ", ".join(validation.canonical_cidr(c, "allowed CIDR") for c in li.allowed_cidrs)
+    prog.rule("filter", f"{fam} daddr {li.vip} {li.protocol.lower()} dport {li.port} {fam} saddr != {{ {cidrs} }} "
+                        "drop")
+
+
+def _pick(prog: _Program, li: Listener, slot: int, pool: Pool, members: list[Member], marks: Mapping[str, int],
+          least: Sequence[Member]) -> str:
+    """The expression that draws a new flow's member mark."""
+    if pool.algorithm == "LEAST_CONNECTIONS":
+        # A named table the agent refills as member loads change (l4_least) without touching this rule.
+        slots = list(least)
+        dispatched = {m.id for m in members}
+        if len(slots) != l4_least.size(pool) or any(m.id not in dispatched for m in slots):
+            slots = l4_least.table(members, {}, len(members), l4_least.size(pool))
+        # The typeof only names the key's type (a 32-bit number); the rule's modulus bounds the keys.
+        prog.map(least_map(slot), f"typeof numgen inc mod {LEAST_KEY_SPACE} : ct mark;", least_elements(slots, marks))
+        return f"numgen inc mod {len(slots)} map @{least_map(slot)}"
+    slots = weighted_slots(members)
+    table = ", ".join(f"{i} : {hex(marks[m.id])}" for i, m in enumerate(slots))
+    if pool.algorithm == "ROUND_ROBIN":
+        return f"numgen inc mod {len(slots)} map {{ {table} }}"
+    seed = zlib.crc32(li.id.encode()) or 1
+    source = f"{'ip' if li.version == 4 else 'ip6'} saddr"
+    key = source if pool.algorithm == "SOURCE_IP" else f"{source} . {li.protocol.lower()} sport"
+    return f"jhash {key} mod {len(slots)} seed {hex(seed)} map {{ {table} }}"
+
+
 def _listener_rules(prog: _Program, li: Listener, slot: int, member_slots: Mapping[str, int],
-                    healthy: Mapping[str, bool]) -> list[int]:
+                    healthy: Mapping[str, bool], least: Mapping[str, Sequence[Member]]) -> list[int]:
     """The listener's chains; returns the marks its members may carry."""
     fam = "ip" if li.version == 4 else "ip6"
     proto = li.protocol.lower()
@@ -137,15 +190,7 @@ def _listener_rules(prog: _Program, li: Listener, slot: int, member_slots: Mappi
         prog.rule(name, f"ct mark set {key} map @{persist}")
         # Each use restarts the persistence timeout, as HAProxy's stick tables count from the last access.
         prog.rule(name, f"ct mark {{ {up} }} update @{persist} {{ {key} : ct mark }} goto {name}_nat")
-    slots = weighted_slots(members)
-    table = ", ".join(f"{i} : {hex(marks[m.id])}" for i, m in enumerate(slots))
-    if pool.algorithm == "ROUND_ROBIN":
-        pick = f"numgen inc mod {len(slots)}"
-    else:
-        seed = zlib.crc32(li.id.encode()) or 1
-        key_expr = source if pool.algorithm == "SOURCE_IP" else f"{source} . {proto} sport"
-        pick = f"jhash {key_expr} mod {len(slots)} seed {hex(seed)}"
-    prog.rule(name, f"ct mark set {pick} map {{ {table} }}")
+    prog.rule(name, f"ct mark set {_pick(prog, li, slot, pool, members, marks, least.get(li.id, ()))}")
     if pool.persistence is not None:
         prog.rule(name, f"update @{persist} {{ {key} : ct mark }}")
     prog.rule(name, f"goto {name}_nat")
@@ -161,12 +206,16 @@ def _listener_rules(prog: _Program, li: Listener, slot: int, member_slots: Mappi
 
 
 def render(lb_id: str, spec: Spec, listener_slots: Mapping[str, int], member_slots: Mapping[str, Mapping[str, int]],
-           healthy: Mapping[str, Mapping[str, bool]], existing: Iterable[tuple[str, str]] = ()) -> Rendered:
+           healthy: Mapping[str, Mapping[str, bool]], existing: Iterable[tuple[str, str]] = (),
+           least: Mapping[str, Sequence[Member]] | None = None) -> Rendered:
     """The transaction that makes the kernel's table for ``lb_id`` serve ``spec`` with members' ``healthy`` state.
 
     ``existing``: the (kind, name) objects the table has now; those not rendered any more are deleted.
+    ``least``: each LEAST_CONNECTIONS listener's table (``l4_least.table``), by listener id; one
+    without gives its dispatch members equal shares.
     """
     prog = _Program(table_name(lb_id))
+    prog.chain("filter", "type filter hook prerouting priority mangle; policy accept;")
     prog.chain("prerouting", "type nat hook prerouting priority dstnat; policy accept;")
     prog.chain("postrouting", "type nat hook postrouting priority srcnat; policy accept;")
     prog.chain("forward", "type filter hook forward priority filter; policy accept;")
@@ -177,7 +226,8 @@ def render(lb_id: str, spec: Spec, listener_slots: Mapping[str, int], member_slo
             continue
         slot = listener_slots[li.id]
         slots = member_slots.get(li.id, {})
-        marks = _listener_rules(prog, li, slot, slots, healthy.get(li.id, {}))
+        _cidr_rule(prog, li)
+        marks = _listener_rules(prog, li, slot, slots, healthy.get(li.id, {}), least or {})
         listener_marks.append(slot << LISTENER_SHIFT)
         name = f"l{slot}"
         for direction, suffix in (("original", "in"), ("reply", "out")):
