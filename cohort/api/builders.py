@@ -30,7 +30,7 @@ LISTENER_POOL_PROTOCOLS = {
 # shown end to end on these machines, whose kernels have no SCTP sockets: refused until they are.
 UNSUPPORTED_PROTOCOLS = {"SCTP"}
 L4_PROTOCOLS = {"UDP", "SCTP"}
-L4_ALGORITHMS = ("ROUND_ROBIN", "SOURCE_IP", "SOURCE_IP_PORT")
+L4_ALGORITHMS = ("ROUND_ROBIN", "LEAST_CONNECTIONS", "SOURCE_IP", "SOURCE_IP_PORT")
 L4_MONITORS = ("UDP-CONNECT", "SCTP", "TCP", "HTTP")
 UDP_CONNECT_MIN_DELAY = 3  # Octavia's udp_connect_min_interval_health_monitor
 L7_LISTENER_PROTOCOLS = {"HTTP", "TERMINATED_HTTPS"}
@@ -92,9 +92,6 @@ def validate_listener_fields(protocol: str, fields: dict[str, Any]) -> None:
                            "authentication revocation list.")
     if fields.get("insert_headers") and protocol not in L7_LISTENER_PROTOCOLS:
         raise InvalidInput(f"insert_headers are only allowed on HTTP and TERMINATED_HTTPS listeners, not {protocol}.")
-    if protocol in L4_PROTOCOLS and fields.get("allowed_cidrs"):
-        raise InvalidInput(f"Invalid input for field/attribute allowed_cidrs: Cohort does not yet filter "
-                           f"{protocol} listeners by source.")
     if protocol == "PROMETHEUS" and fields.get("default_pool_id"):
         raise InvalidInput("PROMETHEUS listeners cannot have a default pool.")
 
@@ -203,8 +200,7 @@ def validate_l4_pool_fields(protocol: str, fields: dict[str, Any]) -> None:
     algorithm = fields.get("lb_algorithm")
     if algorithm is not None and algorithm not in L4_ALGORITHMS:
         raise InvalidInput(f"Invalid input for field/attribute lb_algorithm. Value: '{algorithm}'. {protocol} pools "
-                           f"take {', '.join(L4_ALGORITHMS)} in Cohort (the kernel data path has no least-connections "
-                           "choice).")
+                           f"take {', '.join(L4_ALGORITHMS)}.")
     for name in ("tls_enabled", "tls_container_ref", "ca_tls_container_ref", "crl_container_ref", "tls_ciphers",
                  "tls_versions", "alpn_protocols"):
         if fields.get(name):

@@ -41,7 +41,8 @@ def test_controller_refuses_what_the_kernel_path_cannot_do() -> None:
     with pytest.raises(ValueError, match="cookie|HTTP_COOKIE"):
         render_l4(tree(session_persistence=SessionPersistence(type="HTTP_COOKIE")))
     with pytest.raises(ValueError, match="algorithm"):
-        render_l4(_with_algorithm("LEAST_CONNECTIONS"))
+        render_l4(_with_algorithm("WEIGHTED_RANDOM"))
+    assert render_l4(_with_algorithm("LEAST_CONNECTIONS")) is not None
     bad = tree()
     bad = LoadBalancer(**{**bad.__dict__, "vip_address": "2001:db8::5"})
     with pytest.raises(ValueError, match="address family"):
@@ -65,7 +66,11 @@ GOOD = {"listeners": [{"id": "li", "protocol": "UDP", "vip": "203.0.113.5", "por
     (("port",), "53"),
     (("protocol",), "TCP"),
     (("id",), "li } ; drop"),
-    (("pool", "algorithm"), "LEAST_CONNECTIONS"),
+    (("pool", "algorithm"), "LEASTCONN"),
+    (("allowed_cidrs",), ["198.51.100.0/24 } ; flush ruleset ; {"]),
+    (("allowed_cidrs",), ["2001:db8::/32"]),
+    (("allowed_cidrs",), "198.51.100.0/24"),
+    (("allowed_cidrs",), ["fe80::%eth0/64"]),
     (("pool", "members", 0, "address"), "192.0.2.10 . 1"),
     (("pool", "members", 0, "weight"), 257),
     (("pool", "members", 0, "weight"), True),
