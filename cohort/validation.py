@@ -41,6 +41,8 @@ _URL = re.compile(r"^https?://[\x21-\x7e]{1,2040}\Z")
 _HTTP_METHOD = re.compile(r"^[A-Z]{1,16}\Z")
 _EXPECTED_CODES = re.compile(r"^(?:\d{3}(?: *, *\d{3})*|\d{3}-\d{3})\Z", re.ASCII)
 _DIGITS = re.compile(r"^[0-9]{1,9}\Z")
+# A Linux interface name (IFNAMSIZ - 1 characters), from the characters our drivers use.
+_INTERFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
 # Escapes the Python binding reads differently from HAProxy's own PCRE2 build (which runs
 # without PCRE2_ALT_BSUX and without UTF): refused rather than guessed at.
 _PCRE_ESCAPE = re.compile(r"\\(.)", re.S)
@@ -96,6 +98,12 @@ def netmask_bits(value: str, what: str = "persistence_granularity") -> int:
     if bits == 0:
         raise ValueError(f"{what} {value!r} must keep at least one bit")
     return bits
+
+
+def interface_name(value: str) -> str:
+    if not isinstance(value, str) or not _INTERFACE.match(value) or value in (".", ".."):
+        raise ValueError(f"interface name {value!r} is invalid")
+    return value
 
 
 def printable(value: str, what: str) -> str:

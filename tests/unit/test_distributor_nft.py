@@ -304,6 +304,7 @@ class RecordingKernel:
         self.applied: list[tuple[list[VipPlan], set[str], set[str] | None]] = []
         self.bucket_updates: list[VipPlan] = []
         self.released: list[tuple[str, list[str]]] = []
+        self.addrs: dict[str, set[str]] = {}
         self.flows: dict[str, dict[int, int]] = {}
         self.counter_calls: list[list[str] | None] = []  # flows_of of each listing (None: everything)
 
@@ -315,11 +316,16 @@ class RecordingKernel:
             raise LookupError(f"no interface with MAC {mac}")
         return self.interfaces[mac]
 
-    def configure_interface(self, ifname: str, address: str, prefixlen: int, vip: str) -> None:
-        pass
+    def configure_interface(self, ifname: str, address: str, prefixlen: int) -> None:
+        self.addrs.setdefault(ifname, set()).add(address)
+
+    def addresses(self, ifname: str) -> set[str]:
+        return set(self.addrs.get(ifname, set()))
 
     def release_addresses(self, ifname: str, cidrs: Iterable[str]) -> None:
         self.released.append((ifname, list(cidrs)))
+        for cidr in cidrs:
+            self.addrs.get(ifname, set()).discard(cidr.split("/")[0])
 
     def apply(self, plans: Sequence[VipPlan], keep_keys: Iterable[str], managed_ifaces: Iterable[str],
               buckets_for: Iterable[str] | None) -> None:  # fmt: skip
@@ -357,8 +363,32 @@ def specs(*names: str, draining: tuple[str, ...] = ()) -> list[MemberSpec]:
     ]  # fmt: skip
 
 
-def service(tmp_path: Path, kernel: RecordingKernel, clock: Clock | None = None) -> DistributorService:
-    return DistributorService("dist-1", StateStore(tmp_path), kernel, clock or Clock())
+class FakeKeepalived:
+    """keepalived as the service sees it: its configuration, and whether it runs."""
+
+    def __init__(self) -> None:
+        self.config: str | None = None
+        self.alive = False
+        self.reloads = 0
+
+    def put_config(self, text: str) -> bool:
+        changed, self.config = text != self.config, text
+        return changed
+
+    def running(self) -> bool:
+        return self.alive
+
+    def reload(self) -> None:
+        self.alive = True
+        self.reloads += 1
+
+    def stop(self) -> None:
+        self.alive = False
+
+
+def service(tmp_path: Path, kernel: RecordingKernel, clock: Clock | None = None,
+            keepalived: FakeKeepalived | None = None) -> DistributorService:
+    return DistributorService("dist-1", StateStore(tmp_path), kernel, keepalived or FakeKeepalived(), clock or Clock())
 
 
 def test_marks_are_unique_and_a_restarted_agent_reapplies_the_same_plan(tmp_path: Path) -> None:

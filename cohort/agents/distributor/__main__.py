@@ -6,6 +6,8 @@ import sys
 import threading
 
 from cohort.agents.common import cli
+from cohort.agents.common.jail import Jail, uid_for
+from cohort.agents.common.keepalived import KeepalivedManager
 from cohort.agents.distributor.api import DistributorApi
 from cohort.agents.distributor.dataplane import DataPlane
 from cohort.agents.distributor.service import DistributorService
@@ -16,7 +18,10 @@ from cohort.distributor.probes import Prober
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse_args("distributor", __doc__, argv)
     hb_key = cli.prepare(args)
-    service = DistributorService(args.distributor_id, StateStore(args.state_dir), DataPlane())
+    # keepalived, which holds the pair's VIPs, runs jailed as this distributor's own uid.
+    uid = args.jail_uid if args.jail_uid is not None else uid_for(args.distributor_id)
+    keepalived = KeepalivedManager(Jail(args.state_dir.resolve() / "jail", uid, uid))
+    service = DistributorService(args.distributor_id, StateStore(args.state_dir), DataPlane(), keepalived)
     service.start()
     prober = Prober(service.probe_targets, service.on_health)
     service.on_change = prober.wake

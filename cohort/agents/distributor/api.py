@@ -1,7 +1,8 @@
 """The distributor agent's ``/1.0`` API: request validation mapped onto ``DistributorService``.
 
-Routes: ``GET /1.0/info``, ``POST``/``DELETE /1.0/vips/{lb_id}``, ``PUT
-/1.0/vips/{lb_id}/amphorae`` (the whole membership) and ``GET /1.0/status``. Bad input is
+Routes: ``GET /1.0/info``, ``POST``/``DELETE /1.0/vips/{lb_id}`` (a VIP, with the pair's VRRP
+settings on its port), ``PUT /1.0/vips/{lb_id}/amphorae`` (the whole membership) and ``GET
+/1.0/status`` (with the member's VRRP role). Bad input is
 400, an unknown VIP or a port whose interface has not appeared yet 404 (the controller
 retries), a failing kernel command 500.
 """
@@ -18,6 +19,8 @@ from cohort.agents.common.net import normalize_mac
 from cohort.agents.common.proc import CommandFailed
 from cohort.agents.distributor import AGENT_VERSION
 from cohort.agents.distributor.service import DistributorService, MemberSpec, VipSpec
+from cohort.agents.distributor.state import VrrpSettings
+from cohort.distributor import vrrp
 from cohort.distributor.nft import AFFINITIES
 from cohort.distributor.probes import ProbeSettings
 
@@ -67,6 +70,21 @@ def parse_probe(raw: Any) -> ProbeSettings:
     ).validate()
 
 
+def parse_vrrp(raw: Any, net: ipaddress.IPv4Network | ipaddress.IPv6Network, own: str) -> VrrpSettings | None:
+    """``{"peer": the other member's address on this port's network (null: alone), "vrid", "advert_int"}``."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError("vrrp must be an object")
+    peer = raw.get("peer")
+    if peer is not None:
+        peer = _ipv4(_str(raw, "peer"), "VRRP peer")
+        if ipaddress.ip_address(peer) not in net or peer == own:
+            raise ValueError(f"VRRP peer {peer} must be another address in {net}")
+    return VrrpSettings(peer=peer, vrid=vrrp.vrid(raw.get("vrid", vrrp.DEFAULT_VRID)),
+                        advert_int=vrrp.advert_int(raw.get("advert_int", vrrp.DEFAULT_ADVERT_INT)))
+
+
 def parse_vip(lb_id: str, body: dict[str, Any]) -> VipSpec:
     port = body.get("port")
     if not isinstance(port, dict):
@@ -96,6 +114,7 @@ def parse_vip(lb_id: str, body: dict[str, Any]) -> VipSpec:
         flow_timeout=flow_timeout,
         drain_timeout=_int(body, "drain_timeout", flow_timeout, 0, 86400),
         probe=parse_probe(body.get("probe")),
+        vrrp=parse_vrrp(body.get("vrrp"), net, address),
     )
 
 

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 
-from cohort.agents.common.net import find_interface, gratuitous_arp, ip_json, set_sysctl
+from cohort.agents.common.net import find_interface, ip_json, set_sysctl
 from cohort.agents.common.proc import CommandFailed, run
 from cohort.distributor import nft
 
@@ -49,16 +49,22 @@ class DataPlane:
     def find_interface(self, mac: str) -> str:
         return find_interface(mac)
 
-    def configure_interface(self, ifname: str, address: str, prefixlen: int, vip: str) -> None:
+    def configure_interface(self, ifname: str, address: str, prefixlen: int) -> None:
+        """The port's own address; its VIPs are keepalived's (they are the pair's, not this member's)."""
         for key in ("send_redirects", "rp_filter"):
             set_sysctl(f"net.ipv4.conf.{ifname}.{key}", "0")
         run(["ip", "link", "set", "dev", ifname, "up"])
         run(["ip", "addr", "replace", f"{address}/{prefixlen}", "dev", ifname])
-        run(["ip", "addr", "replace", f"{vip}/32", "dev", ifname])
+
+    def addresses(self, ifname: str) -> set[str]:
+        found: set[str] = set()
         try:
-            gratuitous_arp(ifname, vip)
-        except OSError as e:  # a missing announcement only delays neighbours until they ask
-            LOG.warning("gratuitous ARP for %s on %s failed: %s", vip, ifname, e)
+            links = ip_json("-4", "addr", "show", "dev", ifname)
+        except CommandFailed:
+            return found  # the interface is gone: it holds nothing
+        for link in links:
+            found.update(str(a["local"]) for a in link.get("addr_info", []) if "local" in a)
+        return found
 
     def release_addresses(self, ifname: str, cidrs: Iterable[str]) -> None:
         for cidr in cidrs:

@@ -1,11 +1,13 @@
 """The distributor agent's logic: VIPs, memberships, health and draining, turned into kernel plans.
 
 One lock serialises every change; each change is saved (``StateStore``) before it is applied
-(``DataPlane``), so a crash at any point is repaired by the next agent re-applying the
-state. Bucket tables are Maglev tables over the ACTIVE, healthy members (all ACTIVE ones
-when none is healthy: the probes are a hint, not the authority on the cluster); DRAINING
-members keep their routes, hence their pinned flows, until none is left or the drain
-timeout passes.
+(``DataPlane``, and keepalived for the VIP addresses), so a crash at any point is repaired by
+the next agent re-applying the state. The VIP addresses themselves belong to keepalived
+(``cohort.distributor.vrrp``): on the MASTER of the pair it holds them, so only that member
+answers ARP; both members have every table applied. Bucket tables are Maglev tables over the
+ACTIVE, healthy members (all ACTIVE ones when none is healthy: the probes are a hint, not the
+authority on the cluster); DRAINING members keep their routes, hence their pinned flows, until
+none is left or the drain timeout passes.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cohort.agents.distributor.state import AgentState, MemberState, StateStore, VipState
-from cohort.distributor import maglev, nft
+from cohort.agents.distributor.state import AgentState, MemberState, StateStore, VipState, VrrpSettings
+from cohort.distributor import maglev, nft, vrrp
 from cohort.distributor.probes import ProbeSettings, ProbeTarget
 
 LOG = logging.getLogger(__name__)
@@ -39,7 +41,11 @@ class Kernel(Protocol):
 
     def find_interface(self, mac: str) -> str: ...
 
-    def configure_interface(self, ifname: str, address: str, prefixlen: int, vip: str) -> None: ...
+    def configure_interface(self, ifname: str, address: str, prefixlen: int) -> None: ...
+
+    def addresses(self, ifname: str) -> set[str]:
+        """The IPv4 addresses on ``ifname`` (keepalived's VIPs among them on the MASTER)."""
+        ...
 
     def release_addresses(self, ifname: str, cidrs: Iterable[str]) -> None: ...
 
@@ -58,6 +64,20 @@ class Kernel(Protocol):
         ...
 
 
+class VrrpDaemon(Protocol):
+    """keepalived as the service drives it (``KeepalivedManager``; a fake in unit tests)."""
+
+    def put_config(self, text: str) -> bool: ...
+
+    def running(self) -> bool: ...
+
+    def reload(self) -> None:
+        """Re-read the configuration keeping the VRRP state; start keepalived if it is not running."""
+        ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class VipSpec:
     lb_id: str
@@ -71,6 +91,7 @@ class VipSpec:
     flow_timeout: int = 300
     drain_timeout: int = 300
     probe: ProbeSettings = ProbeSettings()
+    vrrp: VrrpSettings | None = None  # None: keep what the port has (alone, if nothing)
 
 
 @dataclass(frozen=True)
@@ -109,11 +130,13 @@ class DistributorService:
         distributor_id: str,
         store: StateStore,
         dataplane: Kernel,
+        keepalived: VrrpDaemon,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.distributor_id = distributor_id
         self.store = store
         self.dataplane = dataplane
+        self.keepalived = keepalived
         self.clock = clock
         self.state: AgentState = store.load()
         self.on_change: Callable[[], None] = lambda: None  # the prober's wake()
@@ -132,12 +155,13 @@ class DistributorService:
             for vip in self.state.vips.values():
                 try:
                     vip.interface = self.dataplane.find_interface(vip.mac_address)
-                    self.dataplane.configure_interface(vip.interface, vip.address, vip.prefixlen, vip.vip_address)
+                    self.dataplane.configure_interface(vip.interface, vip.address, vip.prefixlen)
                 except (LookupError, OSError) as e:
                     LOG.error("load balancer %s: interface %s not usable: %s", vip.lb_id, vip.mac_address, e)
                     vip.interface = ""
             self.store.save(self.state)
             self._apply(buckets_for=None)
+            self._sync_vrrp()  # adopts a keepalived its predecessor left running
             LOG.info("re-applied %d VIPs", len(self.state.vips))
 
     def _apply(
@@ -177,12 +201,32 @@ class DistributorService:
                 probe=spec.probe,
                 members=old.members if old else {},
             )
+            old_vrrp = self.state.vrrp.get(spec.mac_address)
             self.state.vips[spec.lb_id] = vip
+            if spec.vrrp is not None:
+                self.state.vrrp[spec.mac_address] = spec.vrrp
+            try:
+                self._vrrp_config()  # what keepalived's renderer refuses is refused before anything is saved
+            except ValueError:
+                self._restore(spec, old, old_vrrp)
+                raise
             self.store.save(self.state)
-            self.dataplane.configure_interface(ifname, spec.address, vip.prefixlen, spec.vip_address)
+            self.dataplane.configure_interface(ifname, spec.address, vip.prefixlen)
             self._apply(buckets_for={spec.lb_id}, left=old.interface if old and old.interface != ifname else "")
+            # Tables first, then the address: a member that becomes MASTER forwards at once.
+            self._sync_vrrp()
         self.on_change()
         return ifname
+
+    def _restore(self, spec: VipSpec, old: VipState | None, old_vrrp: VrrpSettings | None) -> None:
+        if old is None:
+            self.state.vips.pop(spec.lb_id, None)
+        else:
+            self.state.vips[spec.lb_id] = old
+        if old_vrrp is None:
+            self.state.vrrp.pop(spec.mac_address, None)
+        else:
+            self.state.vrrp[spec.mac_address] = old_vrrp
 
     def _release_addresses(self, vip: VipState, kept: set[str] | None = None) -> None:
         """Remove the VIP's addresses from its interface, but those in ``kept`` or used by another VIP."""
@@ -203,8 +247,11 @@ class DistributorService:
                 return
             # Kernel first: a crash before the save leaves the VIP recorded, and a retry finishes it.
             self._apply(buckets_for=(), dropping=vip)
-            self._release_addresses(vip)
             del self.state.vips[lb_id]
+            if not any(v.mac_address == vip.mac_address for v in self.state.vips.values()):
+                self.state.vrrp.pop(vip.mac_address, None)
+            self._sync_vrrp()
+            self._release_addresses(vip)
             self.store.save(self.state)
         self.on_change()
 
@@ -307,10 +354,79 @@ class DistributorService:
 
     def run_housekeeping(self, stop: threading.Event, period: float = 1.0) -> None:
         while not stop.wait(period):
-            try:
-                self.housekeeping()
-            except Exception:
-                LOG.exception("housekeeping failed")
+            for task in (self.housekeeping, self.watch_vrrp):
+                try:
+                    task()
+                except Exception:
+                    LOG.exception("%s failed", task.__name__)
+
+    # --- VRRP: which member of the pair holds the VIPs -----------------------------------------
+
+    def _vrrp_groups(self) -> list[vrrp.VrrpGroup]:
+        by_port: dict[str, list[VipState]] = {}
+        for vip in self.state.vips.values():
+            if vip.interface:
+                by_port.setdefault(vip.mac_address, []).append(vip)
+        groups = []
+        for mac, vips in by_port.items():
+            settings = self.state.vrrp.get(mac, VrrpSettings())
+            groups.append(vrrp.VrrpGroup(
+                interface=vips[0].interface, own_address=vips[0].address, peer=settings.peer,
+                vips=tuple(v.vip_address for v in vips), vrid=settings.vrid, advert_int=settings.advert_int))
+        return groups
+
+    def _vrrp_config(self) -> str | None:
+        groups = self._vrrp_groups()
+        return vrrp.render_keepalived(self.distributor_id, groups) if groups else None
+
+    def _sync_vrrp(self) -> None:
+        """Make keepalived hold (on the MASTER) exactly the VIPs of the state; stopped when there are none."""
+        text = self._vrrp_config()
+        if text is None:
+            self.keepalived.stop()  # it removes the addresses it held
+            return
+        changed = self.keepalived.put_config(text)
+        if not self.keepalived.running():
+            # A keepalived that died left its addresses behind; one that starts is BACKUP until it
+            # hears no MASTER, so it must not answer ARP for them meanwhile.
+            self._release_vips()
+            self.keepalived.reload()
+        elif changed:
+            self.keepalived.reload()
+
+    def _release_vips(self) -> None:
+        for vip in self.state.vips.values():
+            if vip.interface and vip.vip_address in self.dataplane.addresses(vip.interface):
+                self.dataplane.release_addresses(vip.interface, [f"{vip.vip_address}/32"])
+
+    def watch_vrrp(self) -> None:
+        """Restart a keepalived that died (the peer holds the VIPs meanwhile, if it lives)."""
+        with self._lock:
+            if self.state.vips and not self.keepalived.running():
+                LOG.warning("keepalived is not running: starting it again")
+                self._sync_vrrp()
+
+    def vrrp_roles(self) -> dict[str, str]:
+        """Per interface: MASTER (it holds the VIPs), BACKUP, or FAULT (keepalived is not running)."""
+        with self._lock:
+            groups = self._vrrp_groups()
+            if not groups:
+                return {}
+            if not self.keepalived.running():
+                return {g.interface: "FAULT" for g in groups}
+            roles = {}
+            for g in groups:
+                held = set(g.vips) & self.dataplane.addresses(g.interface)
+                roles[g.interface] = "MASTER" if held else "BACKUP"
+            return roles
+
+    def vrrp_role(self) -> str | None:
+        """The member's role in the pair: MASTER if it holds VIPs anywhere; None without VIPs."""
+        roles = set(self.vrrp_roles().values())
+        for role in ("MASTER", "FAULT", "BACKUP"):
+            if role in roles:
+                return role
+        return None
 
     # --- reporting -----------------------------------------------------------------------------
 
@@ -362,7 +478,8 @@ class DistributorService:
                         "flows": sum(c.flows.values()),
                     },
                 }
-            return {"id": self.distributor_id, "vips": vips}
+            return {"id": self.distributor_id, "vips": vips,
+                    "vrrp": {"role": self.vrrp_role(), "interfaces": self.vrrp_roles()}}
 
     def heartbeat_body(self, budget: int = HEARTBEAT_BUDGET) -> dict[str, Any]:
         """``{"distributor": true, "vips": {lb_id: {"members": {id: {healthy, flows, drained}}, "stats"}}}``.
@@ -381,7 +498,7 @@ class DistributorService:
             }
             for lb_id, v in vips.items()
         }
-        body: dict[str, Any] = {"ver": 1, "distributor": True, "vips": slim}
+        body: dict[str, Any] = {"ver": 1, "distributor": True, "role": self.vrrp_role(), "vips": slim}
         if len(json.dumps(body)) <= budget:
             return body
         items = sorted(slim.items())

@@ -1,4 +1,4 @@
-"""What the distributor agent remembers across restarts: VIPs, members, marks and health.
+"""What the distributor agent remembers across restarts: VIPs, members, marks, health and VRRP peers.
 
 One JSON file (``state.json`` in the agent's state directory), replaced atomically (write,
 fsync, rename) before the kernel is changed, so a restarted agent re-applies exactly what
@@ -17,6 +17,7 @@ from typing import Any
 from cohort.agents.common.files import atomic_write
 from cohort.distributor.nft import MIN_TABLE
 from cohort.distributor.probes import ProbeSettings
+from cohort.distributor.vrrp import DEFAULT_ADVERT_INT, DEFAULT_VRID
 
 SCHEMA = 1
 MAX_ID = 2**31 - 1
@@ -60,9 +61,20 @@ class VipState:
 
 
 @dataclass
+class VrrpSettings:
+    """The pair's VRRP on one front-end port: the other member's address there (None: alone)."""
+
+    peer: str | None = None
+    vrid: int = DEFAULT_VRID
+    advert_int: float = DEFAULT_ADVERT_INT
+
+
+@dataclass
 class AgentState:
     next_id: int = MIN_TABLE
     vips: dict[str, VipState] = field(default_factory=dict)
+    # By the port's MAC address: the controller's latest word for every VIP on that port.
+    vrrp: dict[str, VrrpSettings] = field(default_factory=dict)
 
     def used_ids(self) -> set[int]:
         used = set()
@@ -95,7 +107,8 @@ class AgentState:
             members = {aid: MemberState(**m) for aid, m in v.pop("members", {}).items()}
             probe = ProbeSettings(**v.pop("probe", {}))
             vips[lb_id] = VipState(**v, probe=probe, members=members)
-        return cls(next_id=int(data.get("next_id", MIN_TABLE)), vips=vips)
+        vrrp = {mac: VrrpSettings(**settings) for mac, settings in data.get("vrrp", {}).items()}
+        return cls(next_id=int(data.get("next_id", MIN_TABLE)), vips=vips, vrrp=vrrp)
 
 
 class StateStore:

@@ -38,7 +38,6 @@ __all__ = [
 # Patterns end in \Z, not $: $ also matches before a trailing newline.
 # HAProxy proxy, server and ACL names: letters, digits, '-', '_', '.', ':'.
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}\Z")
-_INTERFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
 
 
 def name(value: str, what: str) -> str:
@@ -49,9 +48,7 @@ def name(value: str, what: str) -> str:
 
 
 def interface(value: str) -> str:
-    if not _INTERFACE.match(value):
-        raise ValueError(f"interface name {value!r} is invalid")
-    return value
+    return validation.interface_name(value)
 
 
 def alpn(protocols: tuple[str, ...]) -> str:
