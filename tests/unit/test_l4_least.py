@@ -146,3 +146,15 @@ def _slots(scripts: list[str]) -> Counter[str]:
     scripts.clear()
     assert script.startswith("flush map inet cohort_l4_lb_1 lc1\n")
     return Counter(part.split(" : ")[1] for part in script.split("{ ")[1].split(" }")[0].split(", "))
+
+
+def test_active_flows_are_counted_by_mark_from_the_proc_table(tmp_path: Path) -> None:
+    from cohort.agents.amphora import conntrack
+
+    entry = ("ipv4     2 udp      17 28 src=198.51.100.10 dst=203.0.113.5 sport={p} dport=53 src=192.0.2.10 "
+             "dst=192.0.2.200 sport=53 dport={p} {flags}mark={mark} zone=0 use=2\n")
+    table = tmp_path / "nf_conntrack"
+    table.write_text("".join(entry.format(p=1000 + i, flags="[ASSURED] " if i % 2 else "", mark=mark)
+                             for i, mark in enumerate([65537, 65537, 65538, 0, 131073])))
+    assert conntrack.marks(str(table)) == {65537: 2, 65538: 1, 131073: 1}
+    assert conntrack.marks(str(tmp_path / "absent")) == {}

@@ -126,6 +126,9 @@ class L4Manager:
                 conntrack.delete_by_mark(self._slots["listeners"][li.id] << l4_nft.LISTENER_SHIFT, 0xFFFF0000)
             self._dispatched.pop(lb_id, None)
             self._least.pop(lb_id, None)
+            for li in spec.listeners if spec is not None else ():
+                self._new_flows.pop(li.id, None)
+                self._expected.pop(li.id, None)
             if not self._specs:
                 set_sysctl("net.ipv4.ip_forward", "0")
                 run(["nft", "-f", "-"], stdin=l4_nft.guard_script(False))
