@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from rich.console import Console
 from rich.table import Table
@@ -10,10 +11,11 @@ from sqlalchemy import select
 
 from cohort.config import Settings
 from cohort.db import models as m
+from cohort.db.infra import distributor_operating_status
 from cohort.db.session import make_engine, make_sessionmaker
 
 COLOURS = {"ACTIVE": "green", "ONLINE": "green", "ALLOCATED": "green", "ERROR": "red", "DEGRADED": "yellow",
-           "OFFLINE": "dim"}
+           "OFFLINE": "dim", "MASTER": "green", "BACKUP": "white", "FAULT": "red"}
 
 
 def _c(value: str | None) -> str:
@@ -58,13 +60,19 @@ def render_status(settings: Settings, console: Console) -> None:
                              (cluster.status_reason or "")[:60])
         console.print(clusters)
         distributors = Table(title="Distributors")
-        for column in ("id", "type", "status", "management ip", "compute", "load balancers"):
+        for column in ("id", "name", "type", "status", "role", "health", "management ip", "compute",
+                       "load balancers", "reason"):
             distributors.add_column(column)
-        for dist in session.scalars(select(m.Distributor).where(m.Distributor.status != "DELETED")):
-            served = session.scalars(select(m.AmphoraRegistration.load_balancer_id).where(
-                m.AmphoraRegistration.distributor_id == dist.id).distinct()).all()
-            distributors.add_row(dist.id[:8], dist.distributor_type, _c(dist.status), dist.lb_network_ip or "-",
-                                 dist.compute_id or "-", str(len(served)))
+        now = time.time()
+        for dist in session.scalars(select(m.Distributor).where(m.Distributor.status != "DELETED")
+                                    .order_by(m.Distributor.name)):
+            served = session.scalars(select(m.AmphoraCluster.load_balancer_id).where(
+                m.AmphoraCluster.cluster_type == dist.distributor_type)).all() if dist.status != "ERROR" else []
+            health = distributor_operating_status(dist.status, session.get(m.DistributorHealth, dist.id),
+                                                  settings.distributor_stale_after, now)
+            distributors.add_row(dist.id[:8], dist.name, dist.distributor_type, _c(dist.status),
+                                 _c(dist.role), _c(health), dist.lb_network_ip or "-", dist.compute_id or "-",
+                                 str(len(served)), (dist.status_reason or "")[:60])
         console.print(distributors)
         amphorae = Table(title="Amphorae")
         for column in ("id", "load balancer", "role", "status", "management ip", "front-end ip", "compute",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from cohort.db import models as m
@@ -238,7 +238,8 @@ def cluster(row: m.AmphoraCluster, amphora_ids: list[str], actual_size: int,
     }
 
 
-def distributor(row: m.Distributor, registrations: list[m.AmphoraRegistration]) -> dict[str, Any]:
+def distributor(row: m.Distributor, registrations: list[m.AmphoraRegistration], operating_status: str,
+                last_heartbeat: float | None) -> dict[str, Any]:
     by_lb: dict[str, list[dict[str, Any]]] = {}
     for reg in sorted(registrations, key=lambda r: (r.load_balancer_id, r.position)):
         by_lb.setdefault(reg.load_balancer_id, []).append(
@@ -251,6 +252,11 @@ def distributor(row: m.Distributor, registrations: list[m.AmphoraRegistration]) 
         "compute_id": row.compute_id,
         "lb_network_ip": row.lb_network_ip,
         "status": row.status,
+        "status_reason": row.status_reason,
+        "role": row.role,
+        "operating_status": operating_status,
+        "last_heartbeat": None if last_heartbeat is None else _time(datetime.fromtimestamp(last_heartbeat, UTC)
+                                                                     .replace(tzinfo=None)),
         "vip_port_ids": list(row.vip_port_ids or []),
         "loadbalancers": [{"id": lb, "amphorae": amps} for lb, amps in by_lb.items()],
         "created_at": _time(row.created_at),

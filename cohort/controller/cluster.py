@@ -1,4 +1,4 @@
-"""ACTIVE_ACTIVE: the shared distributor, VIP plugging and amphora registration with stable positions.
+"""ACTIVE_ACTIVE: VIP plugging into the distributor pair and amphora registration with stable positions.
 
 Positions are recorded per load balancer and never reused while an amphora holds one, so the
 distributor's (deterministic) table changes only where the membership changed. Scale-in drains
@@ -12,16 +12,17 @@ import logging
 import time
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cohort import datamodel as d
 from cohort.controller import desired
 from cohort.controller.amphorae import SCALED_IN
+from cohort.controller.distributors import DistributorPair
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
 from cohort.db.session import transaction
-from cohort.drivers.distributor.base import ClusterMember, DistributorRef, DistributorVip
+from cohort.distributor.vrrp import DEFAULT_ADVERT_INT
+from cohort.drivers.distributor.base import ClusterMember, DistributorRef, DistributorVip, VrrpPeer
 from cohort.drivers.errors import DriverError
 from cohort.drivers.network.base import VipPort
 
@@ -32,82 +33,53 @@ SHARED_PROJECT = ""  # distributor ports serve every tenant (see the local netwo
 
 
 class ClusterManager:
-    def __init__(self, sessions: sessionmaker[Session], drivers: Drivers, drain_timeout: float) -> None:
+    def __init__(self, sessions: sessionmaker[Session], drivers: Drivers, drain_timeout: float,
+                 advert_int: float = DEFAULT_ADVERT_INT) -> None:
         self.sessions = sessions
         self.drivers = drivers
         self.drain_timeout = drain_timeout
+        self.advert_int = advert_int
+        self.pair = DistributorPair(sessions, drivers)
 
-    # The distributor ---------------------------------------------------------------------------
+    # The distributor pair ----------------------------------------------------------------------
 
-    def ensure_distributor(self, distributor_type: str) -> DistributorRef:
-        """The one shared distributor of this type, built on first use (idempotently).
+    def ensure_pair(self, distributor_type: str) -> list[DistributorRef]:
+        """The two distributors of this type (``DistributorPair``), oldest first."""
+        return self.pair.ensure(distributor_type)
 
-        Controllers sharing a database may race to create it: the unique index on live names
-        (migration 0006) lets one insert win, and the others use its row.
+    def plug_vip(self, refs: list[DistributorRef], lb: d.LoadBalancer, vip: VipPort) -> None:
+        """Plug the VIP into every member, each told the other's address on the VIP's network.
+
+        Members are told oldest first: a replacement's keepalived starts (and waits to hear a
+        MASTER) only after the member holding the VIPs advertises to its new address.
         """
-        for _attempt in range(3):
-            try:
-                with transaction(self.sessions) as session:
-                    row = session.scalar(select(m.Distributor).where(
-                        m.Distributor.distributor_type == distributor_type, m.Distributor.status != "DELETED"))
-                    if row is None:
-                        row = m.Distributor(name=f"distributor-{distributor_type.lower()}",
-                                            distributor_type=distributor_type, status="PENDING_CREATE")
-                        session.add(row)
-                        session.flush()
-                    ident, compute_id, address = row.id, row.compute_id, row.lb_network_ip
-                    failed = row.status == "ERROR"
-                break
-            except IntegrityError:
-                continue  # another controller created it first: use that one
-        else:
-            raise DriverError(f"could not create or find the {distributor_type} distributor")
-        if failed and compute_id is not None:
-            # A dead distributor is rebuilt from scratch; its tables are deterministic, so the
-            # replacement sends each flow where the old one did.
-            self.drivers.network.unplug_all(compute_id)
-            self.drivers.compute.delete(compute_id)
-            compute_id = None
-        if compute_id is None or address is None or self.drivers.compute.status(compute_id) != "ACTIVE":
-            instance = self.drivers.compute.build(ident, "distributor", {})
-            with transaction(self.sessions) as session:
-                row = session.get(m.Distributor, ident)
-                assert row is not None
-                row.compute_id, row.lb_network_ip, row.status = instance.compute_id, instance.lb_network_ip, "BOOTING"
-                # The old instance's last heartbeat says nothing about this one: its silence counts anew.
-                health = session.get(m.DistributorHealth, ident)
-                if health is not None:
-                    session.delete(health)
-            compute_id, address = instance.compute_id, instance.lb_network_ip
-        ref = DistributorRef(id=ident, lb_network_ip=address)
-        self.drivers.distributor.wait_ready(ref, 60.0)
-        with transaction(self.sessions) as session:
-            row = session.get(m.Distributor, ident)
-            assert row is not None
-            row.status = "ACTIVE"
-        return ref
-
-    def plug_vip(self, ref: DistributorRef, lb: d.LoadBalancer, vip: VipPort) -> None:
         with self.sessions() as session:
-            row = session.get(m.Distributor, ref.id)
-            assert row is not None and row.compute_id is not None
-            compute_id = row.compute_id
-        port = self.drivers.network.plug_port(compute_id, vip.subnet_id, SHARED_PROJECT)
-        self.drivers.distributor.add_vip(ref, DistributorVip(
-            lb_id=lb.id, vip_address=vip.address, port=port, affinity=lb.topology.distributor_affinity))
+            compute_ids = []
+            for ref in refs:
+                row = session.get(m.Distributor, ref.id)
+                assert row is not None and row.compute_id is not None
+                compute_ids.append(row.compute_id)
+        ports = [self.drivers.network.plug_port(c, vip.subnet_id, SHARED_PROJECT) for c in compute_ids]
+        for index, (ref, port) in enumerate(zip(refs, ports, strict=True)):
+            peers = [p.address for i, p in enumerate(ports) if i != index]
+            self.drivers.distributor.add_vip(ref, DistributorVip(
+                lb_id=lb.id, vip_address=vip.address, port=port, affinity=lb.topology.distributor_affinity,
+                vrrp=VrrpPeer(peer=peers[0] if peers else None, advert_int=self.advert_int)))
         with transaction(self.sessions) as session:
-            row = session.get(m.Distributor, ref.id)
-            assert row is not None
-            if port.port_id not in (row.vip_port_ids or []):
-                row.vip_port_ids = [*(row.vip_port_ids or []), port.port_id]
+            for ref, port in zip(refs, ports, strict=True):
+                row = session.get(m.Distributor, ref.id)
+                assert row is not None
+                if port.port_id not in (row.vip_port_ids or []):
+                    row.vip_port_ids = [*(row.vip_port_ids or []), port.port_id]
             cluster = session.scalar(select(m.AmphoraCluster).where(m.AmphoraCluster.load_balancer_id == lb.id))
             if cluster is not None:
-                cluster.distributor_id = ref.id
+                cluster.distributor_id = refs[0].id
 
     # Registration ------------------------------------------------------------------------------
 
-    def register(self, ref: DistributorRef, lb_id: str, active: list[str], draining: list[str]) -> None:
-        """Record positions (stable; new amphorae take the lowest free one) and push the membership."""
+    def register(self, refs: list[DistributorRef], lb_id: str, active: list[str], draining: list[str]) -> None:
+        """Record positions (stable; new amphorae take the lowest free one) and push the membership to
+        every member of the pair: their tables, derived from the positions, are the same."""
         wanted = {**dict.fromkeys(draining, "DRAINING"), **dict.fromkeys(active, "ACTIVE")}
         with transaction(self.sessions) as session:
             rows = {r.amphora_id: r for r in session.scalars(select(m.AmphoraRegistration).where(
@@ -124,7 +96,7 @@ class ClusterManager:
                     position = next(p for p in range(len(taken) + len(wanted) + 1) if p not in taken)
                     taken.add(position)
                     registration = m.AmphoraRegistration(load_balancer_id=lb_id, amphora_id=amphora_id,
-                                                         distributor_id=ref.id, position=position)
+                                                         distributor_id=refs[0].id, position=position)
                     session.add(registration)
                 registration.state = state
             session.flush()
@@ -137,7 +109,8 @@ class ClusterManager:
                 members.append(ClusterMember(amphora_id=amphora.id, mac_address=amphora.frontend_mac,
                                              frontend_ip=amphora.frontend_ip, position=row.position,
                                              weight=row.weight, state=row.state))
-        self.drivers.distributor.set_amphorae(ref, lb_id, members)
+        for ref in refs:
+            self.drivers.distributor.set_amphorae(ref, lb_id, members)
 
     def drain(self, lb_id: str, amphora_ids: list[str]) -> None:
         """The distributor already sends them no new flows; now their HAProxy closes gracefully and the
@@ -174,11 +147,9 @@ class ClusterManager:
     def remove_vip(self, lb_id: str) -> None:
         with self.sessions() as session:
             cluster = session.scalar(select(m.AmphoraCluster).where(m.AmphoraCluster.load_balancer_id == lb_id))
-            distributor = session.get(m.Distributor, cluster.distributor_id) if cluster and \
-                cluster.distributor_id else None
-            ref = DistributorRef(distributor.id, distributor.lb_network_ip) if distributor and \
-                distributor.lb_network_ip else None
-        if ref is not None:
+            rows = self.pair.live(session, cluster.cluster_type) if cluster is not None else []
+            refs = [DistributorRef(row.id, row.lb_network_ip) for row in rows if row.lb_network_ip]
+        for ref in refs:
             self.drivers.distributor.remove_vip(ref, lb_id)
         with transaction(self.sessions) as session:
             for row in session.scalars(select(m.AmphoraRegistration).where(

@@ -1,4 +1,4 @@
-"""Notice dead amphorae and have the reconciler replace them (Octavia's health-manager failover, N+1).
+"""Notice dead amphorae and distributors and have them replaced (Octavia's health-manager failover, N+1).
 
 An amphora is dead when its compute instance reports ERROR (a process crashed) or when it has
 heartbeated before and then stayed silent longer than ``heartbeat_stale_after``. Its load
@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cohort.config import Settings
+from cohort.controller.distributors import DistributorPair
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
 from cohort.db.locks import LoadBalancerBusy, lock_load_balancer
@@ -34,6 +35,7 @@ class FailoverWatcher:
         self.on_change = on_change
         self.interval = interval
         self.failovers = 0
+        self.pair = DistributorPair(sessions, drivers)
         self._stop = threading.Event()
         # L3 amphorae whose BGP sessions were up once, and since when they have all been down.
         self._bgp_was_up: set[str] = set()
@@ -103,27 +105,33 @@ class FailoverWatcher:
         return self.scan_amphorae() + self.scan_distributors()
 
     def scan_distributors(self) -> int:
-        """A failed distributor is rebuilt by reconciling every load balancer it served."""
+        """A failed member of a distributor pair is destroyed at once (it must not hold a VIP beside
+        its replacement) and every load balancer of its type is reconciled, which builds the
+        replacement and gives it every VIP and registration; the surviving member kept serving."""
         started = 0
         with self.sessions() as session:
-            failed = self.dead_distributors(session)
+            failed = [(ident, reason) for ident, reason in self.dead_distributors(session)]
         for distributor_id, reason in failed:
-            with self.sessions() as session, session.begin():
+            with self.sessions() as session:
                 row = session.get(m.Distributor, distributor_id)
-                if row is None or row.status != "ACTIVE":
-                    continue
-                row.status, row.status_reason = "ERROR", reason
+                distributor_type = row.distributor_type if row is not None else ""
+            if not self.pair.fail(distributor_id, reason):
+                continue  # another controller saw it first
+            self.pair.destroy(distributor_id)
+            with self.sessions() as session:
                 served = session.scalars(select(m.AmphoraCluster.load_balancer_id).where(
-                    m.AmphoraCluster.distributor_id == distributor_id)).all()
+                    m.AmphoraCluster.cluster_type == distributor_type)).all()
             for lb_id in served:
                 with self.sessions() as session, session.begin():
                     try:
                         lock_load_balancer(session, lb_id)
                     except LoadBalancerBusy:
-                        session.rollback()  # busy: its own pass rebuilds the distributor anyway
-            log.warning("distributor %s failed (%s); rebuilding it for %d load balancers", distributor_id, reason,
+                        session.rollback()  # busy: its own pass completes the pair anyway
+            log.warning("distributor %s failed (%s); replacing it for %d load balancers", distributor_id, reason,
                         len(served))
             started += 1
+        self.pair.put_down_revenants()
+        self.pair.destroy_failed()
         if started:
             self.on_change()
         return started

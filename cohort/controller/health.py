@@ -24,6 +24,7 @@ from cohort.health.report import COUNTERS, AmphoraReport, parse_amphora_report
 log = logging.getLogger(__name__)
 
 MAX_SEQ = 2**63 - 1
+VRRP_ROLES = ("MASTER", "BACKUP", "FAULT")
 
 
 def _seq(payload: dict[str, Any]) -> int | None:
@@ -59,7 +60,8 @@ class HealthManager:
 
     def on_heartbeat(self, payload: dict[str, Any]) -> None:
         if payload.get("distributor") is True:
-            self._distributor(str(payload.get("id", "")), _seq(payload))
+            role = payload.get("role")
+            self._distributor(str(payload.get("id", "")), _seq(payload), role if role in VRRP_ROLES else None)
             return
         amphora_id = str(payload.get("id", ""))
         report = parse_amphora_report(payload)
@@ -86,10 +88,15 @@ class HealthManager:
             self._record(session, lb, amphora_id, report)
         self.processed += 1
 
-    def _distributor(self, distributor_id: str, seq: int | None) -> None:
+    def _distributor(self, distributor_id: str, seq: int | None, role: str | None) -> None:
         with transaction(self.sessions) as session:
-            if session.get(m.Distributor, distributor_id) is None:
+            row = session.get(m.Distributor, distributor_id)
+            if row is None:
                 return
+            # A DELETED member's heartbeat is recorded too: that is how the failover watcher learns
+            # that a replaced distributor is alive and must be destroyed again.
+            if row.status != "DELETED":
+                row.role = role
             health = session.get(m.DistributorHealth, distributor_id)
             if health is None:
                 session.add(m.DistributorHealth(distributor_id=distributor_id, last_update=time.time(), busy=False,

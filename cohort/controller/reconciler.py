@@ -56,7 +56,7 @@ class Reconciler:
         self.read_sessions = read_sessions or sessions
         self.drivers = drivers
         self.amphorae = AmphoraManager(sessions, drivers)
-        self.cluster = ClusterManager(sessions, drivers, settings.drain_timeout)
+        self.cluster = ClusterManager(sessions, drivers, settings.drain_timeout, settings.distributor_advert_int)
         self.fabric = Fabric(sessions, drivers, self.cluster, settings.secrets_key_file,
                              settings.default_bgp_speaker_id, settings.bgp_withdraw_grace)
         self.certificates = certificates or (lambda _session, _lb_id: {})
@@ -217,13 +217,13 @@ class Reconciler:
 
     def _distribute(self, lb: Any, vip: Any, ids: list[str]) -> None:
         """Register the serving amphorae; amphorae leaving by scale-in drain before they go."""
-        ref = self.cluster.ensure_distributor(lb.topology.distributor_type)
-        self.cluster.plug_vip(ref, lb, vip)
+        refs = self.cluster.ensure_pair(lb.topology.distributor_type)
+        self.cluster.plug_vip(refs, lb, vip)
         with self.sessions() as session:
             leaving = self.cluster.leaving_by_scale_in(session, lb.id)
-        self.cluster.register(ref, lb.id, active=ids, draining=leaving)
+        self.cluster.register(refs, lb.id, active=ids, draining=leaving)
         self.cluster.drain(lb.id, leaving)
-        self.cluster.register(ref, lb.id, active=ids, draining=[])
+        self.cluster.register(refs, lb.id, active=ids, draining=[])
 
     def _delete(self, lb_id: str) -> None:
         self.cluster.remove_vip(lb_id)

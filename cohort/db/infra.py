@@ -82,11 +82,15 @@ class AmphoraCluster(IdMixin, TimestampMixin, Base):
     status_reason: Mapped[str | None] = mapped_column(String(255))
 
 
+LIVE_DISTRIBUTOR = "status NOT IN ('DELETED', 'ERROR')"
+
+
 class Distributor(IdMixin, TimestampMixin, Base):
     __tablename__ = "distributor"
-    # One live distributor per name, however many controllers race to create it (migration 0006).
+    # One live member per name of a pair, however many controllers race to create it (migrations
+    # 0006, 0008); a failed (ERROR) member leaves its name to its replacement.
     __table_args__ = (Index("uq_distributor_live_name", "name", unique=True,
-                            sqlite_where=text("status != 'DELETED'"), postgresql_where=text("status != 'DELETED'")),)
+                            sqlite_where=text(LIVE_DISTRIBUTOR), postgresql_where=text(LIVE_DISTRIBUTOR)),)
 
     name: Mapped[str] = mapped_column(String(255), default="")
     distributor_type: Mapped[str] = mapped_column(String(16), default="L2")
@@ -95,6 +99,8 @@ class Distributor(IdMixin, TimestampMixin, Base):
     status: Mapped[str] = mapped_column(String(36), default="PENDING_CREATE")
     status_reason: Mapped[str | None] = mapped_column(Text)
     vip_port_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Its VRRP role in the pair as its heartbeats report it: MASTER | BACKUP | FAULT (None: no VIPs yet).
+    role: Mapped[str | None] = mapped_column(String(16))
 
 
 class DistributorHealth(Base):
@@ -104,6 +110,15 @@ class DistributorHealth(Base):
     last_update: Mapped[float] = mapped_column(Float)
     busy: Mapped[bool] = mapped_column(Boolean, default=False)
     last_seq: Mapped[int | None] = mapped_column(BigInteger)
+
+
+def distributor_operating_status(status: str, health: DistributorHealth | None, stale_after: float,
+                                 now: float) -> str:
+    """ONLINE while a live distributor heartbeats, ERROR once it has been silent for ``stale_after``
+    (the failover watcher replaces it), OFFLINE before its first heartbeat and once it is gone."""
+    if status in ("DELETED", "ERROR") or health is None:
+        return "OFFLINE" if status != "ERROR" else "ERROR"
+    return "ONLINE" if now - health.last_update <= stale_after else "ERROR"
 
 
 class AmphoraRegistration(Base):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -21,6 +22,7 @@ from cohort.api.routing import JSONRoute
 from cohort.api.schemas import admin as a
 from cohort.api.schemas.common import given, unwrap
 from cohort.db import models as m
+from cohort.db.infra import distributor_operating_status
 
 router = APIRouter(prefix="/octavia", route_class=JSONRoute)
 
@@ -152,23 +154,30 @@ def update_cluster(raw: RawBody, ident: str, request: Request, session: DB, ctx:
 
 # Distributors -----------------------------------------------------------------------------------
 
-def _distributor_view(session: Session, row: m.Distributor) -> dict[str, Any]:
-    registrations = session.scalars(select(m.AmphoraRegistration).where(
-        m.AmphoraRegistration.distributor_id == row.id)).all()
-    return views.distributor(row, list(registrations))
+def _distributor_view(session: Session, row: m.Distributor, stale_after: float) -> dict[str, Any]:
+    # Both members of a pair serve every cluster of their type; a failed or deleted one serves none.
+    registrations = [] if row.status in ("ERROR", "DELETED") else session.scalars(
+        select(m.AmphoraRegistration).join(
+            m.AmphoraCluster, m.AmphoraCluster.load_balancer_id == m.AmphoraRegistration.load_balancer_id)
+        .where(m.AmphoraCluster.cluster_type == row.distributor_type)).all()
+    health = session.get(m.DistributorHealth, row.id)
+    status = distributor_operating_status(row.status, health, stale_after, time.time())
+    return views.distributor(row, list(registrations), status, health.last_update if health else None)
 
 
 @router.get("/distributors")
-def list_distributors(request: Request, session: DB, ctx: Ctx) -> dict[str, Any]:
+def list_distributors(request: Request, session: DB, ctx: Ctx, state: State) -> dict[str, Any]:
     ctx.require_admin()
+    stale_after = state.settings.distributor_stale_after
     return list_collection(request, session, ctx, m.Distributor, "distributors",
-                           lambda row: _distributor_view(session, row), scoped=False)
+                           lambda row: _distributor_view(session, row, stale_after), scoped=False)
 
 
 @router.get("/distributors/{ident}")
-def show_distributor(ident: str, session: DB, ctx: Ctx) -> dict[str, Any]:
+def show_distributor(ident: str, session: DB, ctx: Ctx, state: State) -> dict[str, Any]:
     ctx.require_admin()
-    return {"distributor": _distributor_view(session, _get(session, m.Distributor, ident, "Distributor"))}
+    row = _get(session, m.Distributor, ident, "Distributor")
+    return {"distributor": _distributor_view(session, row, state.settings.distributor_stale_after)}
 
 
 # BGP speakers and peers -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cohort.datamodel import CLUSTER_HEALTH_PORT
+from cohort.distributor.vrrp import DEFAULT_ADVERT_INT, DEFAULT_VRID
 from cohort.drivers.network.base import PluggedPort
 
 
@@ -32,12 +33,22 @@ class ClusterMember:
 
 
 @dataclass(frozen=True)
+class VrrpPeer:
+    """The pair's VRRP on the VIP's port: the other member's address on that network (None: alone)."""
+
+    peer: str | None
+    vrid: int = DEFAULT_VRID
+    advert_int: float = DEFAULT_ADVERT_INT
+
+
+@dataclass(frozen=True)
 class DistributorVip:
     lb_id: str
     vip_address: str
     port: PluggedPort  # the distributor's own interface on this load balancer's front-end network
     affinity: str = "SOURCE_IP"  # SOURCE_IP | SOURCE_IP_PORT
     health_port: int = CLUSTER_HEALTH_PORT  # amphora front-end port the distributor probes
+    vrrp: VrrpPeer | None = None  # None: the agent keeps what the port has
 
 
 class DistributorDriver(Protocol):
@@ -45,7 +56,8 @@ class DistributorDriver(Protocol):
         ...
 
     def add_vip(self, distributor: DistributorRef, vip: DistributorVip) -> None:
-        """Plug the VIP: own its ARP on ``vip.port`` and prepare its (empty) table. Idempotent."""
+        """Plug the VIP on ``vip.port`` (held there while this member is the pair's VRRP MASTER) and
+        prepare its (empty) table. Idempotent."""
         ...
 
     def remove_vip(self, distributor: DistributorRef, lb_id: str) -> None:
@@ -56,5 +68,5 @@ class DistributorDriver(Protocol):
         ...
 
     def status(self, distributor: DistributorRef) -> dict[str, Any]:
-        """Per VIP: members with probe health, open flows and counters."""
+        """Per VIP: members with probe health, open flows and counters; ``vrrp``: the member's role."""
         ...

@@ -15,7 +15,10 @@ from cohort.pki import CertPaths
 
 
 def vip_body(vip: DistributorVip) -> dict[str, Any]:
+    vrrp = {} if vip.vrrp is None else {
+        "vrrp": {"peer": vip.vrrp.peer, "vrid": vip.vrrp.vrid, "advert_int": vip.vrrp.advert_int}}
     return {
+        **vrrp,
         "vip_address": vip.vip_address,
         "port": {
             "mac_address": vip.port.mac_address,

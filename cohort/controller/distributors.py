@@ -1,0 +1,153 @@
+"""The distributor pair of each type: built on first use, kept whole, its failed members destroyed.
+
+Every L2 VIP is served by two distributors, ``distributor-<type>-0`` and ``-1``; keepalived in
+each (VRRP, see ``cohort.distributor.vrrp``) decides which one holds the VIPs. A member that
+fails (its instance died, or it went silent: ``FailoverWatcher``) is marked ERROR, destroyed,
+and replaced by a new row under the same name, so the replacement has an id, a heartbeat key
+and an instance of its own: a replaced member that turns out to be alive after all can be told
+from its successor, and is destroyed again whenever it heartbeats (``put_down_revenants``).
+
+Controllers sharing a database may race to create a member: the unique index on live names
+(migrations 0006, 0008) lets one insert win, and the others use its row; instance builds are
+idempotent per row id.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from cohort.controller.wiring import Drivers
+from cohort.db import models as m
+from cohort.db.session import transaction
+from cohort.drivers.distributor.base import DistributorRef
+from cohort.drivers.errors import DriverError
+
+log = logging.getLogger(__name__)
+
+PAIR_SIZE = 2
+LIVE = ("PENDING_CREATE", "BOOTING", "ACTIVE")
+READY_TIMEOUT = 60.0
+
+
+def member_names(distributor_type: str) -> list[str]:
+    return [f"distributor-{distributor_type.lower()}-{slot}" for slot in range(PAIR_SIZE)]
+
+
+class DistributorPair:
+    def __init__(self, sessions: sessionmaker[Session], drivers: Drivers) -> None:
+        self.sessions = sessions
+        self.drivers = drivers
+
+    def live(self, session: Session, distributor_type: str) -> list[m.Distributor]:
+        """The live members, oldest first: the one that holds the VIPs longest is told of changes first."""
+        return list(session.scalars(select(m.Distributor).where(
+            m.Distributor.distributor_type == distributor_type, m.Distributor.status.in_(LIVE))
+            .order_by(m.Distributor.created_at, m.Distributor.name)))
+
+    def ensure(self, distributor_type: str) -> list[DistributorRef]:
+        """Both members of the pair, built if missing, oldest first."""
+        self._fail_dead_instances(distributor_type)
+        self.destroy_failed(distributor_type)
+        self._create_rows(distributor_type)
+        with self.sessions() as session:
+            rows = [(r.id, r.compute_id, r.lb_network_ip, r.status) for r in self.live(session, distributor_type)]
+        refs = []
+        for ident, compute_id, address, status in rows:
+            if compute_id is None or address is None:
+                instance = self.drivers.compute.build(ident, "distributor", {})
+                compute_id, address = instance.compute_id, instance.lb_network_ip
+                with transaction(self.sessions) as session:
+                    row = session.get(m.Distributor, ident)
+                    if row is None or row.status not in LIVE:
+                        raise DriverError(f"distributor {ident} failed while it was built")
+                    row.compute_id, row.lb_network_ip, row.status = compute_id, address, "BOOTING"
+                status = "BOOTING"
+            ref = DistributorRef(id=ident, lb_network_ip=address)
+            if status != "ACTIVE":
+                self.drivers.distributor.wait_ready(ref, READY_TIMEOUT)
+                with transaction(self.sessions) as session:
+                    row = session.get(m.Distributor, ident)
+                    if row is not None and row.status in LIVE:
+                        row.status = "ACTIVE"
+            refs.append(ref)
+        return refs
+
+    def _create_rows(self, distributor_type: str) -> None:
+        for _attempt in range(5):
+            try:
+                with transaction(self.sessions) as session:
+                    taken = {row.name for row in self.live(session, distributor_type)}
+                    for name in member_names(distributor_type):
+                        if name not in taken:
+                            session.add(m.Distributor(name=name, distributor_type=distributor_type,
+                                                      status="PENDING_CREATE"))
+                            session.flush()
+                return
+            except IntegrityError:
+                continue  # another controller created that member first: use it
+        raise DriverError(f"could not create or find the {distributor_type} distributor pair")
+
+    def _fail_dead_instances(self, distributor_type: str) -> None:
+        """Members whose instance died are failed here too, not only when the watcher scans."""
+        with self.sessions() as session:
+            rows = [(r.id, r.compute_id) for r in self.live(session, distributor_type) if r.compute_id]
+        for ident, compute_id in rows:
+            if self.drivers.compute.status(compute_id) in ("ERROR", "DELETED"):
+                self.fail(ident, "its compute instance failed")
+
+    def fail(self, distributor_id: str, reason: str) -> bool:
+        """Mark a live member failed; False if it was not live (another controller came first)."""
+        with transaction(self.sessions) as session:
+            row = session.get(m.Distributor, distributor_id)
+            if row is None or row.status not in LIVE:
+                return False
+            row.status, row.status_reason, row.role = "ERROR", reason, None
+        log.warning("distributor %s failed: %s", distributor_id, reason)
+        return True
+
+    def destroy_failed(self, distributor_type: str | None = None) -> int:
+        with self.sessions() as session:
+            query = select(m.Distributor.id).where(m.Distributor.status == "ERROR")
+            if distributor_type is not None:
+                query = query.where(m.Distributor.distributor_type == distributor_type)
+            failed = list(session.scalars(query))
+        return sum(self.destroy(ident) for ident in failed)
+
+    def destroy(self, distributor_id: str) -> bool:
+        """Delete a member's instance and ports; the row stays, DELETED. False if a driver failed
+        (the member stays ERROR and is destroyed on a later pass)."""
+        with self.sessions() as session:
+            row = session.get(m.Distributor, distributor_id)
+            compute_id = row.compute_id if row is not None else None
+        try:
+            if compute_id is not None:
+                self.drivers.network.unplug_all(compute_id)
+                self.drivers.compute.delete(compute_id)
+        except DriverError as exc:
+            log.warning("distributor %s: destroying its instance failed, will retry: %s", distributor_id, exc)
+            return False
+        with transaction(self.sessions) as session:
+            row = session.get(m.Distributor, distributor_id)
+            if row is not None:
+                row.status, row.role = "DELETED", None
+            # Its last heartbeat is forgotten: any heartbeat from now on is from a revenant.
+            session.execute(delete(m.DistributorHealth).where(m.DistributorHealth.distributor_id == distributor_id))
+        log.info("distributor %s destroyed", distributor_id)
+        return True
+
+    def put_down_revenants(self) -> int:
+        """Destroy again every replaced member that heartbeated since it was destroyed: it was cut off,
+        not dead, and must not announce a VIP beside its successor."""
+        with self.sessions() as session:
+            revenants = list(session.scalars(
+                select(m.Distributor.id)
+                .join(m.DistributorHealth, m.DistributorHealth.distributor_id == m.Distributor.id)
+                .where(m.Distributor.status == "DELETED")))
+        for ident in revenants:
+            log.warning("distributor %s was replaced but heartbeats again: destroying it again", ident)
+            self.destroy(ident)
+        return len(revenants)
