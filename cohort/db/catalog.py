@@ -60,13 +60,26 @@ class Quota(Base):
 
 
 class Secret(Base):
-    """A tenant's TLS material (PEM bundle, CA bundle or CRL), encrypted at rest with Fernet."""
+    """A tenant's secret (Barbican's secret), its payload encrypted at rest with Fernet.
+
+    ``kind`` is what a listener or pool may use it as, found when it was stored: certificate
+    (a certificate and its key), ca (PEM certificates), crl, or opaque (anything else).
+    ``content_type`` is the payload's Barbican content type, None for a secret without payload.
+    """
 
     __tablename__ = "secret"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     project_id: Mapped[str] = mapped_column(String(255), index=True)
     name: Mapped[str] = mapped_column(String(255), default="")
-    kind: Mapped[str] = mapped_column(String(16))  # certificate | ca | crl
+    kind: Mapped[str] = mapped_column(String(16))  # certificate | ca | crl | opaque
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    secret_type: Mapped[str] = mapped_column(String(80), default="opaque", server_default="opaque")
+    content_type: Mapped[str | None] = mapped_column(String(64), default=None)
+    algorithm: Mapped[str | None] = mapped_column(String(255), default=None)
+    bit_length: Mapped[int | None] = mapped_column(Integer, default=None)
+    mode: Mapped[str | None] = mapped_column(String(255), default=None)
+    expiration: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    creator_id: Mapped[str | None] = mapped_column(String(255), default=None)

@@ -12,6 +12,7 @@ from cohort.db.infra import (
     Distributor,
     DistributorHealth,
 )
+from cohort.db.keystore import ContainerSecret, SecretAcl, SecretContainer
 from cohort.db.lbaas import (
     HealthMonitor,
     L7Policy,
@@ -34,6 +35,7 @@ __all__ = [
     "Base",
     "BgpPeer",
     "BgpSpeaker",
+    "ContainerSecret",
     "Distributor",
     "DistributorHealth",
     "Flavor",
@@ -48,5 +50,7 @@ __all__ = [
     "Pool",
     "Quota",
     "Secret",
+    "SecretAcl",
+    "SecretContainer",
     "SessionPersistence",
 ]
