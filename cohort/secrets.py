@@ -1,14 +1,20 @@
-"""Tenant TLS material: parse and check bundles, keep them encrypted at rest, hand PEM to amphorae.
+"""Tenant secrets: keep payloads encrypted at rest, tell what TLS material they hold, hand PEM to amphorae.
 
-A secret is referenced from listeners and pools by its ref (``.../v1/secrets/<id>`` or the bare
-id), as Octavia references Barbican containers. Bundles are checked when stored and when
-referenced, so a bad bundle is a 400 at the API and never reaches an amphora.
+Secrets and certificate containers (:mod:`cohort.secret_containers`) are stored as Barbican
+stores them: a secret's payload exactly as the client sent it (a PKCS12 file, PEM, a key...).
+When a secret is stored, the material it holds is recognised and kept as its ``kind``
+(certificate and key, CA certificates, CRL, or opaque); a certificate container's kind says
+whether its secrets make a usable certificate and key. Listeners and pools reference either by
+its ref (``.../v1/secrets/<id>``, ``.../v1/containers/<id>`` or the bare id), as Octavia references
+Barbican secrets and containers, and the kind is checked then, so bad material is a 400 at the
+API and never reaches an amphora.
 """
 
 from __future__ import annotations
 
 import base64
 import fcntl
+import logging
 import os
 import re
 import uuid
@@ -25,8 +31,14 @@ from sqlalchemy.orm import Session
 
 from cohort.config import Settings
 from cohort.db import models as m
+from cohort.secret_containers import BadContainer, certificate_bundle
+
+log = logging.getLogger(__name__)
 
 KINDS = ("certificate", "ca", "crl")
+OPAQUE = "opaque"
+# What a listener or pool references: a secret or a container.
+Material = m.Secret | m.SecretContainer
 
 
 class BadSecret(ValueError):
@@ -167,20 +179,80 @@ def decrypt_text(key_file: Path, ciphertext: bytes) -> str:
 
 def store(session: Session, key_file: Path, project_id: str, name: str, kind: str, payload: bytes,
           passphrase: bytes | None = None) -> m.Secret:
+    """Cohort's own request (a ``kind``): the bundle is checked now and kept as canonical PEM (text/plain)."""
     pem = normalise(kind, payload, passphrase)
-    row = m.Secret(id=str(uuid.uuid4()), project_id=project_id, name=name, kind=kind,
+    row = m.Secret(id=str(uuid.uuid4()), project_id=project_id, name=name, kind=kind, content_type="text/plain",
                    ciphertext=_fernet(key_file).encrypt(pem))
     session.add(row)
     return row
 
 
+def store_payload(session: Session, key_file: Path, project_id: str, payload: bytes | None,
+                  content_type: str | None, **metadata: object) -> m.Secret:
+    """Barbican's request: the payload is kept as sent; ``metadata`` are further columns (name, mode...)."""
+    kind = recognise(payload) if payload else OPAQUE
+    row = m.Secret(id=str(uuid.uuid4()), project_id=project_id, kind=kind,
+                   content_type=content_type if payload else None,
+                   ciphertext=_fernet(key_file).encrypt(payload) if payload else b"", **metadata)
+    session.add(row)
+    return row
+
+
+def recognise(payload: bytes) -> str:
+    """The TLS material ``payload`` holds: the first kind it reads as (a key makes it a certificate), else opaque."""
+    for kind in KINDS:
+        try:
+            normalise(kind, payload)
+        except BadSecret:
+            continue
+        return kind
+    return OPAQUE
+
+
 def reveal(key_file: Path, row: m.Secret) -> bytes:
-    return _fernet(key_file).decrypt(row.ciphertext)
+    """The payload as stored (empty for a secret without one)."""
+    return _fernet(key_file).decrypt(row.ciphertext) if row.ciphertext else b""
 
 
-def lookup(session: Session, project_id: str, ref: str) -> m.Secret | None:
-    row = session.get(m.Secret, ref_id(ref))
-    return row if row is not None and row.project_id == project_id else None
+def material_pem(session: Session, key_file: Path, row: Material) -> bytes:
+    """The PEM an amphora is given for a secret or a certificate container; BadSecret if there is none."""
+    if isinstance(row, m.SecretContainer):
+        parts = {}
+        for item in row.secrets:
+            secret = session.get(m.Secret, item.secret_id)
+            if secret is None:
+                raise BadSecret(f"the container's {item.name} secret is gone")
+            parts[item.name] = reveal(key_file, secret)
+        try:
+            return normalise("certificate", certificate_bundle(parts))
+        except BadContainer as exc:
+            raise BadSecret(str(exc)) from exc
+    if row.kind not in KINDS:
+        raise BadSecret(f"the secret holds no TLS material ({row.kind})")
+    return normalise(row.kind, reveal(key_file, row))
+
+
+def container_kind(session: Session, key_file: Path, row: m.SecretContainer) -> str:
+    """What a listener may use the container as: ``certificate``, or what it is instead."""
+    if row.type != "certificate":
+        return f"{row.type} container"
+    try:
+        material_pem(session, key_file, row)
+    except BadSecret:
+        return "certificate container without a usable certificate and key"
+    return "certificate"
+
+
+def lookup(session: Session, project_id: str, ref: str) -> Material | None:
+    """The project's secret or container that ``ref`` names (a ``/containers/`` ref names a container)."""
+    ident = ref_id(ref)
+    path = ref.rstrip("/")
+    found: list[Material | None] = []
+    if "/containers/" not in path:
+        found.append(session.get(m.Secret, ident))
+    if "/secrets/" not in path:
+        found.append(session.get(m.SecretContainer, ident))
+    return next((row for row in found if row is not None and row.project_id == project_id), None)
 
 
 def certificates_for(session: Session, settings: Settings, lb_id: str) -> dict[str, bytes]:
@@ -199,8 +271,12 @@ def certificates_for(session: Session, settings: Settings, lb_id: str) -> dict[s
     found = {}
     for ref in refs:
         row = lookup(session, lb.project_id, ref)
-        if row is not None:
-            found[ref] = reveal(key_file, row)
+        if row is None:
+            continue
+        try:
+            found[ref] = material_pem(session, key_file, row)
+        except BadSecret as exc:  # checked when referenced; only a later change can make it unusable
+            log.warning("load balancer %s: %s %s is no longer usable: %s", lb_id, type(row).__name__, row.id, exc)
     return found
 
 
@@ -211,30 +287,28 @@ def b64decode_payload(text: str) -> bytes:
         raise BadSecret(f"payload is not valid base64: {exc}") from exc
 
 
-def user_of(session: Session, row: m.Secret) -> str | None:
-    """The id of a listener or pool that references the secret, or None.
+def user_of(session: Session, row: Material) -> str | None:
+    """The id of a listener or pool that references the secret or container, or None.
 
-    Only objects of the secret's own project can reference it (:func:`lookup`), so only they are
-    read, and a ref matches when it names exactly this secret, as :func:`lookup` resolves it.
+    Only objects of the row's own project can reference it (:func:`lookup`), so only they are
+    read, and a ref matches when it names exactly this row, as :func:`lookup` resolves it. A
+    secret is also in use when a container that holds it is.
     """
+    ids = {row.id}
+    if isinstance(row, m.Secret):
+        ids.update(session.scalars(select(m.ContainerSecret.container_id).where(
+            m.ContainerSecret.secret_id == row.id)))
     listeners = session.execute(select(
         m.Listener.id, m.Listener.default_tls_container_ref, m.Listener.client_ca_tls_container_ref,
         m.Listener.client_crl_container_ref, m.Listener.sni_container_refs,
     ).where(m.Listener.project_id == row.project_id).order_by(m.Listener.created_at))
     for listener_id, *refs, sni in listeners:
-        if any(ref and ref_id(ref) == row.id for ref in [*refs, *(sni or [])]):
+        if any(ref and ref_id(ref) in ids for ref in [*refs, *(sni or [])]):
             return str(listener_id)
     pools = session.execute(select(
         m.Pool.id, m.Pool.tls_container_ref, m.Pool.ca_tls_container_ref, m.Pool.crl_container_ref,
     ).where(m.Pool.project_id == row.project_id).order_by(m.Pool.created_at))
     for pool_id, *refs in pools:
-        if any(ref and ref_id(ref) == row.id for ref in refs):
+        if any(ref and ref_id(ref) in ids for ref in refs):
             return str(pool_id)
     return None
-
-
-def secrets_of(session: Session, project_id: str | None) -> list[m.Secret]:
-    query = select(m.Secret)
-    if project_id is not None:
-        query = query.where(m.Secret.project_id == project_id)
-    return list(session.scalars(query.order_by(m.Secret.created_at)))
