@@ -74,6 +74,12 @@ class Settings(BaseModel):
     network_driver: Literal["noop", "lab"] | None = None
     amphora_driver: Literal["noop", "rest"] | None = None
     distributor_driver: Literal["noop", "rest"] | None = None
+    # Noop drivers only (tests): seconds each noop compute build or delete and each noop amphora
+    # wait or update takes, so a controller can be killed in the middle of one; 0 is instant.
+    noop_delay: float = Field(default=0.0, ge=0, le=60)
+    # Noop compute only: keep its instances in the state directory (``Layout.noop_compute``) instead
+    # of in memory, so several controller processes sharing that directory see the same instances.
+    noop_shared_state: bool = False
     default_topology: Topology = "SINGLE"
     default_provider: str = "amphora"
     quotas: QuotaDefaults = Field(default_factory=QuotaDefaults)

@@ -17,6 +17,7 @@ line (``--state-dir``), which the compute driver takes from here.
       reconciler.sock               API processes wake the controller here
       cohort.pid, cohort.log        a detached ``cohort up``
       lab/                          the lab's state, address book and member logs
+      noop-compute.json             the noop compute driver's instances, if shared (noop_shared_state)
       instances/{id}/agent.log      each amphora's or distributor's agent log
       i/{8 hex of id}/              an agent's state directory (the amphora's jail inside)
 """
@@ -79,6 +80,11 @@ class Layout:
     @property
     def lab_dir(self) -> Path:
         return self.state_dir / "lab"
+
+    @property
+    def noop_compute(self) -> Path:
+        """The noop compute driver's instances when ``noop_shared_state`` is set (flock'ed JSON)."""
+        return self.state_dir / "noop-compute.json"
 
     @property
     def instances_dir(self) -> Path:

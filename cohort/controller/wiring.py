@@ -123,7 +123,8 @@ def make_drivers(settings: Settings) -> Drivers:
     else:
         from cohort.drivers.compute.noop import NoopComputeDriver
 
-        compute = NoopComputeDriver(prefix=settings.lab_prefix)
+        compute = NoopComputeDriver(prefix=settings.lab_prefix, delay=settings.noop_delay,
+                                    state_file=layout.noop_compute if settings.noop_shared_state else None)
 
     controller_cert = ca.issue_client("controller") if ca is not None else None
     amphora: AmphoraDriver
@@ -135,7 +136,7 @@ def make_drivers(settings: Settings) -> Drivers:
     else:
         from cohort.drivers.amphora.noop import NoopAmphoraDriver
 
-        amphora = NoopAmphoraDriver()
+        amphora = NoopAmphoraDriver(delay=settings.noop_delay)
     distributor: DistributorDriver
     if names["distributor"] == "rest":
         from cohort.drivers.distributor.rest import RestDistributorDriver

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 
-from cohort.drivers.compute.noop import NoopComputeDriver
+from cohort.drivers.compute.noop import NoopComputeDriver, read_state
 from cohort.drivers.errors import DriverError, PermanentDriverError
 from cohort.drivers.network.noop import NoopNetworkDriver
 from cohort.netplan import address_mac
@@ -94,3 +96,26 @@ def test_noop_compute() -> None:
         compute.build(str(uuid.uuid4()), "vm", {})
     with pytest.raises(PermanentDriverError):
         compute.build(str(uuid.uuid4()), "amphora", {"memory_mb": "much"})
+
+
+def test_noop_compute_shared_through_a_state_file(tmp_path: Path) -> None:
+    """Two drivers (as in two controller processes) on one state file see one set of instances."""
+    state = tmp_path / "noop-compute.json"
+    one, other = NoopComputeDriver(state_file=state), NoopComputeDriver(state_file=state)
+    iid = "1a2b3c4d-0000-4000-8000-000000000000"
+    inst = one.build(iid, "amphora", {})
+    assert other.status(inst.compute_id) == "ACTIVE"
+    assert other.build(iid, "amphora", {}) == inst  # idempotent across processes too
+    assert other.build(str(uuid.uuid4()), "amphora", {}).lb_network_ip != inst.lb_network_ip
+    other.crash(inst.compute_id)
+    assert one.status(inst.compute_id) == "ERROR"
+    one.delete(inst.compute_id)
+    assert other.status(inst.compute_id) == "DELETED" and len(read_state(state)) == 1
+
+
+def test_noop_delay() -> None:
+    compute = NoopComputeDriver(delay=0.2)
+    started = time.monotonic()
+    inst = compute.build(str(uuid.uuid4()), "amphora", {})
+    assert time.monotonic() - started >= 0.2
+    assert compute.status(inst.compute_id) == "ACTIVE"

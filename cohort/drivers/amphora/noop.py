@@ -1,8 +1,13 @@
-"""An amphora driver that configures nothing and records every call (unit tests, ``--drivers noop``)."""
+"""An amphora driver that configures nothing and records every call (unit tests, ``--drivers noop``).
+
+``delay`` makes waiting for an agent and pushing a configuration take that long, as they do on a
+real amphora, so a test can kill a controller in the middle of them.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,7 +16,8 @@ from cohort.drivers.network.base import PluggedPort
 
 
 class NoopAmphoraDriver:
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
         self.calls: list[tuple[str, str]] = []
         self.configs: dict[tuple[str, str], LoadBalancer] = {}
         self.speakers: dict[str, BgpSpeaker] = {}
@@ -24,6 +30,7 @@ class NoopAmphoraDriver:
 
     def wait_ready(self, amphora: Amphora, timeout: float) -> dict[str, Any]:
         self._record("wait_ready", amphora)
+        time.sleep(self.delay)
         return {"hostname": amphora.id, "api_version": "1.0", "haproxy_version": "noop"}
 
     def post_vip_plug(self, amphora: Amphora, port: PluggedPort, vip: str, vip_mode: str) -> None:
@@ -35,6 +42,7 @@ class NoopAmphoraDriver:
     def update(self, amphora: Amphora, lb: LoadBalancer, peers: Sequence[Amphora],
                certificates: Mapping[str, bytes]) -> None:
         self._record("update", amphora)
+        time.sleep(self.delay)
         with self._lock:
             self.configs[(amphora.id, lb.id)] = lb
 
