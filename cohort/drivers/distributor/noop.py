@@ -69,4 +69,5 @@ class NoopDistributorDriver:
                     },
                     "stats": {"packets_in": 0, "bytes_in": 0, "connections": 0, "flows": 0},
                 }
-            return {"id": distributor.id, "vips": vips}
+            # No keepalived here: no member holds the VIPs, as an agent without VIPs reports it.
+            return {"id": distributor.id, "vips": vips, "vrrp": {"role": None, "interfaces": {}}}
