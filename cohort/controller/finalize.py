@@ -1,4 +1,9 @@
-"""The last step of a reconcile pass: record the outcome on every object in one transaction."""
+"""The last step of a reconcile pass: record the outcome on every object in one transaction.
+
+A pass names its controller (``owner``): the outcome is recorded only while that controller
+still holds the load balancer's lease, checked on the row locked for the transaction, so a pass
+that lost its lease never overwrites the work of the controller that took it over.
+"""
 
 from __future__ import annotations
 
@@ -36,9 +41,17 @@ def _release(lb: m.LoadBalancer) -> None:
     lb.next_attempt = 0.0
 
 
-def finalize_active(sessions: sessionmaker[Session], lb_id: str, generation: int) -> None:
+def _held(session: Session, lb_id: str, owner: str | None) -> m.LoadBalancer | None:
+    """The load balancer (locked when an owner is named), or None if it is gone or another holds it."""
+    lb = session.get(m.LoadBalancer, lb_id, with_for_update=owner is not None)
+    if lb is None or (owner is not None and lb.lease_owner != owner):
+        return None
+    return lb
+
+
+def finalize_active(sessions: sessionmaker[Session], lb_id: str, generation: int, owner: str | None = None) -> None:
     with transaction(sessions) as session:
-        lb = session.get(m.LoadBalancer, lb_id)
+        lb = _held(session, lb_id, owner)
         if lb is None or lb.generation != generation or lb.provisioning_status == "PENDING_DELETE":
             return
         doomed = [obj for obj in tree(lb) if obj.provisioning_status == "PENDING_DELETE"]
@@ -72,9 +85,9 @@ def finalize_active(sessions: sessionmaker[Session], lb_id: str, generation: int
         _release(lb)
 
 
-def finalize_error(sessions: sessionmaker[Session], lb_id: str, reason: str) -> None:
+def finalize_error(sessions: sessionmaker[Session], lb_id: str, reason: str, owner: str | None = None) -> None:
     with transaction(sessions) as session:
-        lb = session.get(m.LoadBalancer, lb_id)
+        lb = _held(session, lb_id, owner)
         if lb is None:
             return
         for obj in tree(lb):
@@ -88,9 +101,9 @@ def finalize_error(sessions: sessionmaker[Session], lb_id: str, reason: str) -> 
         _release(lb)
 
 
-def finalize_deleted(sessions: sessionmaker[Session], lb_id: str) -> None:
+def finalize_deleted(sessions: sessionmaker[Session], lb_id: str, owner: str | None = None) -> None:
     with transaction(sessions) as session:
-        lb = session.get(m.LoadBalancer, lb_id)
+        lb = _held(session, lb_id, owner)
         if lb is None:
             return
         for obj in tree(lb):

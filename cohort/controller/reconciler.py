@@ -3,6 +3,8 @@
 Each pass claims one load balancer with a lease (so several controllers can share a
 database), applies the whole desired state through idempotent driver calls, then finalises
 the objects in one transaction. A pass interrupted anywhere (crash, kill) is simply run again.
+A pass that finds its lease gone (not renewed in time, and taken by another controller) stops at
+its next step and finalises nothing: two passes on one load balancer would build twice.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cohort.config import Settings
@@ -39,6 +42,22 @@ PENDING = ("PENDING_CREATE", "PENDING_UPDATE", "PENDING_DELETE")
 LEASE_SECONDS = 10.0
 RENEW_EVERY = LEASE_SECONDS / 3
 CertificateSource = Callable[[Session, str], dict[str, bytes]]
+
+
+class LeaseLost(Exception):
+    """Another controller holds the load balancer now: this pass stops and leaves it the work."""
+
+
+class Lease:
+    """This pass's hold on one load balancer, as its keeper last found it."""
+
+    def __init__(self, lb_id: str) -> None:
+        self.lb_id = lb_id
+        self.lost = threading.Event()
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise LeaseLost(f"lease on load balancer {self.lb_id} lost to another controller")
 
 
 def controller_id() -> str:
@@ -137,30 +156,41 @@ class Reconciler:
     def reconcile(self, lb_id: str) -> None:
         if not self._claim(lb_id):
             return
-        with self._lease_kept(lb_id):
-            self._pass(lb_id)
+        with self._lease_kept(lb_id) as lease:
+            self._pass(lb_id, lease)
 
     @contextmanager
-    def _lease_kept(self, lb_id: str) -> Iterator[None]:
-        """Renew this controller's lease on ``lb_id`` until the pass ends."""
+    def _lease_kept(self, lb_id: str) -> Iterator[Lease]:
+        """Renew this controller's lease on ``lb_id`` until the pass ends; tell the pass if it is lost."""
         done = threading.Event()
+        lease = Lease(lb_id)
 
         def renew() -> None:
             while not done.wait(RENEW_EVERY):
-                with self.sessions() as session, session.begin():
-                    session.execute(update(m.LoadBalancer).where(
-                        m.LoadBalancer.id == lb_id, m.LoadBalancer.lease_owner == self.owner,
-                    ).values(lease_expires=time.time() + LEASE_SECONDS))
+                try:
+                    with self.sessions() as session, session.begin():
+                        kept = session.execute(update(m.LoadBalancer).where(
+                            m.LoadBalancer.id == lb_id, m.LoadBalancer.lease_owner == self.owner,
+                        ).values(lease_expires=time.time() + LEASE_SECONDS)).rowcount  # type: ignore[attr-defined]
+                except SQLAlchemyError as exc:
+                    # The keeper must outlive a database hiccup: a dead keeper lets the lease lapse
+                    # while the pass goes on, and another controller would start the same pass.
+                    log.warning("lease on %s not renewed, trying again: %s", lb_id, exc)
+                    continue
+                if not kept and not done.is_set():
+                    lease.lost.set()
+                    log.warning("lease on %s was taken by another controller; this pass stops", lb_id)
+                    return
 
         keeper = threading.Thread(target=renew, name=f"lease-{lb_id[:8]}", daemon=True)
         keeper.start()
         try:
-            yield
+            yield lease
         finally:
             done.set()
             keeper.join(timeout=5)
 
-    def _pass(self, lb_id: str) -> None:
+    def _pass(self, lb_id: str, lease: Lease) -> None:
         with self.sessions() as session:
             lb_row = session.get(m.LoadBalancer, lb_id)
             if lb_row is None:
@@ -168,36 +198,40 @@ class Reconciler:
             status, generation = lb_row.provisioning_status, lb_row.generation
         try:
             if status == "PENDING_DELETE":
-                self._delete(lb_id)
-                finalize_deleted(self.sessions, lb_id)
+                self._delete(lb_id, lease)
+                finalize_deleted(self.sessions, lb_id, owner=self.owner)
             else:
-                self._apply(lb_id, generation)
-                finalize_active(self.sessions, lb_id, generation)
+                self._apply(lb_id, generation, lease)
+                finalize_active(self.sessions, lb_id, generation, owner=self.owner)
+        except LeaseLost as exc:
+            log.warning("load balancer %s: %s", lb_id, exc)
         except PermanentDriverError as exc:
             log.warning("load balancer %s: %s", lb_id, exc)
-            finalize_error(self.sessions, lb_id, describe(exc))
+            finalize_error(self.sessions, lb_id, describe(exc), owner=self.owner)
         except DriverError as exc:
             self._retry_later(lb_id, exc)
 
     def _retry_later(self, lb_id: str, exc: Exception) -> None:
         with self.sessions() as session, session.begin():
             lb = session.get(m.LoadBalancer, lb_id)
-            if lb is None:
-                return
+            if lb is None or lb.lease_owner != self.owner:
+                return  # another controller holds it now: its pass decides
             lb.attempts += 1
             started = lb.updated_at or lb.created_at
             age = time.time() - started.timestamp() if started else 0.0
             if age > self.settings.reconcile_timeout and lb.attempts > 3:
                 session.rollback()
-                finalize_error(self.sessions, lb_id, f"gave up after {lb.attempts} attempts: {describe(exc)}")
+                finalize_error(self.sessions, lb_id, f"gave up after {lb.attempts} attempts: {describe(exc)}",
+                               owner=self.owner)
                 return
             lb.next_attempt = time.time() + min(0.5 * 2 ** min(lb.attempts, 6), 30.0)
             lb.lease_expires = None
             lb.status_reason = f"retrying: {describe(exc)}"
         log.info("load balancer %s: will retry (%s)", lb_id, exc)
 
-    def _apply(self, lb_id: str, generation: int) -> None:
+    def _apply(self, lb_id: str, generation: int, lease: Lease) -> None:
         vip = self.amphorae.ensure_vip(lb_id)
+        lease.check()
         with self.sessions() as session:
             lb_row = session.get(m.LoadBalancer, lb_id)
             assert lb_row is not None
@@ -205,14 +239,18 @@ class Reconciler:
             certificates = self.certificates(session, lb_id)
         ids = self.amphorae.plan(lb_id, lb.topology)
         for amphora_id in ids:
+            lease.check()
             self.amphorae.build(amphora_id, lb, vip)
+        lease.check()
         self.amphorae.configure(lb, ids, generation, certificates)
+        lease.check()
         if lb.topology.name == "ACTIVE_ACTIVE" and lb.topology.distributor_type == "L3_BGP":
             with self.sessions() as session:
                 leaving = self.cluster.leaving_by_scale_in(session, lb.id)
             self.fabric.announce(lb, vip, ids, leaving)
         elif lb.topology.name == "ACTIVE_ACTIVE":
             self._distribute(lb, vip, ids)
+        lease.check()
         self.amphorae.retire(lb_id, ids)
 
     def _distribute(self, lb: Any, vip: Any, ids: list[str]) -> None:
@@ -225,7 +263,8 @@ class Reconciler:
         self.cluster.drain(lb.id, leaving)
         self.cluster.register(refs, lb.id, active=ids, draining=[])
 
-    def _delete(self, lb_id: str) -> None:
+    def _delete(self, lb_id: str, lease: Lease) -> None:
+        lease.check()
         self.cluster.remove_vip(lb_id)
         with self.sessions() as session:
             amphorae = [(row.id, row.compute_id) for row in self.amphorae.live_amphorae(session, lb_id)]

@@ -271,6 +271,59 @@ def test_controllers_stand_in_for_each_other(setup: Any) -> None:
     assert len(amphorae(sessions, lb2)) == 1
 
 
+def test_a_pass_that_lost_its_lease_stops_and_finalises_nothing(setup: Any) -> None:
+    """A controller whose lease was taken over (it could not renew it in time) stops at its next
+    step and leaves the load balancer to the new holder: two passes at once would build twice."""
+    import threading
+
+    from cohort.controller import reconciler as rec
+
+    settings, sessions = setup
+    drivers = make_drivers(settings)
+    lb_id = add_lb(sessions, "ACTIVE_STANDBY")
+    entered, release, builds = threading.Event(), threading.Event(), []
+
+    class Held:
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            target = getattr(self._inner, name)
+            if name != "build":
+                return target
+
+            def build(*args: Any, **kwargs: Any) -> Any:
+                builds.append(args[0])
+                entered.set()
+                release.wait(10)
+                return target(*args, **kwargs)
+
+            return build
+
+    held = Drivers(compute=Held(drivers.compute), network=drivers.network,  # type: ignore[arg-type]
+                   amphora=drivers.amphora, distributor=drivers.distributor)
+    original = rec.RENEW_EVERY
+    rec.RENEW_EVERY = 0.05
+    try:
+        worker = threading.Thread(target=Reconciler(settings, sessions, held, owner="controller-a").reconcile,
+                                  args=(lb_id,))
+        worker.start()
+        assert entered.wait(5)
+        with sessions() as session, session.begin():
+            row = session.get(m.LoadBalancer, lb_id)
+            assert row is not None and row.lease_owner == "controller-a"
+            row.lease_owner, row.lease_expires = "controller-b", time.time() + 60
+        time.sleep(0.3)  # A's keeper finds the lease gone
+        release.set()
+        worker.join(10)
+    finally:
+        rec.RENEW_EVERY = original
+    assert len(builds) == 1, "no step after the lost lease"
+    with sessions() as session:
+        row = session.get(m.LoadBalancer, lb_id)
+        assert row is not None and row.provisioning_status == "PENDING_CREATE" and row.lease_owner == "controller-b"
+
+
 def test_controller_ids_are_unique_per_process() -> None:
     from cohort.controller.reconciler import controller_id
 
