@@ -9,11 +9,14 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 WRITER = "cohort_writer"
+# The PostgreSQL advisory lock every upgrade holds (any fixed number; "cohort" in ASCII).
+UPGRADE_LOCK = 0x636F686F7274
 
 
 def normalise_url(url: str) -> str:
@@ -76,4 +79,18 @@ def upgrade(url: str, revision: str = "head", secrets_key: Path | None = None) -
     """Bring the schema to ``revision``; safe to run on every start."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url, secrets_key), revision)
+    if not normalise_url(url).startswith("postgresql"):
+        command.upgrade(alembic_config(url, secrets_key), revision)
+        return
+    # Controllers and API processes starting together each upgrade on start: one at a time, or two
+    # would create the same tables. The lock goes with its connection, also when its process dies.
+    engine = create_engine(normalise_url(url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": UPGRADE_LOCK})
+            try:
+                command.upgrade(alembic_config(url, secrets_key), revision)
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": UPGRADE_LOCK})
+    finally:
+        engine.dispose()
