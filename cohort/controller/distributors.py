@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -100,12 +100,15 @@ class DistributorPair:
                 self.fail(ident, "its compute instance failed")
 
     def fail(self, distributor_id: str, reason: str) -> bool:
-        """Mark a live member failed; False if it was not live (another controller came first)."""
+        """Mark a live member failed; False if it was not live (another controller came first).
+
+        A compare-and-set: of several controllers that see one failure, exactly one gets True and acts."""
         with transaction(self.sessions) as session:
-            row = session.get(m.Distributor, distributor_id)
-            if row is None or row.status not in LIVE:
-                return False
-            row.status, row.status_reason, row.role = "ERROR", reason, None
+            claimed = session.execute(update(m.Distributor).where(
+                m.Distributor.id == distributor_id, m.Distributor.status.in_(LIVE),
+            ).values(status="ERROR", status_reason=reason, role=None)).rowcount  # type: ignore[attr-defined]
+        if not claimed:
+            return False
         log.warning("distributor %s failed: %s", distributor_id, reason)
         return True
 
@@ -147,7 +150,16 @@ class DistributorPair:
                 select(m.Distributor.id)
                 .join(m.DistributorHealth, m.DistributorHealth.distributor_id == m.Distributor.id)
                 .where(m.Distributor.status == "DELETED")))
+        put_down = 0
         for ident in revenants:
+            # Forgetting the heartbeat claims the revenant: one controller destroys it, the others
+            # find nothing left to forget. A revenant that lives on heartbeats, and is claimed, again.
+            with transaction(self.sessions) as session:
+                claimed = session.execute(delete(m.DistributorHealth).where(
+                    m.DistributorHealth.distributor_id == ident)).rowcount  # type: ignore[attr-defined]
+            if not claimed:
+                continue
             log.warning("distributor %s was replaced but heartbeats again: destroying it again", ident)
             self.destroy(ident)
-        return len(revenants)
+            put_down += 1
+        return put_down

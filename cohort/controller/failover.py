@@ -4,6 +4,11 @@ An amphora is dead when its compute instance reports ERROR (a process crashed) o
 heartbeated before and then stayed silent longer than ``heartbeat_stale_after``. Its load
 balancer is taken with the same lock the API uses, so a failover never races a tenant change;
 a load balancer that is busy is simply looked at again on the next scan.
+
+Every controller runs this watcher. Each failure is acted on once: the load balancer lock and the
+amphora's move from ALLOCATED to PENDING_DELETE are both compare-and-sets in one transaction (a
+scan that read the amphora before another controller replaced it changes nothing), and a failed
+distributor is claimed the same way (``DistributorPair.fail``).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cohort.config import Settings
@@ -144,16 +149,17 @@ class FailoverWatcher:
             if lb_id is None:
                 continue
             with self.sessions() as session, session.begin():
-                amphora = session.get(m.Amphora, amphora_id)
-                if amphora is None or amphora.status != "ALLOCATED":
-                    continue
                 try:
                     lock_load_balancer(session, lb_id)
                 except LoadBalancerBusy:
                     session.rollback()
                     continue
-                amphora.status = "PENDING_DELETE"
-                amphora.status_reason = reason
+                claimed = session.execute(update(m.Amphora).where(
+                    m.Amphora.id == amphora_id, m.Amphora.status == "ALLOCATED",
+                ).values(status="PENDING_DELETE", status_reason=reason)).rowcount  # type: ignore[attr-defined]
+                if not claimed:
+                    session.rollback()  # replaced already (this scan's view was older than that)
+                    continue
                 lb = session.get(m.LoadBalancer, lb_id)
                 if lb is not None:
                     lb.status_reason = f"failover of amphora {amphora_id[:8]}: {reason}"
