@@ -237,7 +237,7 @@ def show(secret_id: str, request: Request, session: DB, ctx: Ctx, state: State) 
     return _payload_response(request, acls.secret_for(session, ctx, secret_id, payload=True), state)
 
 
-@router.get("/v1/secrets/{secret_id}/payload")
+@router.get("/v1/secrets/{secret_id}/payload", include_in_schema=False)  # see acls.router
 def payload(secret_id: str, request: Request, session: DB, ctx: Ctx, state: State) -> Response:
     return _payload_response(request, acls.secret_for(session, ctx, secret_id, payload=True), state)
 
