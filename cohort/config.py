@@ -86,6 +86,9 @@ class Settings(BaseModel):
     reconcile_interval: float = 0.1
     reconcile_workers: int = 4
     reconcile_timeout: float = 600.0
+    # How long a controller's claim on a load balancer lasts unless renewed (every third of it while
+    # its pass runs): the longest a killed controller's work waits before another controller takes it.
+    reconcile_lease: float = Field(default=5.0, ge=0.1, le=600)
     heartbeat_bind: str = ""  # empty: the lab's host-side management address, port 5555
     heartbeat_key: str = ""
     heartbeat_interval: float = 1.0

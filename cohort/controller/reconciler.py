@@ -37,10 +37,9 @@ from cohort.drivers.errors import DriverError, PermanentDriverError
 log = logging.getLogger(__name__)
 
 PENDING = ("PENDING_CREATE", "PENDING_UPDATE", "PENDING_DELETE")
-# A lease is renewed while its pass runs, so it can be short: a controller that dies mid-pass
-# hands its load balancer to another within seconds, however long passes take.
-LEASE_SECONDS = 10.0
-RENEW_EVERY = LEASE_SECONDS / 3
+# A lease (``reconcile_lease`` seconds) is renewed every third of it while its pass runs, so it can
+# be short: a controller that dies mid-pass hands its load balancer to another within seconds,
+# however long passes take.
 CertificateSource = Callable[[Session, str], dict[str, bytes]]
 
 
@@ -80,6 +79,8 @@ class Reconciler:
                              settings.default_bgp_speaker_id, settings.bgp_withdraw_grace)
         self.certificates = certificates or (lambda _session, _lb_id: {})
         self.owner = owner or controller_id()
+        self.lease_seconds = settings.reconcile_lease
+        self.renew_every = self.lease_seconds / 3
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._busy: set[str] = set()
@@ -147,7 +148,7 @@ class Reconciler:
                     m.LoadBalancer.id == lb_id, m.LoadBalancer.provisioning_status.in_(PENDING),
                     or_(m.LoadBalancer.lease_expires.is_(None), m.LoadBalancer.lease_expires < now,
                         m.LoadBalancer.lease_owner == self.owner),
-                ).values(lease_owner=self.owner, lease_expires=now + LEASE_SECONDS)
+                ).values(lease_owner=self.owner, lease_expires=now + self.lease_seconds)
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -166,12 +167,12 @@ class Reconciler:
         lease = Lease(lb_id)
 
         def renew() -> None:
-            while not done.wait(RENEW_EVERY):
+            while not done.wait(self.renew_every):
                 try:
                     with self.sessions() as session, session.begin():
                         kept = session.execute(update(m.LoadBalancer).where(
                             m.LoadBalancer.id == lb_id, m.LoadBalancer.lease_owner == self.owner,
-                        ).values(lease_expires=time.time() + LEASE_SECONDS)).rowcount  # type: ignore[attr-defined]
+                        ).values(lease_expires=time.time() + self.lease_seconds)).rowcount  # type: ignore[attr-defined]
                 except SQLAlchemyError as exc:
                     # The keeper must outlive a database hiccup: a dead keeper lets the lease lapse
                     # while the pass goes on, and another controller would start the same pass.

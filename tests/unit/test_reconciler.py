@@ -207,8 +207,6 @@ def test_controllers_stand_in_for_each_other(setup: Any) -> None:
     the other finishes the work; a live controller's lease is renewed and never taken over."""
     import threading
 
-    from cohort.controller import reconciler as rec
-
     settings, sessions = setup
     drivers = make_drivers(settings)
     lb_id = add_lb(sessions, "ACTIVE_STANDBY")
@@ -220,7 +218,7 @@ def test_controllers_stand_in_for_each_other(setup: Any) -> None:
     with sessions() as session, session.begin():
         row = session.get(m.LoadBalancer, lb_id)
         assert row is not None and row.lease_owner == "controller-a"
-        assert row.lease_expires - time.time() <= rec.LEASE_SECONDS  # seconds, not minutes
+        assert row.lease_expires - time.time() <= settings.reconcile_lease <= 10  # seconds, not minutes
         row.lease_expires = time.time() - 1  # ... and those seconds pass
     other.run_until_idle()
     assert len(amphorae(sessions, lb_id)) == 2  # finished, nothing duplicated
@@ -251,11 +249,10 @@ def test_controllers_stand_in_for_each_other(setup: Any) -> None:
 
     slow = Drivers(compute=Slow(drivers.compute), network=drivers.network,  # type: ignore[arg-type]
                    amphora=drivers.amphora, distributor=drivers.distributor)
-    original = rec.RENEW_EVERY
-    rec.RENEW_EVERY = 0.05
+    holder = Reconciler(settings, sessions, slow, owner="controller-a")
+    holder.renew_every = 0.05
     try:
-        worker = threading.Thread(target=Reconciler(settings, sessions, slow, owner="controller-a").reconcile,
-                                  args=(lb2,))
+        worker = threading.Thread(target=holder.reconcile, args=(lb2,))
         worker.start()
         assert entered.wait(5)
         with sessions() as session, session.begin():
@@ -267,7 +264,7 @@ def test_controllers_stand_in_for_each_other(setup: Any) -> None:
         release.set()
         worker.join(10)
     finally:
-        rec.RENEW_EVERY = original
+        release.set()
     assert len(amphorae(sessions, lb2)) == 1
 
 
@@ -275,8 +272,6 @@ def test_a_pass_that_lost_its_lease_stops_and_finalises_nothing(setup: Any) -> N
     """A controller whose lease was taken over (it could not renew it in time) stops at its next
     step and leaves the load balancer to the new holder: two passes at once would build twice."""
     import threading
-
-    from cohort.controller import reconciler as rec
 
     settings, sessions = setup
     drivers = make_drivers(settings)
@@ -302,11 +297,10 @@ def test_a_pass_that_lost_its_lease_stops_and_finalises_nothing(setup: Any) -> N
 
     held = Drivers(compute=Held(drivers.compute), network=drivers.network,  # type: ignore[arg-type]
                    amphora=drivers.amphora, distributor=drivers.distributor)
-    original = rec.RENEW_EVERY
-    rec.RENEW_EVERY = 0.05
+    holder = Reconciler(settings, sessions, held, owner="controller-a")
+    holder.renew_every = 0.05
     try:
-        worker = threading.Thread(target=Reconciler(settings, sessions, held, owner="controller-a").reconcile,
-                                  args=(lb_id,))
+        worker = threading.Thread(target=holder.reconcile, args=(lb_id,))
         worker.start()
         assert entered.wait(5)
         with sessions() as session, session.begin():
@@ -317,7 +311,7 @@ def test_a_pass_that_lost_its_lease_stops_and_finalises_nothing(setup: Any) -> N
         release.set()
         worker.join(10)
     finally:
-        rec.RENEW_EVERY = original
+        release.set()
     assert len(builds) == 1, "no step after the lost lease"
     with sessions() as session:
         row = session.get(m.LoadBalancer, lb_id)
