@@ -45,12 +45,18 @@ LISTENER_REFS = {"default_tls_container_ref": "certificate", "sni_container_refs
 POOL_REFS = {"tls_container_ref": "certificate", "ca_tls_container_ref": "ca", "crl_container_ref": "crl"}
 
 
-def check_tls_refs(session: Session, project_id: str, fields: dict[str, Any], kinds: dict[str, str]) -> None:
-    """Every referenced secret must exist in the project and be of the kind the field needs."""
+def check_tls_refs(session: Session, project_id: str, fields: dict[str, Any], kinds: dict[str, str],
+                   stored_only: bool = True) -> None:
+    """Every referenced secret or container must exist in the project and be of the kind the field needs.
+
+    Not ``stored_only`` (:func:`cohort.secrets.refs_must_be_stored`): a ref naming nothing stored is taken.
+    """
     for name, kind in kinds.items():
         value = fields.get(name)
         for ref in (value if isinstance(value, list) else [value] if value else []):
             row = secrets.lookup(session, project_id, ref)
+            if row is None and not stored_only:
+                continue
             if row is None:
                 raise InvalidInput(f"Could not retrieve certificate: {ref} (field {name}) not found.")
             if row.kind != kind:
@@ -114,7 +120,7 @@ def check_listener_pool(listener_protocol: str, pool_protocol: str) -> None:
 
 
 def build_listener(session: Session, lb: m.LoadBalancer, body: s.ListenerTree,
-                   network: SubnetCatalog | None = None) -> m.Listener:
+                   network: SubnetCatalog | None = None, stored_only: bool = True) -> m.Listener:
     reject_unsupported_protocol(body.protocol)
     fields = given(body)
     for nested in ("default_pool", "l7policies", "loadbalancer_id", "project_id"):
@@ -124,7 +130,7 @@ def build_listener(session: Session, lb: m.LoadBalancer, body: s.ListenerTree,
     if body.protocol in L4_PROTOCOLS and lb.topology == "ACTIVE_ACTIVE":
         raise InvalidInput(f"Invalid input for field/attribute protocol. Value: '{body.protocol}'. ACTIVE_ACTIVE "
                            f"load balancers do not spread {body.protocol} flows yet (SINGLE and ACTIVE_STANDBY do).")
-    check_tls_refs(session, lb.project_id, fields, LISTENER_REFS)
+    check_tls_refs(session, lb.project_id, fields, LISTENER_REFS, stored_only)
     for other in lb.listeners:
         # As in Octavia, one port may carry a UDP and a TCP listener (DNS), not two of the same L4 protocol.
         if _live(other) and other.protocol_port == body.protocol_port and \
@@ -140,7 +146,7 @@ def build_listener(session: Session, lb: m.LoadBalancer, body: s.ListenerTree,
     session.add(listener)
     session.flush()
     if body.default_pool is not None:
-        build_pool(session, lb, body.default_pool, listener=listener, network=network)
+        build_pool(session, lb, body.default_pool, listener=listener, network=network, stored_only=stored_only)
     for policy in body.l7policies or []:
         build_l7policy(session, listener, policy)
     return listener
@@ -155,14 +161,14 @@ def _listener_defaults(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_pool(session: Session, lb: m.LoadBalancer, body: s.PoolTree, listener: m.Listener | None = None,
-               network: SubnetCatalog | None = None) -> m.Pool:
+               network: SubnetCatalog | None = None, stored_only: bool = True) -> m.Pool:
     reject_unsupported_protocol(body.protocol)
     if listener is not None:
         check_listener_pool(listener.protocol, body.protocol)
         if listener.default_pool_id:
             raise Conflict(f"Listener {listener.id} is already using default pool {listener.default_pool_id}")
     validate_pool_fields(body.protocol, given(body))
-    check_tls_refs(session, lb.project_id, given(body), POOL_REFS)
+    check_tls_refs(session, lb.project_id, given(body), POOL_REFS, stored_only)
     fields = {k: v for k, v in given(body).items()
               if k not in ("healthmonitor", "members", "session_persistence", "listener_id", "loadbalancer_id",
                            "project_id") and v is not None}

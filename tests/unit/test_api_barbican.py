@@ -369,3 +369,32 @@ def test_container_rules_are_barbicans(clients: dict[str, Api], pem: Pem) -> Non
     status, body = a.post("/v1/containers", {"type": "certificate", "name": "mismatch", "secret_refs": [
         {"name": "certificate", "secret_ref": cert}, {"name": "private_key", "secret_ref": other}]})
     assert status == 201 and body["container_ref"], body
+
+
+def test_noop_drivers_take_refs_no_store_holds_as_octavias_noop_cert_manager(
+        cohort: tuple[Cohort, str], clients: dict[str, Api], pem: Pem) -> None:
+    """On noop drivers (no amphora is ever given a certificate) an unknown ref is taken; stored ones are checked."""
+    from cohort.config import Settings
+
+    service, base = cohort
+    assert not secrets.refs_must_be_stored(service.settings)
+    assert secrets.refs_must_be_stored(Settings(state_dir=service.settings.state_dir, drivers="local"))
+    a = clients["a"]
+    lb = a.post(LB, {"loadbalancer": {"vip_subnet_id": "public-subnet", "listeners": [{
+        "protocol": "TERMINATED_HTTPS", "protocol_port": 443,
+        "default_tls_container_ref": f"{base}/v1/containers/00000000-0000-4000-8000-000000000000",
+        "sni_container_refs": ["https://barbican.example/v1/secrets/00000000-0000-4000-8000-000000000001"],
+        "default_pool": {"protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN",
+                         "tls_container_ref": "00000000-0000-4000-8000-000000000002"}}]}})
+    assert lb[0] == 201, lb
+    lb_id = lb[1]["loadbalancer"]["id"]
+    a.wait_active(f"{LB}/{lb_id}", "loadbalancer")
+    opaque = store(a, b"not a certificate")
+    status, body = a.post("/v2/lbaas/listeners", {"listener": {
+        "loadbalancer_id": lb_id, "protocol": "TERMINATED_HTTPS", "protocol_port": 8443,
+        "default_tls_container_ref": opaque}})
+    assert status == 400 and "opaque" in body["faultstring"], body
+    status, body = a.post("/v2/lbaas/listeners", {"listener": {
+        "loadbalancer_id": lb_id, "protocol": "TERMINATED_HTTPS", "protocol_port": 8443,
+        "default_tls_container_ref": "https://barbican.example/v1/containers/00000000-0000-4000-8000-000000000003"}})
+    assert status == 201, body

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from cohort import secrets
 from cohort.api import views
 from cohort.api.builders import (
     LISTENER_REFS,
@@ -38,7 +39,8 @@ def create(raw: RawBody, request: Request, session: DB, ctx: Ctx, state: State) 
     lb = visible(session, ctx, m.LoadBalancer, body.loadbalancer_id)
     check_quotas(session, state.settings, lb.project_id, body)
     lock_load_balancer(session, lb.id)
-    listener = build_listener(session, lb, body, network=state.network)
+    listener = build_listener(session, lb, body, network=state.network,
+                              stored_only=secrets.refs_must_be_stored(state.settings))
     session.commit()
     state.on_change()
     return {"listener": views.listener(listener)}
@@ -67,7 +69,8 @@ def update(raw: RawBody, listener_id: str, request: Request, session: DB, ctx: C
     merged.update({k: v for k, v in changes.items() if v is not None})
     validate_listener_fields(listener.protocol, merged)
     check_cidr_families(listener.load_balancer, changes.get("allowed_cidrs"))
-    check_tls_refs(session, listener.project_id, changes, LISTENER_REFS)
+    check_tls_refs(session, listener.project_id, changes, LISTENER_REFS,
+                   secrets.refs_must_be_stored(state.settings))
     pool_id = changes.get("default_pool_id")
     if pool_id:
         pool = session.get(m.Pool, pool_id)

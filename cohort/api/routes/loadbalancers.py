@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy import Select, bindparam, literal_column, select, union_all
 from sqlalchemy.orm import Session
 
+from cohort import secrets
 from cohort.api import lb_json, views
 from cohort.api.builders import build_listener, build_pool, set_fields
 from cohort.api.collection import list_collection, page_of
@@ -141,10 +142,11 @@ def create(raw: RawBody, request: Request, session: DB, ctx: Ctx, state: State) 
 
 def _build_tree(session: Session, state: AppState, lb: m.LoadBalancer, body: s.LoadBalancerCreate) -> None:
     """The single-call create (its quotas were checked for the whole tree before the load balancer was made)."""
+    stored_only = secrets.refs_must_be_stored(state.settings)
     for pool_body in body.pools or []:
-        build_pool(session, lb, pool_body, network=state.network)
+        build_pool(session, lb, pool_body, network=state.network, stored_only=stored_only)
     for listener_body in body.listeners or []:
-        build_listener(session, lb, listener_body, network=state.network)
+        build_listener(session, lb, listener_body, network=state.network, stored_only=stored_only)
 
 
 def rendered_bodies(session: Session, rows: list[Any], fields: list[str]) -> list[str]:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from cohort import secrets
 from cohort.api import views
 from cohort.api.builders import (
     POOL_REFS,
@@ -46,7 +47,8 @@ def create(raw: RawBody, request: Request, session: DB, ctx: Ctx, state: State) 
     lb = visible(session, ctx, m.LoadBalancer, lb_id)
     check_quotas(session, state.settings, lb.project_id, body)
     lock_load_balancer(session, lb.id)
-    pool = build_pool(session, lb, body, listener=listener, network=state.network)
+    pool = build_pool(session, lb, body, listener=listener, network=state.network,
+                      stored_only=secrets.refs_must_be_stored(state.settings))
     session.commit()
     state.on_change()
     return {"pool": pool_view(session, pool)}
@@ -79,7 +81,7 @@ def update(raw: RawBody, pool_id: str, request: Request, session: DB, ctx: Ctx, 
     pool = visible(session, ctx, m.Pool, pool_id)
     changes = given(body)
     validate_pool_fields(pool.protocol, changes)
-    check_tls_refs(session, pool.project_id, changes, POOL_REFS)
+    check_tls_refs(session, pool.project_id, changes, POOL_REFS, secrets.refs_must_be_stored(state.settings))
     lock_load_balancer(session, pool.load_balancer_id)
     if "session_persistence" in changes:
         persistence = changes.pop("session_persistence")
