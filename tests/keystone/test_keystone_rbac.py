@@ -129,3 +129,18 @@ def test_each_role_through_the_cli(keystone: KeystoneLab, cohort_keystone: str,
     assert code != 0 and forbidden(out), out
     code, out = cli(keystone, users["member"], "loadbalancer", "delete", "--wait", lb["id"])
     assert code == 0, out
+
+
+def test_secrets_through_the_catalogue(keystone: KeystoneLab, cohort_keystone: str,
+                                       users: dict[str, dict[str, str]]) -> None:
+    """``openstack secret`` finds Cohort as the key-manager; a secret belongs to the token's project."""
+    code, out = cli(keystone, users["member"], "secret", "store", "--name", "rbac-secret", "-t", "text/plain",
+                    "--payload", "not a certificate", "-f", "json")
+    assert code == 0, out
+    ref = json.loads(out[out.index("{"):])["Secret href"]
+    code, out = cli(keystone, users["member"], "secret", "list", "-f", "json")
+    assert code == 0 and ref in out, out
+    code, out = cli(keystone, users["member2"], "secret", "get", ref, "-f", "json")
+    assert code != 0 and ("404" in out or "Not Found" in out), out  # another project's secret is not there
+    code, out = cli(keystone, users["member"], "secret", "delete", ref)
+    assert code == 0, out
