@@ -121,12 +121,19 @@ class Distributor:
         return found
 
 
-def distributor_of(env: BenchEnv) -> Distributor:
-    """The one live distributor, as the admin API lists it."""
-    rows = [r for r in env.admin_list("distributors", "distributors") if r["status"] != "DELETED"]
-    if len(rows) != 1:
-        raise BenchError(f"expected one distributor, the API lists {len(rows)}")
-    row = rows[0]
+def distributor_of(env: BenchEnv, timeout: float = 30.0) -> Distributor:
+    """The live pair's MASTER (it holds the VIPs and carries every flow), as the admin API lists it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [r for r in env.admin_list("distributors", "distributors") if r["status"] == "ACTIVE"]
+        masters = [r for r in rows if r.get("role") == "MASTER"]
+        if len(rows) == 2 and len(masters) == 1:
+            break
+        if time.monotonic() > deadline:
+            raise BenchError(f"expected a distributor pair with one MASTER, the API lists {len(rows)} ACTIVE "
+                             f"distributors with roles {[r.get('role') for r in rows]}")
+        time.sleep(0.5)
+    row = masters[0]
     if not row.get("lb_network_ip") or not row.get("compute_id"):
         raise BenchError("the distributor has no address or namespace")
     return Distributor(DistributorRef(str(row["id"]), str(row["lb_network_ip"])), str(row["compute_id"]))
