@@ -169,7 +169,10 @@ class HeartbeatReceiver(asyncio.DatagramProtocol):
     async def start(self) -> tuple[str, int]:
         """Bind and start receiving; returns the bound address (useful with port 0)."""
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=self.bind)
+        # Several controllers on one host share the port: the kernel hands each agent's heartbeats to
+        # one of them (by the sender's address), and to a survivor once that one's socket is gone.
+        # Only a process of the same user can join, and a forged heartbeat still fails the HMAC.
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=self.bind, reuse_port=True)
         self._transport = transport
         sockname = transport.get_extra_info("sockname")
         return str(sockname[0]), int(sockname[1])

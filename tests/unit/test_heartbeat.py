@@ -226,6 +226,41 @@ def test_sender_reaches_receiver_and_counts_rejections() -> None:
     assert receiver.rejected == 1 and receiver.last_rejection == "bad MAC"
 
 
+def test_controllers_share_the_port_and_a_survivor_gets_the_heartbeats() -> None:
+    """Two receivers on one port (two controllers on one host): the kernel gives one sender's
+    heartbeats to one of them, and to the other once that one is gone."""
+    async def scenario() -> tuple[list[str], list[str]]:
+        seen: list[str] = []
+        first = HeartbeatReceiver(("127.0.0.1", 0), HeartbeatVerifier(MASTER), lambda p: seen.append("first"))
+        addr = await first.start()
+        second = HeartbeatReceiver(addr, HeartbeatVerifier(MASTER), lambda p: seen.append("second"))
+        await second.start()
+        sender = HeartbeatSender("amp-7", addr, key_of("amp-7"), lambda: {"ver": 1}, interval=0.02)
+        sender.start()
+        try:
+            for _ in range(100):
+                if len(seen) >= 5:
+                    break
+                await asyncio.sleep(0.02)
+            before = list(seen)
+            owner = first if before[-1] == "first" else second
+            owner.close()
+            seen.clear()
+            for _ in range(100):
+                if len(seen) >= 5:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            sender.stop()
+            first.close()
+            second.close()
+        return before, list(seen)
+
+    before, after = asyncio.run(scenario())
+    assert len(set(before)) == 1  # one sender, one receiver
+    assert after and set(after) == {"first", "second"} - set(before)
+
+
 # --- keys on disk ---------------------------------------------------------------------------
 
 
