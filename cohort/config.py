@@ -99,6 +99,10 @@ class Settings(BaseModel):
     # replaced by its BACKUP after about three intervals (0.13-0.16 s at 0.05 here).
     distributor_advert_int: float = Field(default=0.05, ge=0.01, le=1.0)
     agent_port: int = 9443
+    # Amphorae booted ahead of need (Octavia's spare pool): a failover or a new amphora takes one
+    # instead of booting, when it asks for the spares' compute flavor.
+    spare_amphora_pool_size: int = Field(default=0, ge=0, le=100)
+    spare_amphora_compute_flavor: dict[str, Any] = Field(default_factory=dict)
     drain_timeout: float = 30.0
     lab_prefix: str = "cohort"
     # The BGP speaker (id) of L3_BGP flavors that name none; empty: such a flavor is refused.

@@ -20,6 +20,7 @@ from cohort.config import Settings
 from cohort.controller.failover import FailoverWatcher
 from cohort.controller.health import HealthManager
 from cohort.controller.reconciler import Reconciler
+from cohort.controller.spares import SparePool
 from cohort.controller.wiring import Drivers, heartbeat_key, make_drivers
 from cohort.db.session import make_engine, make_sessionmaker, upgrade
 from cohort.layout import Layout
@@ -41,6 +42,7 @@ class Cohort:
     health: HealthManager
     failover: FailoverWatcher
     app: FastAPI
+    spares: SparePool
     receiver: Any = None  # the heartbeat receiver while the controller runs (its counters)
 
 
@@ -57,7 +59,8 @@ def build(settings: Settings) -> Cohort:
     app = create_app(AppState(settings, sessions, drivers.network, on_change=reconciler.wake,
                               read_sessions=readers))
     failover = FailoverWatcher(settings, sessions, drivers, on_change=reconciler.wake)
-    return Cohort(settings, engine, sessions, drivers, reconciler, HealthManager(sessions), failover, app)
+    return Cohort(settings, engine, sessions, drivers, reconciler, HealthManager(sessions), failover, app,
+                  SparePool(settings, sessions, drivers))
 
 
 async def _heartbeats(cohort: Cohort) -> Any:
@@ -85,6 +88,8 @@ async def serve(cohort: Cohort, api: bool = True, controller: bool = True,
     if controller:
         workers = [threading.Thread(target=cohort.reconciler.run, name="reconciler", daemon=True),
                    threading.Thread(target=cohort.failover.run, name="failover", daemon=True)]
+        if cohort.settings.spare_amphora_pool_size:
+            workers.append(threading.Thread(target=cohort.spares.run, name="spares", daemon=True))
         for worker in workers:
             worker.start()
         if cohort.drivers.heartbeat_target:
@@ -111,6 +116,7 @@ async def serve(cohort: Cohort, api: bool = True, controller: bool = True,
         waker.close()
         cohort.reconciler.stop()
         cohort.failover.stop()
+        cohort.spares.stop()
         if receiver is not None:
             receiver.close()
         for worker in workers:

@@ -16,7 +16,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cohort import datamodel as d
-from cohort.controller import desired
+from cohort.controller import desired, spares
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
 from cohort.db.session import transaction
@@ -84,13 +84,14 @@ class AmphoraManager:
                 taken = [row for row in keep if row.role == slot.role]
                 if len(taken) >= slots.count(slot):
                     continue
-                row = m.Amphora(
-                    load_balancer_id=lb_id, role=slot.role, status="PENDING_CREATE", vrrp_priority=slot.vrrp_priority,
-                    vrrp_id=vrrp_id_for(lb_id) if slot.role in ("MASTER", "BACKUP") else None,
-                    cluster_id=cluster.id if cluster else None, compute_flavor=topology.compute_flavor,
-                    ha_ip=lb.vip_address,
-                )
-                session.add(row)
+                fields = {"load_balancer_id": lb_id, "role": slot.role, "vrrp_priority": slot.vrrp_priority,
+                          "vrrp_id": vrrp_id_for(lb_id) if slot.role in ("MASTER", "BACKUP") else None,
+                          "cluster_id": cluster.id if cluster else None, "ha_ip": lb.vip_address}
+                # A booted spare skips the boot; otherwise a new instance is built.
+                row = spares.claim(session, topology.compute_flavor, fields)
+                if row is None:
+                    row = m.Amphora(status="PENDING_CREATE", compute_flavor=topology.compute_flavor, **fields)
+                    session.add(row)
                 keep.append(row)
             # Scale-in: the newest surplus amphorae of a role go first.
             for slot in {s.role: s for s in slots}.values():

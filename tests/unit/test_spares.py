@@ -1,0 +1,95 @@
+"""The spare pool: kept full, a new amphora takes a READY spare of its flavor (keeping its id), never
+another flavor's; failed and surplus spares go; two claims never take one spare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from cohort.config import Settings
+from cohort.controller import spares
+from cohort.controller.reconciler import Reconciler
+from cohort.controller.spares import SparePool
+from cohort.controller.wiring import make_drivers
+from cohort.db import models as m
+from cohort.db.session import make_engine, make_sessionmaker, upgrade
+from tests.unit.test_reconciler import add_lb, amphorae
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Any:
+    settings = Settings(state_dir=tmp_path, drivers="noop", spare_amphora_pool_size=2)
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    yield settings, make_sessionmaker(engine), make_drivers(settings)
+    engine.dispose()
+
+
+def spare_rows(sessions: Any) -> list[m.Amphora]:
+    with sessions() as session:
+        return list(session.scalars(select(m.Amphora).where(
+            m.Amphora.load_balancer_id.is_(None), m.Amphora.status != "DELETED")))
+
+
+def fill(pool: SparePool, passes: int = 5) -> None:
+    for _ in range(passes):
+        pool.replenish()
+
+
+def test_the_pool_is_filled_and_a_new_amphora_takes_a_spare(setup: Any) -> None:
+    settings, sessions, drivers = setup
+    pool = SparePool(settings, sessions, drivers)
+    fill(pool)
+    ready = spare_rows(sessions)
+    assert [r.status for r in ready] == ["READY", "READY"] and pool.built == 2
+    assert all(r.compute_id for r in ready)
+
+    lb_id = add_lb(sessions, "SINGLE")
+    Reconciler(settings, sessions, drivers, owner="c1").run_until_idle()
+    (amp,) = amphorae(sessions, lb_id)
+    assert amp.id in {r.id for r in ready} and amp.status == "ALLOCATED" and amp.role == "STANDALONE"
+    assert amp.compute_id == next(r.compute_id for r in ready if r.id == amp.id)  # not booted again
+    assert len(spare_rows(sessions)) == 1
+    fill(pool)
+    assert len(spare_rows(sessions)) == 2 and pool.built == 3
+
+
+def test_a_spare_of_another_flavor_is_never_taken(setup: Any) -> None:
+    settings, sessions, drivers = setup
+    fill(SparePool(settings, sessions, drivers))
+    with sessions() as session, session.begin():
+        assert spares.claim(session, {"cpu": 0.5}, {"load_balancer_id": "lb", "role": "STANDALONE"}) is None
+    assert len(spare_rows(sessions)) == 2
+
+
+def test_one_spare_is_claimed_once(setup: Any) -> None:
+    settings, sessions, drivers = setup
+    pool = SparePool(settings.model_copy(update={"spare_amphora_pool_size": 1}), sessions, drivers)
+    fill(pool)
+    with sessions() as first, sessions() as second:
+        first.begin()
+        taken = spares.claim(first, {}, {"load_balancer_id": "lb-1", "role": "STANDALONE"})
+        first.commit()
+        second.begin()
+        again = spares.claim(second, {}, {"load_balancer_id": "lb-2", "role": "STANDALONE"})
+        second.commit()
+    assert taken is not None and again is None
+
+
+def test_failed_and_surplus_spares_are_destroyed(setup: Any) -> None:
+    settings, sessions, drivers = setup
+    pool = SparePool(settings, sessions, drivers)
+    fill(pool)
+    dead, alive = spare_rows(sessions)
+    drivers.compute.delete(dead.compute_id)  # its instance is gone
+    pool.replenish()
+    assert dead.id not in {r.id for r in spare_rows(sessions)}
+    fill(pool)
+    assert len(spare_rows(sessions)) == 2
+    small = SparePool(settings.model_copy(update={"spare_amphora_pool_size": 1}), sessions, drivers)
+    small.replenish()
+    left = spare_rows(sessions)
+    assert len(left) == 1 and left[0].id == alive.id  # the newest surplus went, the oldest stays
