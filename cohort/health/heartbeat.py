@@ -40,6 +40,8 @@ from cohort.health.keys import AMPHORA, DISTRIBUTOR, agent_key
 LOG = logging.getLogger(__name__)
 MAC_LEN = 32
 MAX_DATAGRAM = 65000
+# Heartbeats keep going with the last body for this many intervals while a new one is being built.
+MAX_BODY_AGE = 10
 MAX_ID_LEN = 255
 HeartbeatCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
 # (kind, id): one sequence counter per agent.
@@ -232,20 +234,23 @@ class HeartbeatSender:
         self._last_seq = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._refresher: threading.Thread | None = None
+        self._latest: tuple[float, dict[str, Any]] | None = None  # (monotonic time built, body)
+        self._fresh = threading.Condition()
         self._sock = socket.socket(_family(target[0]), socket.SOCK_DGRAM)
 
     def next_seq(self) -> int:
         self._last_seq = max(time.time_ns(), self._last_seq + 1)
         return self._last_seq
 
-    def build(self) -> bytes:
-        payload = dict(self._body())
+    def build(self, body: dict[str, Any] | None = None) -> bytes:
+        payload = dict(self._body() if body is None else body)
         payload.update(id=self.sender_id, seq=self.next_seq(), ts=time.time())
         return sign(payload, self._key)
 
-    def send_once(self) -> None:
+    def send_once(self, body: dict[str, Any] | None = None) -> None:
         try:
-            datagram = self.build()
+            datagram = self.build(body)
             if len(datagram) > MAX_DATAGRAM:
                 raise ValueError(f"heartbeat of {len(datagram)} bytes does not fit a datagram")
             self._sock.sendto(datagram, self.target)
@@ -258,18 +263,45 @@ class HeartbeatSender:
             self.errors += 1
             LOG.exception("building the heartbeat failed")
 
-    def _run(self) -> None:
+    def _refresh(self) -> None:
+        """Build bodies one after another, at most one per interval, in their own thread."""
         while not self._stop.is_set():
             started = time.monotonic()
-            self.send_once()
+            try:
+                body = self._body()
+            except Exception:
+                self.errors += 1
+                LOG.exception("building the heartbeat failed")
+            else:
+                with self._fresh:
+                    self._latest = (time.monotonic(), body)
+                    self._fresh.notify_all()
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def _run(self) -> None:
+        # Liveness never waits for the body: a body that takes seconds to build (thousands of flows to
+        # count on a loaded machine) would otherwise look like a dead agent. A body older than
+        # MAX_BODY_AGE intervals is not sent, so an agent whose reporting hangs still falls silent.
+        with self._fresh:
+            self._fresh.wait_for(lambda: self._latest is not None or self._stop.is_set(), timeout=30)
+        while not self._stop.is_set():
+            started = time.monotonic()
+            latest = self._latest
+            if latest is not None and started - latest[0] <= MAX_BODY_AGE * self.interval:
+                self.send_once(latest[1])
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def start(self) -> None:
+        self._refresher = threading.Thread(target=self._refresh, name="heartbeat-body", daemon=True)
+        self._refresher.start()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        with self._fresh:
+            self._fresh.notify_all()
+        for thread in (self._thread, self._refresher):
+            if thread is not None:
+                thread.join(timeout=5)
         self._sock.close()

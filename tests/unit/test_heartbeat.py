@@ -8,6 +8,8 @@ import hmac
 import json
 import multiprocessing
 import os
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ from cohort.controller.health import HealthManager
 from cohort.controller.wiring import agent_key_file, heartbeat_key, write_agent_key
 from cohort.db import models as m
 from cohort.db.session import make_engine, make_sessionmaker, upgrade
+from cohort.health import heartbeat
 from cohort.health.heartbeat import (
     MAC_LEN,
     HeartbeatReceiver,
@@ -259,6 +262,40 @@ def test_controllers_share_the_port_and_a_survivor_gets_the_heartbeats() -> None
     before, after = asyncio.run(scenario())
     assert len(set(before)) == 1  # one sender, one receiver
     assert after and set(after) == {"first", "second"} - set(before)
+
+
+def test_a_slow_body_does_not_delay_liveness_but_a_hung_one_falls_silent() -> None:
+    """Heartbeats go out every interval with the last body while a new one takes long to build; once
+    the newest body is MAX_BODY_AGE intervals old (the reporting hangs), the agent falls silent."""
+    release = threading.Event()
+    calls = [0]
+
+    def body() -> dict[str, Any]:
+        calls[0] += 1
+        if calls[0] == 2:
+            release.wait(5)  # the second build hangs
+        return {"ver": 1}
+
+    receiver = socket_pair_receiver()
+    sender = HeartbeatSender("amp-5", receiver.getsockname(), key_of("amp-5"), body, interval=0.02)
+    sender.start()
+    try:
+        time.sleep(heartbeat.MAX_BODY_AGE * 0.02 / 2)
+        assert sender.sent >= 3  # kept going with the first body while the second hangs
+        time.sleep(heartbeat.MAX_BODY_AGE * 0.02 * 2)
+        silent_from = sender.sent
+        time.sleep(0.2)
+        assert sender.sent == silent_from  # the first body is too old now: nothing is sent
+    finally:
+        release.set()
+        sender.stop()
+        receiver.close()
+
+
+def socket_pair_receiver() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 # --- keys on disk ---------------------------------------------------------------------------
