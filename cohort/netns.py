@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shlex
 import signal
@@ -22,7 +23,12 @@ from pathlib import Path
 NETNS_DIR = Path("/run/netns")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_CONTROLLERS = ("cpu", "memory")
-CFS_PERIOD_US = 100_000
+# A capped group runs its quota and then stops until the period ends. With the default 100 ms a
+# 0.05-CPU amphora stood still for 95 ms at a time under load, long enough for BFD (100 ms x 3) to
+# flap its BGP sessions; a vCPU that slow would still run every few ms. The shortest period whose
+# quota is at least the kernel's 1 ms minimum, and never below 20 ms (scheduling overhead):
+MIN_CFS_PERIOD_US = 20_000
+MAX_CFS_PERIOD_US = 100_000
 
 
 class CommandError(RuntimeError):
@@ -307,13 +313,24 @@ def cgroup_procs_files(name: str) -> list[Path]:
     return [d / "cgroup.procs" for d in cgroup_dirs(name)]
 
 
+def cfs_period_us(cpu: float | None) -> int:
+    """The CFS period for a quota of ``cpu`` CPUs: short, with a quota of at least 1 ms."""
+    if cpu is None or cpu <= 0:
+        return MAX_CFS_PERIOD_US
+    return min(MAX_CFS_PERIOD_US, max(MIN_CFS_PERIOD_US, math.ceil(1000 / cpu)))
+
+
 def cgroup_create(name: str, *, cpu: float | None, memory_mb: int | None) -> None:
     """Make the cpu and memory cgroups; ``cpu`` is a fraction of one CPU, None means no quota."""
     cpu_dir, mem_dir = cgroup_dirs(name)
     for d in (cpu_dir, mem_dir):
         d.mkdir(parents=True, exist_ok=True)
-    (cpu_dir / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
-    quota = -1 if cpu is None else max(1000, int(cpu * CFS_PERIOD_US))
+    period = cfs_period_us(cpu)
+    quota = -1 if cpu is None else max(1000, int(cpu * period))
+    # The quota goes first when the period shrinks: the kernel refuses a period shorter than the
+    # group's children's share otherwise (and an unlimited quota fits any period).
+    (cpu_dir / "cpu.cfs_quota_us").write_text("-1")
+    (cpu_dir / "cpu.cfs_period_us").write_text(str(period))
     (cpu_dir / "cpu.cfs_quota_us").write_text(str(quota))
     limit = -1 if memory_mb is None else memory_mb * 1024 * 1024
     (mem_dir / "memory.limit_in_bytes").write_text(str(limit))
