@@ -4,22 +4,27 @@ Members are UDP echo servers (each answers with its name) started in the lab's m
 namespaces; the client sends datagrams to the VIP from the lab's client namespace. Shown: both
 members are used; SOURCE_IP persistence keeps a client on one member; a member that stops
 answering is taken out by a UDP-CONNECT monitor and traffic avoids it; statistics come from
-nftables counters and conntrack; a TCP listener on the same port and load balancer is untouched.
+nftables counters and conntrack; a TCP listener on the same port and load balancer is untouched;
+LEAST_CONNECTIONS sends new flows to the member with fewer active flows; ``allowed_cidrs`` drop
+other sources, open flows included.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
+from sqlalchemy import select
 
-from cohort.lab import Lab
+from cohort.db import models as m
+from cohort.lab import CLIENT_IP, Lab
 from tests.support import Api, local_cohort, wait_for
 
 pytestmark = pytest.mark.root
@@ -33,10 +38,12 @@ while True:
     data, peer = s.recvfrom(2048)
     s.sendto(sys.argv[1].encode(), peer)
 """
-# Sends ``count`` datagrams, each from a new source port (a new flow) unless ``same`` is 1; JSON answers.
+# Sends ``count`` datagrams, each from a new source port (a new flow) unless ``same`` is 1, ``pause``
+# seconds apart; JSON answers.
 CLIENT = r"""
-import json, socket, sys
+import json, socket, sys, time
 vip, port, count, same = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+pause = float(sys.argv[5])
 answers = []
 sock = None
 for i in range(count):
@@ -50,6 +57,7 @@ for i in range(count):
         answers.append(sock.recv(2048).decode())
     except OSError as e:
         answers.append(type(e).__name__)
+    time.sleep(pause)
 print(json.dumps(answers))
 """
 
@@ -77,20 +85,51 @@ class Echoes:
             self.stop(name)
 
 
-def send(lab: Lab, vip: str, count: int, same: bool = False) -> list[str]:
-    result = lab.exec_client([sys.executable, "-c", CLIENT, vip, str(PORT), str(count), "1" if same else "0"])
+def send(lab: Lab, vip: str, count: int, same: bool = False, pause: float = 0.0) -> list[str]:
+    result = lab.exec_client([sys.executable, "-c", CLIENT, vip, str(PORT), str(count), "1" if same else "0",
+                              str(pause)])
     assert result.returncode == 0, result.stderr
     return list(json.loads(result.stdout))
 
 
+class Env(NamedTuple):
+    api: Api
+    lab: Lab
+    echoes: Echoes
+    cohort: Any
+
+    def amphorae(self, lb_id: str) -> dict[str, str]:
+        """role -> the amphora's namespace (its compute id in the lab)."""
+        with self.cohort.sessions() as session:
+            rows = session.scalars(select(m.Amphora).where(m.Amphora.load_balancer_id == lb_id,
+                                                           m.Amphora.status == "ALLOCATED"))
+            return {str(a.role): str(a.compute_id) for a in rows}
+
+
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Lab, Echoes]]:
-    with local_cohort(tmp_path_factory.mktemp("cohort"), heartbeat_stale_after=3.0) as (_, base, lab):
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    with local_cohort(tmp_path_factory.mktemp("cohort"), heartbeat_stale_after=3.0) as (cohort, base, lab):
         echoes = Echoes(lab)
         try:
-            yield Api(base), lab, echoes
+            yield Env(Api(base), lab, echoes, cohort)
         finally:
             echoes.close()
+
+
+_REPLY = re.compile(r"^.*? src=\S+ dst=\S+ sport=\d+ dport=(\d+) .*?src=(\S+) .*?\bmark=(\d+)")
+
+
+def flows(ns: str, port: int = PORT) -> dict[str, tuple[int, int]]:
+    """The amphora's UDP flows to VIP:``port`` in conntrack: member address -> (count, mark)."""
+    text = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/nf_conntrack"], capture_output=True,
+                          text=True, check=True).stdout
+    found: dict[str, tuple[int, int]] = {}
+    for line in text.splitlines():
+        hit = _REPLY.match(line)
+        if hit and " udp " in f" {line}" and int(hit.group(1)) == port and hit.group(3) != "0":
+            count, _ = found.get(hit.group(2), (0, 0))
+            found[hit.group(2)] = (count + 1, int(hit.group(3)))
+    return found
 
 
 def _lb(api: Api, members: list[str], pool_extra: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -106,8 +145,8 @@ def _lb(api: Api, members: list[str], pool_extra: dict[str, Any]) -> tuple[dict[
     return lb, str(lb["vip_address"])
 
 
-def test_udp_members_share_flows_and_a_dead_one_is_taken_out(env: tuple[Api, Lab, Echoes]) -> None:
-    api, lab, echoes = env
+def test_udp_members_share_flows_and_a_dead_one_is_taken_out(env: Env) -> None:
+    api, lab, echoes, _ = env
     addresses = [echoes.start(name) for name in ("u1", "u2")]
     lb, vip = _lb(api, addresses, {"healthmonitor": {"type": "UDP-CONNECT", "delay": 3, "timeout": 1,
                                                        "max_retries": 1, "max_retries_down": 1}})
@@ -144,8 +183,8 @@ def test_udp_members_share_flows_and_a_dead_one_is_taken_out(env: tuple[Api, Lab
     echoes.close()
 
 
-def test_source_ip_persistence_keeps_a_client_on_one_member(env: tuple[Api, Lab, Echoes]) -> None:
-    api, lab, echoes = env
+def test_source_ip_persistence_keeps_a_client_on_one_member(env: Env) -> None:
+    api, lab, echoes, _ = env
     addresses = [echoes.start(name) for name in ("p1", "p2")]
     lb, vip = _lb(api, addresses, {"session_persistence": {"type": "SOURCE_IP", "persistence_timeout": 60}})
     wait_for(lambda: "p" in "".join(send(lab, vip, 2)) or None, timeout=20)
@@ -161,3 +200,101 @@ def test_source_ip_persistence_keeps_a_client_on_one_member(env: tuple[Api, Lab,
     assert api.delete(f"/v2/lbaas/loadbalancers/{lb['id']}?cascade=true")[0] == 204
     wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb['id']}")[0] == 404 or None, timeout=30)
     echoes.close()
+
+
+def _delete(api: Api, lb: dict[str, Any]) -> None:
+    assert api.delete(f"/v2/lbaas/loadbalancers/{lb['id']}?cascade=true")[0] == 204
+    wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb['id']}")[0] == 404 or None, timeout=30)
+
+
+def test_least_connections_sends_new_flows_to_the_member_with_fewer(env: Env) -> None:
+    api, lab, echoes, _ = env
+    first, second = echoes.start("c1"), echoes.start("c2")
+    lb, vip = _lb(api, [first], {"lb_algorithm": "LEAST_CONNECTIONS"})
+    [ns] = env.amphorae(lb["id"]).values()
+    wait_for(lambda: "c1" in send(lab, vip, 1) or None, timeout=20)
+    # 30 flows on c1 (conntrack holds each for 30 s after its last datagram), then c2 joins.
+    assert Counter(send(lab, vip, 29)) == {"c1": 29}
+    time.sleep(2.5)  # a quiet interval: the agent expects few new flows, as after any lull
+    pool_id = api.get(f"/v2/lbaas/listeners/{lb['listeners'][0]['id']}")[1]["listener"]["default_pool_id"]
+    status, body = api.post(f"/v2/lbaas/pools/{pool_id}/members", {"member": {
+        "address": second, "protocol_port": PORT, "subnet_id": "private-subnet"}})
+    assert status == 201, body
+    api.wait_active(f"/v2/lbaas/loadbalancers/{lb['id']}", "loadbalancer", timeout=30)
+    assert flows(ns)[first][0] >= 30
+    # Every new flow goes to c2, which has fewer active flows (round robin would split them 10/10).
+    assert Counter(send(lab, vip, 20)) == {"c2": 20}
+    # Then the two level out: 20 more flows over 4 s (four refills), to c2 until it reaches c1, then shared.
+    more = Counter(send(lab, vip, 20, pause=0.2))
+    counts = {address: n for address, (n, _) in flows(ns).items()}
+    print(f"paced flows {dict(more)}; active flows per member {counts}")
+    assert more["c2"] >= 10 and abs(counts[first] - counts[second]) <= 4, (more, counts)
+    # c2's flows end (deleted from conntrack): the agent's next refill sends every new flow to c2.
+    _, mark = flows(ns)[second]
+    table = f"cohort_l4_{lb['id'].replace('-', '_')}"
+    subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c",
+                    f"from cohort.agents.amphora import conntrack; conntrack.delete_by_mark({mark})"], check=True)
+    emptied = time.monotonic()
+
+    def only_c2() -> bool:
+        listing = subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "list", "table", "inet", table],
+                                 capture_output=True, text=True, check=True).stdout
+        maps = [i["map"] for i in json.loads(listing)["nftables"] if "map" in i and i["map"]["name"].startswith("lc")]
+        return bool(maps) and {e[1] for e in maps[0]["elem"]} == {mark}
+
+    wait_for(only_c2, timeout=5, interval=0.02)
+    reaction = time.monotonic() - emptied
+    print(f"least-connections table leaned to the emptied member {reaction:.2f}s after its flows ended")
+    assert reaction < 2.0  # one refill interval (1 s) plus reading conntrack and loading the table
+    assert Counter(send(lab, vip, 10)) == {"c2": 10}
+    _delete(api, lb)
+    echoes.close()
+
+
+def test_allowed_cidrs_drop_other_sources_open_flows_included(env: Env) -> None:
+    api, lab, echoes, _ = env
+    address = echoes.start("f1")
+    lb, vip = _lb(api, [address], {})
+    listener_id = lb["listeners"][0]["id"]
+
+    def allow(cidrs: list[str]) -> None:
+        status, body = api.put(f"/v2/lbaas/listeners/{listener_id}", {"listener": {"allowed_cidrs": cidrs}})
+        assert status == 200 and body["listener"]["allowed_cidrs"] == cidrs, body
+        api.wait_active(f"/v2/lbaas/loadbalancers/{lb['id']}", "loadbalancer", timeout=30)
+
+    wait_for(lambda: "f1" in send(lab, vip, 1) or None, timeout=20)
+    allow(["192.0.2.0/24", "203.0.113.0/24"])  # neither is the client's
+    assert send(lab, vip, 3) == ["TimeoutError"] * 3  # dropped in silence, as a security group drops
+    allow([f"{CLIENT_IP}/32", "192.0.2.0/24"])
+    assert send(lab, vip, 3) == ["f1"] * 3
+    # A flow open while its source is allowed stops when the list no longer admits it.
+    holder = subprocess.Popen(["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", HOLD, vip, str(PORT)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        allow(["198.51.100.128/25"])  # the client is 198.51.100.10
+        time.sleep(2.0)
+        holder.terminate()
+        answers = holder.communicate(timeout=10)[0].split()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert answers[:5] == ["f1"] * 5 and answers[-5:] == ["-"] * 5, answers
+    _delete(api, lb)
+    echoes.close()
+
+
+# One flow (one source port) sending every 50 ms until terminated; prints each answer or "-".
+HOLD = r"""
+import signal, socket, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.2)
+while True:
+    s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
+    try:
+        print(s.recv(2048).decode(), flush=True)
+    except OSError:
+        print("-", flush=True)
+    time.sleep(0.05)
+"""
