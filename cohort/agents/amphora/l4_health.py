@@ -2,8 +2,9 @@
 
 Octavia's semantics: a UDP-CONNECT probe sends a datagram to the member on a connected socket and
 fails on an ICMP error (port or host unreachable) within the timeout; a reply or silence passes
-(UDP services need not answer an arbitrary datagram). SCTP opens and closes an association, TCP a
-connection, HTTP sends ``http_method url_path`` and expects one of ``expected_codes``. A member
+(UDP services need not answer an arbitrary datagram). SCTP sends INIT and passes on INIT ACK, then
+ABORTs (``sctp_probe``, over a raw socket: no kernel SCTP stack needed), TCP opens a connection,
+HTTP sends ``http_method url_path`` and expects one of ``expected_codes``. A member
 goes down after ``max_retries_down`` consecutive failures and up again after ``max_retries``
 consecutive successes; every monitored member is probed every ``delay`` seconds, in parallel, and
 a change is handed to ``on_change`` at once, which rewrites the kernel's member map.
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from cohort import validation
+from cohort.agents.amphora import sctp_probe
 from cohort.agents.amphora.l4_spec import Member, Monitor
 
 PROBE_PAYLOAD = b"cohort-health-check\n"
@@ -71,7 +73,7 @@ def probe(monitor: Monitor, member: Member) -> bool:
     if monitor.type == "UDP-CONNECT":
         return probe_udp(address, port, timeout)
     if monitor.type == "SCTP":
-        return probe_stream(address, port, timeout, socket.IPPROTO_SCTP)
+        return sctp_probe.probe(address, port, timeout)
     if monitor.type == "TCP":
         return probe_stream(address, port, timeout)
     return probe_http(address, port, timeout, monitor)
