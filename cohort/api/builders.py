@@ -26,9 +26,7 @@ LISTENER_POOL_PROTOCOLS = {
     "SCTP": {"SCTP"},
     "PROMETHEUS": set(),
 }
-# UDP is served by the amphora's kernel (nftables); SCTP rules are rendered the same way but cannot be
-# shown end to end on these machines, whose kernels have no SCTP sockets: refused until they are.
-UNSUPPORTED_PROTOCOLS = {"SCTP"}
+# UDP and SCTP are served by the amphora's kernel (nftables), with Octavia's rules for both.
 L4_PROTOCOLS = {"UDP", "SCTP"}
 L4_ALGORITHMS = ("ROUND_ROBIN", "LEAST_CONNECTIONS", "SOURCE_IP", "SOURCE_IP_PORT")
 L4_MONITORS = ("UDP-CONNECT", "SCTP", "TCP", "HTTP")
@@ -72,15 +70,6 @@ def pending_create(project_id: str) -> dict[str, Any]:
     return {"project_id": project_id, "provisioning_status": "PENDING_CREATE", "operating_status": "OFFLINE"}
 
 
-def reject_unsupported_protocol(protocol: str) -> None:
-    if protocol in UNSUPPORTED_PROTOCOLS:
-        raise InvalidInput(
-            f"Invalid input for field/attribute protocol. Value: '{protocol}'. Cohort does not serve {protocol} yet "
-            f"(its kernel data path is untested without SCTP sockets); use UDP, TCP, HTTP, HTTPS, TERMINATED_HTTPS "
-            f"or PROMETHEUS."
-        )
-
-
 def validate_listener_fields(protocol: str, fields: dict[str, Any]) -> None:
     if protocol == "TERMINATED_HTTPS":
         if not fields.get("default_tls_container_ref") and not fields.get("sni_container_refs"):
@@ -121,7 +110,6 @@ def check_listener_pool(listener_protocol: str, pool_protocol: str) -> None:
 
 def build_listener(session: Session, lb: m.LoadBalancer, body: s.ListenerTree,
                    network: SubnetCatalog | None = None, stored_only: bool = True) -> m.Listener:
-    reject_unsupported_protocol(body.protocol)
     fields = given(body)
     for nested in ("default_pool", "l7policies", "loadbalancer_id", "project_id"):
         fields.pop(nested, None)
@@ -162,7 +150,6 @@ def _listener_defaults(fields: dict[str, Any]) -> dict[str, Any]:
 
 def build_pool(session: Session, lb: m.LoadBalancer, body: s.PoolTree, listener: m.Listener | None = None,
                network: SubnetCatalog | None = None, stored_only: bool = True) -> m.Pool:
-    reject_unsupported_protocol(body.protocol)
     if listener is not None:
         check_listener_pool(listener.protocol, body.protocol)
         if listener.default_pool_id:
@@ -289,9 +276,6 @@ def build_health_monitor(session: Session, pool: m.Pool, body: s.HealthMonitorTr
                            "health monitor is supported.")
     if pool.protocol not in L4_PROTOCOLS and body.type in ("UDP-CONNECT", "SCTP"):
         raise InvalidInput(f"The {body.type} type is only supported for pools of type UDP/SCTP.")
-    if body.type == "SCTP":
-        raise InvalidInput("Invalid input for field/attribute type. Value: 'SCTP'. Cohort does not run SCTP health "
-                           "monitors yet (no SCTP sockets in these kernels); use UDP-CONNECT, TCP or HTTP.")
     fields = {k: v for k, v in given(body).items() if k not in ("pool_id", "project_id")}
     fields = monitor_fields(body.type, fields)
     monitor = m.HealthMonitor(pool=pool, **pending_create(pool.project_id), **fields)

@@ -1,4 +1,4 @@
-"""UDP listeners, pools and monitors through the API, with Octavia's rules and faults; SCTP still refused.
+"""UDP listeners, pools and monitors through the API, with Octavia's rules and faults (SCTP: test_api_sctp).
 
 The last tests mirror what the upstream API suite (octavia-tempest-plugin) asserts for UDP pools with
 LEAST_CONNECTIONS and UDP listeners with ``allowed_cidrs``.
@@ -103,7 +103,7 @@ def test_what_octavia_refuses_for_udp_is_a_400_naming_it(api: Api) -> None:
     status, body = api.put(f"/v2/lbaas/healthmonitors/{body['healthmonitor']['id']}", {"healthmonitor": {
         "delay": 1}})
     _fault(status, body, "delay value 1")
-    # UDP-CONNECT on a TCP pool; SCTP listeners and monitors are not served yet.
+    # UDP-CONNECT on a TCP pool.
     status, body = api.post("/v2/lbaas/pools", {"pool": {"loadbalancer_id": lb["id"], "protocol": "TCP",
                                                          "lb_algorithm": "ROUND_ROBIN"}})
     assert status == 201
@@ -111,8 +111,6 @@ def test_what_octavia_refuses_for_udp_is_a_400_naming_it(api: Api) -> None:
     status, body = api.post("/v2/lbaas/healthmonitors", {"healthmonitor": {
         **monitor, "pool_id": body["pool"]["id"], "type": "UDP-CONNECT"}})
     _fault(status, body, "only supported for pools of type UDP/SCTP")
-    status, body = api.post("/v2/lbaas/listeners", {"listener": {**listener, "protocol": "SCTP"}})
-    _fault(status, body, "SCTP")
 
 
 def test_active_active_refuses_udp_until_it_spreads_it(api: Api) -> None:

@@ -135,7 +135,8 @@ def test_bad_input_gets_octavia_faults(api: Api) -> None:
         "loadbalancer_id": lb["id"], "protocol": "HTTP", "protocol_port": 70000}})
     assert status == 400 and "protocol_port" in body["faultstring"]
     status, body = api.post("/v2/lbaas/listeners", {"listener": {
-        "loadbalancer_id": lb["id"], "protocol": "SCTP", "protocol_port": 3868}})
+        "loadbalancer_id": lb["id"], "protocol": "SCTP", "protocol_port": 3868,
+        "insert_headers": {"X-Forwarded-For": "true"}}})
     assert status == 400 and "SCTP" in body["faultstring"]
     status, body = api.put(f"{LB}/{lb['id']}", {"loadbalancer": {"vip_address": "203.0.113.9"}})
     assert status == 400 and "vip_address" in body["faultstring"]  # immutable
