@@ -25,7 +25,7 @@ from cohort.lab.router import DEFAULT_ASN, RouterSettings
 from cohort.layout import Layout
 
 app = typer.Typer(help="The local lab network (namespaces, bridges, gateway, client, members).")
-member_app = typer.Typer(help="HTTP member servers on the back-end network.")
+member_app = typer.Typer(help="HTTP and SCTP member servers on the back-end network.")
 app.add_typer(member_app, name="member")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML configuration file.")]
@@ -153,16 +153,17 @@ def exec_(
 @member_app.command("add")
 def member_add(
     name: str,
-    port: Annotated[int, typer.Option(help="TCP port the member listens on.")] = 80,
+    port: Annotated[int, typer.Option(help="TCP (or SCTP) port the member listens on.")] = 80,
     workers: Annotated[int, typer.Option(help="Server processes sharing the port.")] = 1,
+    protocol: Annotated[str, typer.Option(help="HTTP, or SCTP: an echo member answering 'NAME: message'.")] = "HTTP",
     config: ConfigOpt = None,
     state_dir: StateDir = None,
     prefix: Prefix = None,
 ) -> None:
-    """Start an HTTP member on the back-end network; prints its address."""
+    """Start an HTTP (or SCTP) member on the back-end network; prints its address."""
     lab = _lab(config, state_dir, prefix)
     try:
-        typer.echo(lab.add_member(name, port, workers, exclusive=True))
+        typer.echo(lab.add_member(name, port, workers, exclusive=True, protocol=protocol.upper()))
     except LabError as exc:
         raise _fail(exc) from exc
 
@@ -171,3 +172,25 @@ def member_add(
 def member_rm(name: str, config: ConfigOpt = None, state_dir: StateDir = None, prefix: Prefix = None) -> None:
     """Stop a member and remove its namespace."""
     _lab(config, state_dir, prefix).remove_member(name)
+
+
+@app.command("sctp")
+def sctp(
+    address: Annotated[str, typer.Argument(help="The VIP (or a member) to reach.")],
+    port: Annotated[int, typer.Argument(help="Its SCTP port.")],
+    count: Annotated[int, typer.Option(help="Associations to open, one message each.")] = 1,
+    message: Annotated[str, typer.Option(help="What to send.")] = "ping",
+    config: ConfigOpt = None,
+    state_dir: StateDir = None,
+    prefix: Prefix = None,
+) -> None:
+    """From the client namespace: open SCTP associations, send a message on each, print the answers (JSON)."""
+    lab = _lab(config, state_dir, prefix)
+    try:
+        result = lab.sctp_client(address, port, ["--count", str(count), "--message", message])
+    except LabError as exc:
+        raise _fail(exc) from exc
+    typer.echo(result.stdout.rstrip())
+    if result.returncode:
+        errors.print(result.stderr.rstrip(), highlight=False)
+        raise typer.Exit(result.returncode)

@@ -34,6 +34,7 @@ from typing import Any
 
 from cohort import netns
 from cohort.datamodel import Subnet
+from cohort.lab import sctp_peer
 from cohort.lab.addresses import AddressBook
 from cohort.lab.errors import LabError, LabNotReady
 from cohort.lab.instances import NOFILE, LabInstances
@@ -63,6 +64,7 @@ MEMBER_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,23}$")  # no '-': keeps namespac
 RESERVED_NAMES = {"client", "gw", "sw"}  # they name the lab's own namespaces in exec()
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 # The first and last host numbers reserve_address hands out on each network by default.
+MEMBER_PROTOCOLS = ("HTTP", "SCTP")  # HTTP: member_server; SCTP: sctp_peer's echo member
 DEFAULT_RANGES = {"public": FRONTEND_PORT_RANGE, "private": BACKEND_RANGE, "mgmt": MGMT_RANGE, "client": (2, 254)}
 
 
@@ -275,6 +277,7 @@ class Lab:
                 "name": name,
                 "address": rec["address"],
                 "port": rec["port"],
+                "protocol": rec.get("protocol", "HTTP"),
                 "namespace": self.member_ns(name),
                 "alive": netns.pid_alive(rec.get("pid"), rec.get("starttime")),
             }
@@ -301,9 +304,11 @@ class Lab:
 
     # --- members --------------------------------------------------------------------------
 
-    def add_member(self, name: str, port: int = 80, workers: int = 1, exclusive: bool = False) -> str:
-        """Start (or keep) the HTTP member ``name`` on the back-end network; returns its address.
+    def add_member(self, name: str, port: int = 80, workers: int = 1, exclusive: bool = False,
+                   protocol: str = "HTTP") -> str:
+        """Start (or keep) the member ``name`` on the back-end network; returns its address.
 
+        ``protocol``: HTTP (``member_server``) or SCTP (``sctp_peer``'s echo member, one process).
         ``exclusive`` refuses a name already in use instead of keeping that member.
         """
         if not MEMBER_NAME.match(name) or name in RESERVED_NAMES:
@@ -312,6 +317,8 @@ class Lab:
             raise LabError(f"port {port} is out of range (1-65535)")
         if workers < 1:
             raise LabError(f"worker count {workers} must be at least 1")
+        if protocol not in MEMBER_PROTOCOLS or (protocol == "SCTP" and workers != 1):
+            raise LabError(f"a member serves {' or '.join(MEMBER_PROTOCOLS)} (SCTP with one worker), not {protocol}")
         with self.transaction() as st:
             if not self.is_up():
                 raise LabNotReady(f"lab {self.prefix} is not up (run `cohort up` or `cohort lab up`)")
@@ -321,10 +328,10 @@ class Lab:
                                               first=BACKEND_RANGE[0], last=BACKEND_RANGE[1])
             members = st.setdefault("members", {})
             rec = members.setdefault(name, {})
-            if (rec.get("port"), rec.get("workers", 1)) != (port, workers):
+            if (rec.get("port"), rec.get("workers", 1), rec.get("protocol", "HTTP")) != (port, workers, protocol):
                 netns.kill_pids([rec["pid"]] if netns.pid_alive(rec.get("pid"), rec.get("starttime")) else [])
                 rec.update(pid=None, starttime=None)
-            rec.update(address=address, port=port, workers=workers)
+            rec.update(address=address, port=port, workers=workers, protocol=protocol)
             self._ensure_member(st, name)
             return address
 
@@ -339,12 +346,17 @@ class Lab:
         if netns.pid_alive(rec.get("pid"), rec.get("starttime")):
             return
         bind = f"{rec['address']}:{rec['port']}"
-        cmd = [sys.executable, "-m", "cohort.lab.member_server", "--name", name, "--bind", bind]
-        cmd += ["--workers", str(rec.get("workers", 1))]
+        sctp = rec.get("protocol", "HTTP") == "SCTP"
+        if sctp:
+            sctp_peer.quiet_icmp(ns)
+            cmd = sctp_peer.serve_command(name, rec["address"], rec["port"])
+        else:
+            cmd = [sys.executable, "-m", "cohort.lab.member_server", "--name", name, "--bind", bind]
+            cmd += ["--workers", str(rec.get("workers", 1))]
         log = self.state_dir / "members" / f"{self.prefix}-{name}.log"
         rec["pid"], rec["starttime"] = netns.spawn(ns, cmd, log, nofile=NOFILE, env=_pythonpath_env())
         deadline = time.monotonic() + 10
-        while not netns.listening(rec["pid"], ns, rec["port"]):
+        while not (sctp_peer.ready(rec["pid"]) if sctp else netns.listening(rec["pid"], ns, rec["port"])):
             if not netns.pid_alive(rec["pid"], rec["starttime"]) or time.monotonic() > deadline:
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 raise LabError(f"member {name} did not start listening on {bind}: {tail}")
@@ -381,6 +393,14 @@ class Lab:
 
     def exec_client(self, cmd: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return self.exec("client", cmd, timeout)
+
+    def sctp_client(self, address: str, port: int, args: Sequence[str] = (),
+                    timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """``sctp_peer send ADDR:PORT *args`` in the client namespace (which then drops ICMP refusals of SCTP)."""
+        sctp_peer.quiet_icmp(self.client_ns)
+        target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        cmd = [sys.executable, "-m", "cohort.lab.sctp_peer", "send", target, *args]
+        return netns.run(netns.in_ns(self.client_ns, cmd), check=False, timeout=timeout)
 
 
 def _pythonpath_env() -> dict[str, str]:

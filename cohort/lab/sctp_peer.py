@@ -1,0 +1,355 @@
+"""The lab's SCTP endpoint in userspace: an echo member that says who it is, and a client.
+
+These machines' kernels have no SCTP stack, yet SCTP load balancers must be shown serving real
+associations. So both ends speak SCTP themselves over raw sockets (``cohort.sctp_raw``,
+``cohort.sctp_wire``): the 4-way handshake with a state cookie signed by HMAC-SHA256 (the server
+keeps nothing until a valid COOKIE ECHO), DATA on one stream, SACK, HEARTBEAT, ABORT and
+SHUTDOWN. The server answers each DATA message with ``NAME: message``, so a test sees which member
+answered, as the HTTP member server's ``X-Member`` shows. The client opens an association, sends
+a message, reads the answer and shuts down (or aborts), each step retransmitted until a deadline.
+
+``python -m cohort.lab.sctp_peer serve --name NAME --bind ADDR:PORT`` runs a member;
+``python -m cohort.lab.sctp_peer send ADDR:PORT --count N`` prints the answers as a JSON list
+(an error's class name in place of an answer that did not come).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import random
+import select
+import signal
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cohort import netns, validation
+from cohort import sctp_wire as w
+from cohort.sctp_raw import IPPROTO_SCTP, RawSctp, family_of
+
+RWND = 65536
+COOKIE_LIFETIME = 60.0
+MAX_ASSOCIATIONS = 4096
+RTO = 0.3
+_COOKIE = struct.Struct("!IIIIdH")  # local tag, peer tag, local TSN, peer TSN, expiry, peer port
+
+
+def _tag() -> int:
+    return random.SystemRandom().randrange(1, 1 << 32)
+
+
+@dataclass
+class Association:
+    local_tag: int
+    peer_tag: int
+    next_tsn: int  # ours
+    peer_cum_tsn: int  # the last of the peer's TSNs received in order
+    ssn: int = 0
+    answers: dict[int, w.Data] = field(default_factory=dict)  # the peer's TSN -> our answer, until SACKed
+
+
+class EchoServer:
+    """The server's SCTP state machine, without I/O: ``handle`` maps a packet to the packets to send."""
+
+    def __init__(self, name: str, port: int, secret: bytes | None = None) -> None:
+        self.name = name
+        self.port = port
+        self._secret = secret or os.urandom(32)
+        self.associations: dict[tuple[str, int], Association] = {}
+        self.received = 0
+
+    # -- cookies -----------------------------------------------------------------------------
+    def _cookie(self, peer: str, peer_port: int, local_tag: int, peer_tag: int, local_tsn: int, peer_tsn: int,
+                now: float) -> bytes:
+        body = _COOKIE.pack(local_tag, peer_tag, local_tsn, peer_tsn, now + COOKIE_LIFETIME, peer_port)
+        body += validation.ip_address(peer).packed
+        return body + hmac.new(self._secret, body, hashlib.sha256).digest()
+
+    def _open(self, peer: str, peer_port: int, cookie: bytes, now: float) -> Association | None:
+        body, mac = cookie[:-32], cookie[-32:]
+        if len(cookie) <= _COOKIE.size + 32 or not hmac.compare_digest(
+                mac, hmac.new(self._secret, body, hashlib.sha256).digest()):
+            return None
+        local_tag, peer_tag, local_tsn, peer_tsn, expiry, port = _COOKIE.unpack_from(body)
+        if expiry < now or port != peer_port or body[_COOKIE.size:] != validation.ip_address(peer).packed:
+            return None
+        return Association(local_tag, peer_tag, local_tsn, (peer_tsn - 1) & 0xFFFFFFFF)
+
+    # -- packets -----------------------------------------------------------------------------
+    def handle(self, peer: str, packet: w.Packet, now: float | None = None) -> list[w.Packet]:
+        if packet.dst_port != self.port:
+            return []
+        now = time.monotonic() if now is None else now
+        key = (peer, packet.src_port)
+        first = packet.chunks[0]
+        if type(first) is w.Init:
+            local_tag, local_tsn = _tag(), _tag()
+            cookie = self._cookie(peer, packet.src_port, local_tag, first.init_tag, local_tsn, first.initial_tsn, now)
+            ack = w.InitAck(local_tag, RWND, 1, 1, local_tsn, (w.Param(w.PARAM_STATE_COOKIE, cookie),))
+            return [w.Packet(self.port, packet.src_port, first.init_tag, (ack,))]
+        assoc = self.associations.get(key)
+        out: list[w.Chunk] = []
+        if isinstance(first, w.CookieEcho):
+            opened = self._open(peer, packet.src_port, first.cookie, now)
+            if opened is None or packet.vtag != opened.local_tag:
+                return []
+            if assoc is None or (assoc.local_tag, assoc.peer_tag) != (opened.local_tag, opened.peer_tag):
+                assoc = self._admit(key, opened)
+            out.append(w.CookieAck())
+        if assoc is None:
+            return self._out_of_the_blue(packet)
+        reflected = isinstance(first, (w.Abort, w.ShutdownComplete)) and first.reflected
+        if packet.vtag != (assoc.peer_tag if reflected else assoc.local_tag):
+            return []  # RFC 9260 §8.5: not this association's
+        self._chunks(key, assoc, packet.chunks, out)
+        return [w.Packet(self.port, packet.src_port, assoc.peer_tag, tuple(out))] if out else []
+
+    def _admit(self, key: tuple[str, int], assoc: Association) -> Association:
+        self.associations.pop(key, None)
+        while len(self.associations) >= MAX_ASSOCIATIONS:
+            self.associations.pop(next(iter(self.associations)))
+        self.associations[key] = assoc
+        return assoc
+
+    def _chunks(self, key: tuple[str, int], assoc: Association, chunks: tuple[w.Chunk, ...],
+                out: list[w.Chunk]) -> None:
+        """Act on each chunk, adding answers to ``out`` (none when the association ends)."""
+        got_data = False
+        dups: list[int] = []
+        for chunk in chunks:
+            if isinstance(chunk, w.Data):
+                got_data = True
+                self._data(assoc, chunk, out, dups)
+            elif isinstance(chunk, w.Sack):
+                for tsn in [t for t in assoc.answers if _before_or_equal(assoc.answers[t].tsn, chunk.cum_tsn)]:
+                    del assoc.answers[tsn]
+            elif isinstance(chunk, w.HeartbeatAck):
+                pass
+            elif isinstance(chunk, w.Heartbeat):
+                out.append(w.HeartbeatAck(chunk.info))
+            elif isinstance(chunk, (w.Abort, w.ShutdownComplete)):
+                self.associations.pop(key, None)
+                out.clear()
+                return
+            elif isinstance(chunk, w.Shutdown):
+                out.append(w.ShutdownAck())
+            elif isinstance(chunk, w.Unknown) and chunk.type >> 6 in (0, 1):
+                break  # RFC 9260 §3.2: stop processing this packet
+        if got_data:
+            out.insert(0, w.Sack(assoc.peer_cum_tsn, RWND, dups=tuple(dups)))
+
+    def _data(self, assoc: Association, chunk: w.Data, out: list[w.Chunk], dups: list[int]) -> None:
+        if chunk.tsn == (assoc.peer_cum_tsn + 1) & 0xFFFFFFFF:
+            assoc.peer_cum_tsn = chunk.tsn
+            self.received += 1
+            answer = w.Data(assoc.next_tsn, 0, assoc.ssn, chunk.ppid, self.name.encode() + b": " + chunk.payload)
+            assoc.next_tsn = (assoc.next_tsn + 1) & 0xFFFFFFFF
+            assoc.ssn = (assoc.ssn + 1) & 0xFFFF
+            assoc.answers[chunk.tsn] = answer
+            out.append(answer)
+        elif chunk.tsn in assoc.answers:
+            dups.append(chunk.tsn)
+            out.append(assoc.answers[chunk.tsn])  # our answer was lost: the peer sent its message again
+        elif _before_or_equal(chunk.tsn, assoc.peer_cum_tsn):
+            dups.append(chunk.tsn)
+        # A TSN past a gap is dropped: its sender retransmits after our SACK.
+
+    def _out_of_the_blue(self, packet: w.Packet) -> list[w.Packet]:
+        """RFC 9260 §8.4, for a packet of no association we know."""
+        first = packet.chunks[0]
+        if any(isinstance(c, (w.Abort, w.ShutdownComplete, w.CookieAck)) for c in packet.chunks):
+            return []
+        reply: w.Chunk = w.ShutdownComplete(reflected=True) if isinstance(first, w.ShutdownAck) else w.Abort(True)
+        return [w.Packet(self.port, packet.src_port, packet.vtag, (reply,))]
+
+
+def _before_or_equal(a: int, b: int) -> bool:
+    """Serial number arithmetic on 32-bit TSNs (RFC 1982)."""
+    return (b - a) & 0xFFFFFFFF < 1 << 31
+
+
+def serve(name: str, address: str, port: int) -> None:
+    server = EchoServer(name, port)
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    with RawSctp(family_of(address), address) as sock:
+        print(f"sctp member {name} pid {os.getpid()} listening on {address}:{port}", flush=True)
+        while not stop:
+            ready, _, _ = select.select([sock], [], [], 0.5)
+            while ready:
+                got = sock.read_one()
+                if got is None:
+                    break
+                peer, packet = got
+                for answer in server.handle(peer, packet):
+                    sock.send(answer, peer)
+
+
+# -- the client ---------------------------------------------------------------------------------
+
+class SctpError(OSError):
+    """The association could not be opened, or an answer did not come, before the deadline."""
+
+
+class Refused(SctpError):
+    """The peer answered with ABORT."""
+
+
+def _await(sock: RawSctp, remote: str, send: w.Packet, accept: type, ports: tuple[int, int], tags: tuple[int, int],
+           deadline: float) -> w.Chunk:
+    """Send ``send`` (again every RTO) until a packet of the association brings an ``accept`` chunk."""
+    local_port, remote_port = ports
+    local_tag, peer_tag = tags
+    next_send = 0.0
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            raise SctpError(f"no answer from {remote}:{remote_port}")
+        if now >= next_send:
+            sock.send(send, remote)
+            next_send = now + RTO
+        got = sock.receive(min(deadline, next_send))
+        if got is None:
+            continue
+        source, packet = got
+        if source != remote or packet.src_port != remote_port or packet.dst_port != local_port:
+            continue
+        reflected = isinstance(packet.chunks[0], (w.Abort, w.ShutdownComplete)) and packet.chunks[0].reflected
+        if packet.vtag != (peer_tag if reflected else local_tag):
+            continue
+        for chunk in packet.chunks:
+            if isinstance(chunk, w.Abort):
+                raise Refused(f"{remote}:{remote_port} aborted the association")
+            if isinstance(chunk, accept):
+                return chunk
+
+
+def request(remote: str, port: int, message: bytes, timeout: float = 3.0, close: str = "shutdown",
+            local: str | None = None) -> bytes:
+    """Open an association to ``remote``:``port``, send ``message``, return the answer, then close.
+
+    ``close`` is ``shutdown`` (the graceful 3-way) or ``abort``. Raises SctpError (Refused on ABORT).
+    """
+    if close not in ("shutdown", "abort"):
+        raise ValueError("close must be shutdown or abort")
+    remote = validation.ip_address(remote, "remote address").compressed
+    deadline = time.monotonic() + timeout
+    local_port = random.SystemRandom().randrange(49152, 65536)
+    ports = (local_port, port)
+    local_tag, local_tsn = _tag(), _tag()
+    with RawSctp(family_of(remote), local) as sock:
+        init = w.Packet(local_port, port, 0, (w.Init(local_tag, RWND, 1, 1, local_tsn),))
+        ack = _await(sock, remote, init, w.InitAck, ports, (local_tag, 0), deadline)
+        assert isinstance(ack, w.InitAck)
+        tags = (local_tag, ack.init_tag)
+
+        def packet(*chunks: w.Chunk) -> w.Packet:
+            return w.Packet(local_port, port, ack.init_tag, chunks)
+
+        _await(sock, remote, packet(w.CookieEcho(ack.cookie)), w.CookieAck, ports, tags, deadline)
+        answer = _await(sock, remote, packet(w.Data(local_tsn, 0, 0, 0, message)), w.Data, ports, tags, deadline)
+        assert isinstance(answer, w.Data)
+        if answer.tsn != ack.initial_tsn:
+            raise SctpError(f"{remote}:{port} answered with TSN {answer.tsn}, not {ack.initial_tsn}")
+        sack = w.Sack(answer.tsn, RWND)
+        if close == "abort":
+            sock.send(packet(sack, w.Abort()), remote)
+            return answer.payload
+        sock.send(packet(sack), remote)
+        _await(sock, remote, packet(w.Shutdown(answer.tsn)), w.ShutdownAck, ports, tags, deadline)
+        sock.send(packet(w.ShutdownComplete()), remote)
+    return answer.payload
+
+
+QUIET_TABLE = "cohort_sctp_lab"
+# A kernel without SCTP answers SCTP to a local address no raw socket takes with ICMP "protocol
+# unreachable" (IPv6: parameter problem, unrecognized next header), which would tear associations
+# down on the path; the namespace of an SCTP member or client drops those instead.
+QUIET_SCRIPT = f"""add table inet {QUIET_TABLE}
+add chain inet {QUIET_TABLE} output {{ type filter hook output priority filter; policy accept; }}
+flush chain inet {QUIET_TABLE} output
+add rule inet {QUIET_TABLE} output icmp type destination-unreachable icmp code prot-unreachable drop
+add rule inet {QUIET_TABLE} output icmpv6 type parameter-problem icmpv6 code 1 drop
+"""
+
+
+def quiet_icmp(ns: str) -> None:
+    """Load the rules that keep namespace ``ns`` from refusing SCTP with ICMP (idempotent)."""
+    netns.run(netns.in_ns(ns, ["nft", "-f", "-"]), input=QUIET_SCRIPT)
+
+
+def serve_command(name: str, address: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "cohort.lab.sctp_peer", "serve", "--name", name, "--bind",
+            f"[{address}]:{port}" if ":" in address else f"{address}:{port}"]
+
+
+def ready(pid: int) -> bool:
+    """True when ``pid`` holds a raw SCTP socket (the server is receiving)."""
+    try:
+        lines = Path(f"/proc/{pid}/net/raw").read_text().splitlines()[1:]
+        lines += Path(f"/proc/{pid}/net/raw6").read_text().splitlines()[1:]
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    except OSError:
+        return False
+    for line in lines:
+        cols = line.split()
+        if int(cols[1].rsplit(":", 1)[1], 16) == IPPROTO_SCTP and f"socket:[{cols[9]}]" in inodes:
+            return True
+    return False
+
+
+def _bind(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"want ADDR:PORT, not {value!r}")
+    try:
+        return validation.ip_address(host.strip("[]")).compressed, int(port)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cohort.lab.sctp_peer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    srv = sub.add_parser("serve", help="run an SCTP echo member")
+    srv.add_argument("--name", required=True)
+    srv.add_argument("--bind", required=True, type=_bind, help="ADDR:PORT")
+    cli = sub.add_parser("send", help="open associations, send a message on each, print the answers (JSON)")
+    cli.add_argument("to", type=_bind, help="ADDR:PORT")
+    cli.add_argument("--message", default="ping")
+    cli.add_argument("--count", type=int, default=1)
+    cli.add_argument("--pause", type=float, default=0.0)
+    cli.add_argument("--timeout", type=float, default=3.0)
+    cli.add_argument("--close", choices=("shutdown", "abort"), default="shutdown")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        serve(args.name, *args.bind)
+        return 0
+    answers: list[str] = []
+    for i in range(max(0, args.count)):
+        if i and args.pause:
+            time.sleep(args.pause)
+        try:
+            host, port = args.to
+            answer = request(host, port, args.message.encode(), args.timeout, args.close)
+            answers.append(answer.decode(errors="replace"))
+        except OSError as exc:
+            answers.append(type(exc).__name__)
+    print(json.dumps(answers))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
