@@ -19,6 +19,7 @@ from cohort.api.response_cache import with_response_cache
 from cohort.config import Settings
 from cohort.controller.failover import FailoverWatcher
 from cohort.controller.health import HealthManager
+from cohort.controller.heartbeat_queue import LatestPerSender
 from cohort.controller.reconciler import Reconciler
 from cohort.controller.spares import SparePool
 from cohort.controller.wiring import Drivers, heartbeat_key, make_drivers
@@ -63,17 +64,22 @@ def build(settings: Settings) -> Cohort:
                   SparePool(settings, sessions, drivers))
 
 
-async def _heartbeats(cohort: Cohort) -> Any:
+async def _heartbeats(cohort: Cohort) -> tuple[Any, LatestPerSender]:
     from cohort.health.heartbeat import HeartbeatReceiver, HeartbeatVerifier
 
     host, _, port = cohort.drivers.heartbeat_target.rpartition(":")
     # Sequences accepted before a restart stay refused after it.
     verifier = HeartbeatVerifier(heartbeat_key(cohort.settings),
                                  last_seq=await asyncio.to_thread(cohort.health.last_sequences))
-    receiver = HeartbeatReceiver((host, int(port)), verifier,
-                                 lambda payload: asyncio.to_thread(cohort.health.on_heartbeat, payload))
-    await receiver.start()
-    return receiver
+    queue = LatestPerSender(cohort.health.on_heartbeat)
+    threading.Thread(target=queue.run, name="heartbeats", daemon=True).start()
+    receiver = HeartbeatReceiver((host, int(port)), verifier, queue.put)
+    try:
+        await receiver.start()
+    except BaseException:
+        queue.stop()
+        raise
+    return receiver, queue
 
 
 async def serve(cohort: Cohort, api: bool = True, controller: bool = True,
@@ -84,6 +90,7 @@ async def serve(cohort: Cohort, api: bool = True, controller: bool = True,
     """
     workers: list[threading.Thread] = []
     receiver = None
+    heartbeats: LatestPerSender | None = None
     waker = WakeListener(Layout.of(cohort.settings).wake_socket, cohort.reconciler.wake)
     if controller:
         workers = [threading.Thread(target=cohort.reconciler.run, name="reconciler", daemon=True),
@@ -93,7 +100,8 @@ async def serve(cohort: Cohort, api: bool = True, controller: bool = True,
         for worker in workers:
             worker.start()
         if cohort.drivers.heartbeat_target:
-            receiver = cohort.receiver = await _heartbeats(cohort)
+            receiver, heartbeats = await _heartbeats(cohort)
+            cohort.receiver = receiver
         waker.start()
     else:
         cohort.app.state.cohort.on_change = WakeSender(waker.path)
@@ -119,5 +127,7 @@ async def serve(cohort: Cohort, api: bool = True, controller: bool = True,
         cohort.spares.stop()
         if receiver is not None:
             receiver.close()
+        if heartbeats is not None:
+            heartbeats.stop()
         for worker in workers:
             worker.join(timeout=10)

@@ -58,10 +58,13 @@ class HealthManager:
         found.update({(DISTRIBUTOR, agent_id): seq for agent_id, seq in distributors if seq is not None})
         return found
 
-    def on_heartbeat(self, payload: dict[str, Any]) -> None:
+    def on_heartbeat(self, payload: dict[str, Any], received_at: float | None = None) -> None:
+        """Record one verified heartbeat; ``received_at`` (when the datagram arrived) is the liveness
+        time, so a heartbeat that waited in a queue does not make its sender look late."""
+        seen = time.time() if received_at is None else received_at
         if payload.get("distributor") is True:
             role = payload.get("role")
-            self._distributor(str(payload.get("id", "")), _seq(payload), role if role in VRRP_ROLES else None)
+            self._distributor(str(payload.get("id", "")), _seq(payload), role if role in VRRP_ROLES else None, seen)
             return
         amphora_id = str(payload.get("id", ""))
         report = parse_amphora_report(payload)
@@ -73,10 +76,10 @@ class HealthManager:
                 return
             health = session.get(m.AmphoraHealth, amphora_id)
             if health is None:
-                session.add(m.AmphoraHealth(amphora_id=amphora_id, last_update=time.time(), busy=False,
+                session.add(m.AmphoraHealth(amphora_id=amphora_id, last_update=seen, busy=False,
                                             last_seq=_seq(payload)))
             else:
-                health.last_update = time.time()
+                health.last_update = max(health.last_update, seen)
                 health.last_seq = _newest(health.last_seq, _seq(payload))
             lb = session.get(m.LoadBalancer, amphora.load_balancer_id)
             if lb is None or report is None:
@@ -88,7 +91,7 @@ class HealthManager:
             self._record(session, lb, amphora_id, report)
         self.processed += 1
 
-    def _distributor(self, distributor_id: str, seq: int | None, role: str | None) -> None:
+    def _distributor(self, distributor_id: str, seq: int | None, role: str | None, seen: float) -> None:
         with transaction(self.sessions) as session:
             row = session.get(m.Distributor, distributor_id)
             if row is None:
@@ -99,10 +102,10 @@ class HealthManager:
                 row.role = role
             health = session.get(m.DistributorHealth, distributor_id)
             if health is None:
-                session.add(m.DistributorHealth(distributor_id=distributor_id, last_update=time.time(), busy=False,
+                session.add(m.DistributorHealth(distributor_id=distributor_id, last_update=seen, busy=False,
                                                 last_seq=seq))
             else:
-                health.last_update = time.time()
+                health.last_update = max(health.last_update, seen)
                 health.last_seq = _newest(health.last_seq, seq)
         self.processed += 1
 
