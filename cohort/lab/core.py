@@ -34,7 +34,7 @@ from typing import Any
 
 from cohort import netns
 from cohort.datamodel import Subnet
-from cohort.lab import sctp_peer
+from cohort.lab import sctp_setup
 from cohort.lab.addresses import AddressBook
 from cohort.lab.errors import LabError, LabNotReady
 from cohort.lab.instances import NOFILE, LabInstances
@@ -348,15 +348,15 @@ class Lab:
         bind = f"{rec['address']}:{rec['port']}"
         sctp = rec.get("protocol", "HTTP") == "SCTP"
         if sctp:
-            sctp_peer.quiet_icmp(ns)
-            cmd = sctp_peer.serve_command(name, rec["address"], rec["port"])
+            sctp_setup.quiet_icmp(ns)
+            cmd = sctp_setup.serve_command(name, rec["address"], rec["port"])
         else:
             cmd = [sys.executable, "-m", "cohort.lab.member_server", "--name", name, "--bind", bind]
             cmd += ["--workers", str(rec.get("workers", 1))]
         log = self.state_dir / "members" / f"{self.prefix}-{name}.log"
         rec["pid"], rec["starttime"] = netns.spawn(ns, cmd, log, nofile=NOFILE, env=_pythonpath_env())
         deadline = time.monotonic() + 10
-        while not (sctp_peer.ready(rec["pid"]) if sctp else netns.listening(rec["pid"], ns, rec["port"])):
+        while not (sctp_setup.ready(rec["pid"]) if sctp else netns.listening(rec["pid"], ns, rec["port"])):
             if not netns.pid_alive(rec["pid"], rec["starttime"]) or time.monotonic() > deadline:
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 raise LabError(f"member {name} did not start listening on {bind}: {tail}")
@@ -397,9 +397,8 @@ class Lab:
     def sctp_client(self, address: str, port: int, args: Sequence[str] = (),
                     timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """``sctp_peer send ADDR:PORT *args`` in the client namespace (which then drops ICMP refusals of SCTP)."""
-        sctp_peer.quiet_icmp(self.client_ns)
-        target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-        cmd = [sys.executable, "-m", "cohort.lab.sctp_peer", "send", target, *args]
+        sctp_setup.quiet_icmp(self.client_ns)
+        cmd = sctp_setup.send_command(address, port, args)
         return netns.run(netns.in_ns(self.client_ns, cmd), check=False, timeout=timeout)
 
 

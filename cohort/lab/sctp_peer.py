@@ -27,11 +27,10 @@ import struct
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from cohort import netns, validation
 from cohort import sctp_wire as w
-from cohort.sctp_raw import IPPROTO_SCTP, RawSctp, family_of
+from cohort import validation
+from cohort.sctp_raw import RawSctp, family_of
 
 RWND = 65536
 COOKIE_LIFETIME = 60.0
@@ -271,43 +270,6 @@ def request(remote: str, port: int, message: bytes, timeout: float = 3.0, close:
         _await(sock, remote, packet(w.Shutdown(answer.tsn)), w.ShutdownAck, ports, tags, deadline)
         sock.send(packet(w.ShutdownComplete()), remote)
     return answer.payload
-
-
-QUIET_TABLE = "cohort_sctp_lab"
-# A kernel without SCTP answers SCTP to a local address no raw socket takes with ICMP "protocol
-# unreachable" (IPv6: parameter problem, unrecognized next header), which would tear associations
-# down on the path; the namespace of an SCTP member or client drops those instead.
-QUIET_SCRIPT = f"""add table inet {QUIET_TABLE}
-add chain inet {QUIET_TABLE} output {{ type filter hook output priority filter; policy accept; }}
-flush chain inet {QUIET_TABLE} output
-add rule inet {QUIET_TABLE} output icmp type destination-unreachable icmp code prot-unreachable drop
-add rule inet {QUIET_TABLE} output icmpv6 type parameter-problem icmpv6 code 1 drop
-"""
-
-
-def quiet_icmp(ns: str) -> None:
-    """Load the rules that keep namespace ``ns`` from refusing SCTP with ICMP (idempotent)."""
-    netns.run(netns.in_ns(ns, ["nft", "-f", "-"]), input=QUIET_SCRIPT)
-
-
-def serve_command(name: str, address: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "cohort.lab.sctp_peer", "serve", "--name", name, "--bind",
-            f"[{address}]:{port}" if ":" in address else f"{address}:{port}"]
-
-
-def ready(pid: int) -> bool:
-    """True when ``pid`` holds a raw SCTP socket (the server is receiving)."""
-    try:
-        lines = Path(f"/proc/{pid}/net/raw").read_text().splitlines()[1:]
-        lines += Path(f"/proc/{pid}/net/raw6").read_text().splitlines()[1:]
-        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
-    except OSError:
-        return False
-    for line in lines:
-        cols = line.split()
-        if int(cols[1].rsplit(":", 1)[1], 16) == IPPROTO_SCTP and f"socket:[{cols[9]}]" in inodes:
-            return True
-    return False
 
 
 def _bind(value: str) -> tuple[str, int]:
