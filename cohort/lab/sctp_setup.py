@@ -6,6 +6,7 @@ must not be imported by the ``cohort.lab`` package it lives in.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -48,9 +49,13 @@ def ready(pid: int) -> bool:
     try:
         lines = Path(f"/proc/{pid}/net/raw").read_text().splitlines()[1:]
         lines += Path(f"/proc/{pid}/net/raw6").read_text().splitlines()[1:]
-        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return False
+    inodes = set()
+    for fd in fds:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            inodes.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
     for line in lines:
         cols = line.split()
         if int(cols[1].rsplit(":", 1)[1], 16) == IPPROTO_SCTP and f"socket:[{cols[9]}]" in inodes:
