@@ -45,6 +45,9 @@ CAPABILITIES = ("net_admin",)
 # Deaths wake the watchdog at once (pidfds); this slow tick only adopts processes started behind its
 # back and looks for the routers' MACs.
 RECHECK_INTERVAL = 1.0
+# Heartbeats reuse a status this young: asking BIRD twice a second cost a capped amphora more than
+# BFD itself. Any change the controller makes, and every exit the watchdog sees, drops it at once.
+STATUS_MAX_AGE = 2.0
 _REPLY_END = re.compile(r"^(\d{4}) ")
 
 
@@ -91,6 +94,7 @@ class BgpManager:
         self._serving = serving
         self._master_pid = master_pid
         self._exits = ExitWatch()
+        self._status: tuple[float, dict[str, Any]] | None = None
         self._lock = threading.RLock()
         self._speaker_body: dict[str, Any] | None = None
         self._vips: dict[str, dict[str, Any]] = {}  # vip -> {"lb_id", "announce"}
@@ -202,6 +206,7 @@ class BgpManager:
         if withdrawn:
             LOG.warning("withdrew %s", ", ".join(withdrawn))
         self._applied = effective
+        self._status = None
 
     def _apply_second_chance(self, speaker: bird_config.Speaker) -> None:
         """Forward packets of flows this amphora does not own to its cluster peers (second_chance)."""
@@ -252,6 +257,7 @@ class BgpManager:
 
     def wake(self) -> None:
         """Have the watchdog look again now (a HAProxy was started or a VIP set): new pids to watch."""
+        self._status = None
         self._exits.wake()
 
     def _watched_pids(self) -> set[int]:
@@ -275,7 +281,8 @@ class BgpManager:
                     watched = self._watched_pids()
             except Exception:  # noqa: BLE001 - the watchdog must outlive any one failure
                 LOG.exception("BGP watchdog")
-            self._exits.wait(watched, RECHECK_INTERVAL)
+            if self._exits.wait(watched, RECHECK_INTERVAL):
+                self._status = None
         self._exits.close()
 
     def close(self) -> None:
@@ -285,8 +292,16 @@ class BgpManager:
             self._thread.join(timeout=2)
 
     # -- status -----------------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        """Sessions per peer and the VIPs announced, as BIRD reports them."""
+    def status(self, max_age: float = 0.0) -> dict[str, Any]:
+        """Sessions per peer and the VIPs announced, as BIRD reports them (at most ``max_age`` old)."""
+        cached = self._status
+        if cached is not None and time.monotonic() - cached[0] <= max_age:
+            return cached[1]
+        result = self._fresh_status()
+        self._status = (time.monotonic(), result)
+        return result
+
+    def _fresh_status(self) -> dict[str, Any]:
         with self._lock:
             speaker = bird_config.parse_speaker(self._speaker_body) if self._speaker_body is not None else None
             applied = dict(self._applied or {})

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from cohort.agents.amphora import stats
-from cohort.agents.amphora.bgp import BgpManager
+from cohort.agents.amphora.bgp import STATUS_MAX_AGE, BgpManager
 from cohort.agents.amphora.haproxy import HaproxyManager
 from cohort.agents.amphora.l4 import L4Manager
 
@@ -53,7 +53,7 @@ class HeartbeatBody:
             self._monotonic(listener_id, report["stats"])
         body: dict[str, Any] = {"ver": HEARTBEAT_VERSION, "listeners": listeners, "pools": pools}
         if self.bgp is not None:
-            status = self.bgp.status()
+            status = self.bgp.status(max_age=STATUS_MAX_AGE)
             if status["configured"]:
                 body["bgp"] = {"sessions": {peer: s["state"] for peer, s in status["sessions"].items()},
                                "announced": status["announced"]}
