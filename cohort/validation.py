@@ -237,3 +237,10 @@ def haproxy_seconds(value: int) -> int:
     if value < 0:
         raise ValueError(f"duration {value} s must not be negative")
     return min(value, HAPROXY_MAX_SECONDS)
+
+
+def bounded(value: int, low: int, high: int, what: str) -> int:
+    """An integer (not a bool) within [low, high], as a renderer writes it into a kernel program."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{what} {value!r} must be an integer from {low} to {high}")
+    return value

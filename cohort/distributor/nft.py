@@ -9,6 +9,13 @@ Per VIP (object names carry :func:`object_key` of its load balancer id):
   (a SYN on a reused source port), looks up the flow-pinning map ``flows_K``, else hashes
   the flow into the Maglev bucket map ``buckets_K`` (``jhash ip saddr`` for SOURCE_IP
   affinity, ``ip saddr . tcp sport`` for SOURCE_IP_PORT) and pins the result with ``update``;
+* UDP flows and SCTP associations are pinned the same way in maps of their own: by ``ip saddr .
+  udp sport`` (``uflows_K``, with a conntrack-like timeout, UDP having no end) and ``ip saddr .
+  sctp sport`` (``sflows_K``, an INIT forgets the pin as a SYN does) for SOURCE_IP_PORT
+  affinity, by ``ip saddr`` alone (``aflows_K``) for SOURCE_IP, so that a client's UDP and SCTP
+  stay on one amphora. A UDP or SCTP pin counts only while its amphora still has a route: once
+  it is drained or replaced, the flow is hashed again rather than sent nowhere (a UDP client
+  may keep talking for ever);
 * ``forward`` (policy drop) lets through only a VIP's own marked packets, in and out of its
   interface: nothing is routed between load balancers, tenants or amphorae;
 * ``input`` drops what arrives on a VIP interface for any address that is not its own.
@@ -37,7 +44,12 @@ FWMARK_PREF = 100  # fwmark -> per-amphora table
 REPLY_PREF = 200  # from VIP -> the load balancer's gateway (the distributor's own RSTs)
 LOCAL_PREF = 1000  # the local table, moved behind the rules above
 AFFINITIES = ("SOURCE_IP", "SOURCE_IP_PORT")
-OBJECT_PREFIXES = ("vip_", "flows_", "buckets_", "bytes_", "syn_")
+OBJECT_PREFIXES = ("vip_", "flows_", "uflows_", "sflows_", "aflows_", "buckets_", "bytes_", "syn_", "l4new_")
+UDP_FLOW_TIMEOUT = 120  # conntrack's nf_conntrack_udp_timeout_stream: a UDP flow idle longer is over
+MAX_TIMEOUT = 86400
+MAX_FLOW_SIZE = 1 << 24
+# The pin maps of UDP and SCTP (TCP's is ``flows_``): name prefix -> the key they are typed by.
+L4_PIN_MAPS = {"uflows_": "ip saddr . udp sport", "sflows_": "ip saddr . sctp sport", "aflows_": "ip saddr"}
 MIN_TABLE = 1000  # marks and routing tables the agent allocates start here; lower ids are the system's
 BUCKET_TYPEOF = "numgen inc mod 65521"  # typeof only names the key type; fixed so `add map` stays idempotent
 
@@ -75,8 +87,9 @@ class VipPlan:
     affinity: str
     forwards: tuple[Forward, ...]  # every amphora keeping a route: ACTIVE and still-draining ones
     buckets: tuple[int, ...]  # the mark of each slot of the Maglev table; () when nobody takes new flows
-    flow_timeout: int = 300
+    flow_timeout: int = 300  # TCP and SCTP pins
     flow_size: int = 262144
+    udp_timeout: int = UDP_FLOW_TIMEOUT
 
     @property
     def key(self) -> str:
@@ -93,6 +106,16 @@ def _check_addresses(plan: VipPlan) -> None:
         validation.ip_address(forward.address, f"load balancer {plan.lb_id} amphora address")
 
 
+def _check_numbers(plan: VipPlan) -> None:
+    """Every number a plan writes into the ruleset, and its interface name."""
+    validation.interface_name(plan.ifname)
+    validation.bounded(plan.flow_timeout, 1, MAX_TIMEOUT, "flow timeout")
+    validation.bounded(plan.udp_timeout, 1, MAX_TIMEOUT, "UDP flow timeout")
+    validation.bounded(plan.flow_size, 1, MAX_FLOW_SIZE, "flow map size")
+    for mark in (*plan.buckets, *(f.mark for f in plan.forwards)):
+        validation.bounded(mark, 1, 2**32 - 1, "mark")
+
+
 def _q(name: str) -> str:
     return f'"{name}"'
 
@@ -102,9 +125,12 @@ def _ensure_vip_objects(key: str, flow_timeout: int, flow_size: int) -> list[str
     return [
         f"add map {t} flows_{key} {{ typeof ip saddr . tcp sport : meta mark; flags dynamic,timeout; "
         f"timeout {flow_timeout}s; size {flow_size}; }}",
+        *(f"add map {t} {prefix}{key} {{ typeof {typeof} : meta mark; flags dynamic,timeout; "
+          f"timeout {flow_timeout}s; size {flow_size}; }}" for prefix, typeof in L4_PIN_MAPS.items()),
         f"add map {t} buckets_{key} {{ typeof {BUCKET_TYPEOF} : meta mark; }}",
         f"add counter {t} bytes_{key}",
         f"add counter {t} syn_{key}",
+        f"add counter {t} l4new_{key}",
         f"add chain {t} vip_{key}",
     ]
 
@@ -114,18 +140,39 @@ def vip_rules(plan: VipPlan) -> list[str]:
     k, size = plan.key, len(plan.buckets)
     seed = f"seed 0x{hash_seed(plan.lb_id):08x}"
     flow = "ip saddr . tcp sport"
+    by_port = plan.affinity == "SOURCE_IP_PORT"
+    # The key a UDP or SCTP pin is stored under, and the map that holds it.
+    pins = ([("udp", "uflows", "ip saddr . udp sport"), ("sctp", "sflows", "ip saddr . sctp sport")] if by_port
+            else [("udp", "aflows", "ip saddr"), ("sctp", "aflows", "ip saddr")])
+    timeouts = {"udp": plan.udp_timeout, "sctp": plan.flow_timeout}
     rules = [
         f"counter name {_q('bytes_' + k)} notrack",
         # A SYN opens a new connection: a pin left by an earlier one on this source port is stale.
         f"tcp flags & (syn | ack) == syn counter name {_q('syn_' + k)} delete @flows_{k} {{ {flow} : meta mark }}",
-        f"meta mark set {flow} map @flows_{k}",
     ]
+    if by_port:
+        # So does an INIT for an association. Not with SOURCE_IP: that pin holds the client's other flows too.
+        rules.append(f"sctp chunk init exists delete @sflows_{k} {{ ip saddr . sctp sport : meta mark }}")
+    rules.append(f"meta mark set {flow} map @flows_{k}")
+    if by_port:
+        rules += [f"meta mark set {key} map @{name}_{k}" for _, name, key in pins]
+    else:
+        rules.append(f"meta l4proto {{ udp, sctp }} meta mark set ip saddr map @aflows_{k}")
+    routed = _set(str(f.mark) for f in plan.forwards) if plan.forwards else ""
+    # A UDP or SCTP pin to an amphora that has no route any more (drained, replaced) is hashed again.
+    rules.append("meta l4proto { udp, sctp } meta mark != 0 "
+                 + (f"meta mark != {routed} " if routed else "") + "meta mark set 0")
     if size:
-        if plan.affinity == "SOURCE_IP_PORT":
-            rules.append(f"meta mark 0 meta mark set jhash {flow} mod {size} {seed} map @buckets_{k}")
-        # SOURCE_IP affinity, and every non-TCP packet whatever the affinity.
+        rules.append(f"meta mark 0 meta l4proto {{ udp, sctp }} counter name {_q('l4new_' + k)}")
+        if by_port:
+            rules += [f"meta mark 0 meta mark set jhash {key} mod {size} {seed} map @buckets_{k}"
+                      for key in (flow, "ip saddr . udp sport", "ip saddr . sctp sport")]
+        # SOURCE_IP affinity, and whatever has no port (other protocols, non-first fragments).
         rules.append(f"meta mark 0 meta mark set jhash ip saddr mod {size} {seed} map @buckets_{k}")
-    # The timeout sits in the rule, not only in the map: a map's settings cannot change once made.
+    for proto, name, key in pins:
+        # The timeout sits in the rule: a map's settings cannot change once made, and aflows holds both.
+        rules.append(f"meta l4proto {proto} meta mark != 0 update @{name}_{k} "
+                     f"{{ {key} timeout {timeouts[proto]}s : meta mark }}")
     rules.append(f"meta mark != 0 update @flows_{k} {{ {flow} timeout {plan.flow_timeout}s : meta mark }}")
     return rules
 
@@ -148,9 +195,11 @@ def _remove_vip_objects(key: str) -> list[str]:
         f"flush chain {t} vip_{key}",
         f"delete chain {t} vip_{key}",
         f"delete map {t} flows_{key}",
+        *(f"delete map {t} {prefix}{key}" for prefix in L4_PIN_MAPS),
         f"delete map {t} buckets_{key}",
         f"delete counter {t} bytes_{key}",
         f"delete counter {t} syn_{key}",
+        f"delete counter {t} l4new_{key}",
     ]
 
 
@@ -190,6 +239,7 @@ def render_nft(
     ]
     for p in plans:
         _check_addresses(p)
+        _check_numbers(p)
         if p.affinity not in AFFINITIES:
             raise ValueError(f"unknown affinity {p.affinity!r}")
         lines += _ensure_vip_objects(p.key, p.flow_timeout, p.flow_size)
@@ -223,6 +273,7 @@ def render_nft(
 
 def render_buckets(plan: VipPlan) -> str:
     """Only the VIP's bucket map (a health change): one small transaction."""
+    _check_numbers(plan)
     return "\n".join(bucket_elements(plan)) + "\n"
 
 
@@ -364,8 +415,8 @@ def parse_neighbours(neigh_json: Sequence[Mapping[str, object]]) -> frozenset[Ne
 class VipCounters:
     packets: int = 0
     bytes: int = 0
-    connections: int = 0  # SYNs seen: new connections since the VIP was plugged
-    flows: dict[int, int] = field(default_factory=dict)  # pinned flows per mark
+    connections: int = 0  # SYNs, and UDP flows and SCTP associations pinned, since the VIP was plugged
+    flows: dict[int, int] = field(default_factory=dict)  # pinned flows per mark, every protocol
 
 
 def parse_table(nft_json: Mapping[str, object]) -> dict[str, VipCounters]:
@@ -376,23 +427,26 @@ def parse_table(nft_json: Mapping[str, object]) -> dict[str, VipCounters]:
         if "counter" in item:
             c = item["counter"]
             name = str(c.get("name", ""))
-            for prefix, field_name in (("bytes_", "traffic"), ("syn_", "syn")):
+            for prefix, field_name in (("bytes_", "traffic"), ("syn_", "syn"), ("l4new_", "l4new")):
                 if name.startswith(prefix):
                     raw.setdefault(name[len(prefix) :], {})[field_name] = c
-        elif "map" in item and str(item["map"].get("name", "")).startswith("flows_"):
+        elif "map" in item:
             m = item["map"]
-            per_mark: dict[int, int] = {}
+            name = str(m.get("name", ""))
+            pin_map = next((p for p in ("flows_", *L4_PIN_MAPS) if name.startswith(p)), None)
+            if pin_map is None:
+                continue
+            per_mark = raw.setdefault(name[len(pin_map) :], {}).setdefault("flows", {})
             for elem in m.get("elem", []):
                 if isinstance(elem, list) and len(elem) == 2 and isinstance(elem[1], int):
                     per_mark[elem[1]] = per_mark.get(elem[1], 0) + 1
-            raw.setdefault(str(m["name"])[len("flows_") :], {})["flows"] = per_mark
     out = {}
     for key, parts in raw.items():
-        traffic, syn = parts.get("traffic", {}), parts.get("syn", {})
+        traffic, syn, l4new = parts.get("traffic", {}), parts.get("syn", {}), parts.get("l4new", {})
         out[key] = VipCounters(
             packets=int(traffic.get("packets", 0)),
             bytes=int(traffic.get("bytes", 0)),
-            connections=int(syn.get("packets", 0)),
+            connections=int(syn.get("packets", 0)) + int(l4new.get("packets", 0)),
             flows=parts.get("flows", {}),
         )
     return out

@@ -65,7 +65,67 @@ def test_source_ip_port_affinity_hashes_address_and_port_with_an_address_fallbac
     p = plan(affinity="SOURCE_IP_PORT")
     hashing = [r for r in rules_of(nft.render_nft([p]), f"vip_{p.key}") if "jhash" in r]
     assert hashing[0].startswith("meta mark 0 meta mark set jhash ip saddr . tcp sport mod 5 ")
-    assert hashing[1].startswith("meta mark 0 meta mark set jhash ip saddr mod 5 ")  # non-TCP
+    assert hashing[1].startswith("meta mark 0 meta mark set jhash ip saddr . udp sport mod 5 ")
+    assert hashing[2].startswith("meta mark 0 meta mark set jhash ip saddr . sctp sport mod 5 ")
+    assert hashing[3].startswith("meta mark 0 meta mark set jhash ip saddr mod 5 ")  # no port: fragments, ICMP
+
+
+def test_udp_and_sctp_are_pinned_by_address_and_port_with_source_ip_port_affinity() -> None:
+    p = plan(affinity="SOURCE_IP_PORT", flow_timeout=600, udp_timeout=90)
+    rules = rules_of(nft.render_nft([p]), f"vip_{p.key}")
+    k = p.key
+    init = rules.index(f"sctp chunk init exists delete @sflows_{k} {{ ip saddr . sctp sport : meta mark }}")
+    udp = rules.index(f"meta mark set ip saddr . udp sport map @uflows_{k}")
+    sctp = rules.index(f"meta mark set ip saddr . sctp sport map @sflows_{k}")
+    stale = rules.index("meta l4proto { udp, sctp } meta mark != 0 meta mark != { 1001, 1002 } meta mark set 0")
+    first_hash = next(i for i, r in enumerate(rules) if "jhash" in r)
+    assert init < udp < stale and sctp < stale < first_hash
+    assert f"meta l4proto udp meta mark != 0 update @uflows_{k} {{ ip saddr . udp sport timeout 90s : meta mark }}" \
+        in rules
+    assert f"meta l4proto sctp meta mark != 0 update @sflows_{k} {{ ip saddr . sctp sport timeout 600s : meta mark }}" \
+        in rules
+    assert not any("aflows" in r for r in rules)
+    new = rules.index(f'meta mark 0 meta l4proto {{ udp, sctp }} counter name "l4new_{k}"')
+    assert stale < new < first_hash
+
+
+def test_udp_and_sctp_are_pinned_by_address_alone_with_source_ip_affinity() -> None:
+    p = plan()
+    rules = rules_of(nft.render_nft([p]), f"vip_{p.key}")
+    k = p.key
+    assert f"meta l4proto {{ udp, sctp }} meta mark set ip saddr map @aflows_{k}" in rules
+    # One pin holds every flow of the client: an INIT must not move the client's other associations.
+    assert not any("sctp chunk init" in r or "uflows" in r or "sflows" in r for r in rules)
+    assert f"meta l4proto udp meta mark != 0 update @aflows_{k} {{ ip saddr timeout 120s : meta mark }}" in rules
+    assert f"meta l4proto sctp meta mark != 0 update @aflows_{k} {{ ip saddr timeout 300s : meta mark }}" in rules
+
+
+def test_udp_and_sctp_pins_without_any_routed_amphora_are_all_stale() -> None:
+    p = plan(forwards=(), buckets=())
+    rules = rules_of(nft.render_nft([p]), f"vip_{p.key}")
+    assert "meta l4proto { udp, sctp } meta mark != 0 meta mark set 0" in rules
+
+
+def test_udp_and_sctp_pin_maps_are_made_once_and_removed_with_the_vip() -> None:
+    p = plan()
+    script = nft.render_nft([p])
+    for name, key in (("uflows", "ip saddr . udp sport"), ("sflows", "ip saddr . sctp sport"), ("aflows", "ip saddr")):
+        assert f"add map {T} {name}_{p.key} {{ typeof {key} : meta mark; flags dynamic,timeout; " in script
+        assert f"flush map {T} {name}_" not in script
+    stale = nft.render_nft([], stale_keys=[p.key]).splitlines()
+    for name in ("uflows", "sflows", "aflows"):
+        assert f"delete map {T} {name}_{p.key}" in stale
+    assert f"delete counter {T} l4new_{p.key}" in stale
+    assert nft.object_keys([f"uflows_{p.key}", f"l4new_{p.key}"]) == {p.key}
+
+
+@pytest.mark.parametrize("bad", [dict(udp_timeout=0), dict(flow_timeout=10**9), dict(flow_size=True),
+                                 dict(ifname="fe0\nadd"), dict(buckets=(0,)), dict(udp_timeout="5")])
+def test_numbers_and_names_of_a_plan_are_validated(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        nft.render_nft([plan(**bad)])
+    with pytest.raises(ValueError):
+        nft.render_buckets(plan(**bad))
 
 
 def test_pinned_flows_come_first_and_every_packet_refreshes_its_pin() -> None:
@@ -243,6 +303,23 @@ def test_counters_and_flows_are_read_from_the_table_listing() -> None:
     ]}  # fmt: skip
     c = nft.parse_table(listing)[k]
     assert (c.packets, c.bytes, c.connections, c.flows) == (70, 4490, 10, {1001: 2, 1002: 1})
+
+
+def test_udp_and_sctp_pins_and_new_flows_count_with_tcp_ones() -> None:
+    k = nft.object_key("lb-a")
+    listing = {"nftables": [
+        {"counter": {"family": "ip", "name": f"syn_{k}", "table": "cohort_dist", "packets": 10, "bytes": 600}},
+        {"counter": {"family": "ip", "name": f"l4new_{k}", "table": "cohort_dist", "packets": 5, "bytes": 300}},
+        {"map": {"family": "ip", "name": f"flows_{k}", "table": "cohort_dist", "elem": [
+            [{"elem": {"val": {"concat": ["198.51.100.10", 39462]}}}, 1001]]}},
+        {"map": {"family": "ip", "name": f"uflows_{k}", "table": "cohort_dist", "elem": [
+            [{"elem": {"val": {"concat": ["198.51.100.10", 5000]}}}, 1001],
+            [{"elem": {"val": {"concat": ["198.51.100.10", 5001]}}}, 1002]]}},
+        {"map": {"family": "ip", "name": f"aflows_{k}", "table": "cohort_dist", "elem": [
+            [{"elem": {"val": "198.51.100.11"}}, 1002]]}},
+    ]}  # fmt: skip
+    c = nft.parse_table(listing)[k]
+    assert (c.connections, c.flows) == (15, {1001: 2, 1002: 2})
 
 
 # --- plans from the agent's state -------------------------------------------------------------

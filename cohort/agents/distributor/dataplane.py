@@ -121,9 +121,12 @@ class DataPlane:
             return self._listing(["list", "table", nft.FAMILY, nft.TABLE])
         found = self._listing(["list", "counters", "table", nft.FAMILY, nft.TABLE])
         for key in flows_of:
-            pinned = self._listing(["list", "map", nft.FAMILY, nft.TABLE, f"flows_{key}"]).get(key)
-            if pinned is not None:
-                found[key] = dataclasses.replace(found.get(key, nft.VipCounters()), flows=pinned.flows)
+            flows: dict[int, int] = {}
+            for prefix in ("flows_", *nft.L4_PIN_MAPS):  # TCP's pins, then UDP's and SCTP's
+                pinned = self._listing(["list", "map", nft.FAMILY, nft.TABLE, f"{prefix}{key}"]).get(key)
+                for mark, count in (pinned.flows if pinned is not None else {}).items():
+                    flows[mark] = flows.get(mark, 0) + count
+            found[key] = dataclasses.replace(found.get(key, nft.VipCounters()), flows=flows)
         return found
 
     @staticmethod
