@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cohort import secrets, validation
+from cohort.api import l4_cluster
 from cohort.api.errors import Conflict, InvalidInput
 from cohort.api.schemas import lbaas as s
 from cohort.api.schemas.common import given
@@ -115,9 +116,6 @@ def build_listener(session: Session, lb: m.LoadBalancer, body: s.ListenerTree,
         fields.pop(nested, None)
     validate_listener_fields(body.protocol, fields)
     check_cidr_families(lb, fields.get("allowed_cidrs"))
-    if body.protocol in L4_PROTOCOLS and lb.topology == "ACTIVE_ACTIVE":
-        raise InvalidInput(f"Invalid input for field/attribute protocol. Value: '{body.protocol}'. ACTIVE_ACTIVE "
-                           f"load balancers do not spread {body.protocol} flows yet (SINGLE and ACTIVE_STANDBY do).")
     check_tls_refs(session, lb.project_id, fields, LISTENER_REFS, stored_only)
     for other in lb.listeners:
         # As in Octavia, one port may carry a UDP and a TCP listener (DNS), not two of the same L4 protocol.
@@ -155,6 +153,7 @@ def build_pool(session: Session, lb: m.LoadBalancer, body: s.PoolTree, listener:
         if listener.default_pool_id:
             raise Conflict(f"Listener {listener.id} is already using default pool {listener.default_pool_id}")
     validate_pool_fields(body.protocol, given(body))
+    l4_cluster.check_persistence(session, lb, body.protocol, given(body).get("session_persistence"))
     check_tls_refs(session, lb.project_id, given(body), POOL_REFS, stored_only)
     fields = {k: v for k, v in given(body).items()
               if k not in ("healthmonitor", "members", "session_persistence", "listener_id", "loadbalancer_id",

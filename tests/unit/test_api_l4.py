@@ -113,14 +113,37 @@ def test_what_octavia_refuses_for_udp_is_a_400_naming_it(api: Api) -> None:
     _fault(status, body, "only supported for pools of type UDP/SCTP")
 
 
-def test_active_active_refuses_udp_until_it_spreads_it(api: Api) -> None:
-    profile = api.post("/v2/lbaas/flavorprofiles", {"flavorprofile": {
-        "name": "aa", "provider_name": "amphora", "flavor_data": json.dumps({
-            "loadbalancer_topology": "ACTIVE_ACTIVE", "amp_cluster_size": 2})}})[1]["flavorprofile"]
-    flavor = api.post("/v2/lbaas/flavors", {"flavor": {"name": "aa-udp", "flavor_profile_id": profile["id"]}})[1]
-    status, body = api.post(LB, {"loadbalancer": {"vip_subnet_id": "public-subnet", "flavor_id": flavor["flavor"]["id"],
-                                                  "listeners": [{"protocol": "UDP", "protocol_port": 53}]}})
-    _fault(status, body, "ACTIVE_ACTIVE")
+def test_active_active_takes_udp_and_refuses_persistence_its_amphorae_cannot_share(api: Api) -> None:
+    def flavor(name: str, data: dict[str, str]) -> str:
+        profile = api.post("/v2/lbaas/flavorprofiles", {"flavorprofile": {
+            "name": name, "provider_name": "amphora", "flavor_data": json.dumps({
+                "loadbalancer_topology": "ACTIVE_ACTIVE", "amp_cluster_size": 2, **data})}})[1]["flavorprofile"]
+        return str(api.post("/v2/lbaas/flavors", {"flavor": {"name": name, "flavor_profile_id": profile["id"]}})[1][
+            "flavor"]["id"])
+
+    persistent = {"protocol": "UDP", "lb_algorithm": "ROUND_ROBIN", "session_persistence": {"type": "SOURCE_IP"}}
+    # The L2 distributor with SOURCE_IP affinity keeps a client on one amphora: its persistence table holds.
+    status, body = api.post(LB, {"loadbalancer": {"vip_subnet_id": "public-subnet", "flavor_id": flavor("aa", {}),
+                                                  "listeners": [{"protocol": "UDP", "protocol_port": 53,
+                                                                 "default_pool": persistent}]}})
+    assert status == 201, body
+    # SOURCE_IP_PORT affinity spreads one client's flows over amphorae that keep their tables apart.
+    spread = flavor("aa-port", {"distributor_affinity": "SOURCE_IP_PORT"})
+    status, body = api.post(LB, {"loadbalancer": {"vip_subnet_id": "public-subnet", "flavor_id": spread,
+                                                  "listeners": [{"protocol": "UDP", "protocol_port": 53,
+                                                                 "default_pool": persistent}]}})
+    _fault(status, body, "session_persistence", "SOURCE_IP affinity")
+    status, body = api.post(LB, {"loadbalancer": {"vip_subnet_id": "public-subnet", "flavor_id": spread,
+                                                  "listeners": [{"protocol": "UDP", "protocol_port": 53,
+                                                                 "default_pool": {**persistent,
+                                                                                  "session_persistence": None}}]}})
+    assert status == 201, body
+    lb = body["loadbalancer"]
+    _wait(api, lb)
+    pool_id = api.get(f"/v2/lbaas/pools?loadbalancer_id={lb['id']}")[1]["pools"][0]["id"]
+    status, body = api.put(f"/v2/lbaas/pools/{pool_id}", {"pool": {"session_persistence": {"type": "SOURCE_IP"}}})
+    _fault(status, body, "session_persistence")
+    assert api.put(f"/v2/lbaas/pools/{pool_id}", {"pool": {"name": "renamed"}})[0] == 200
 
 
 def test_udp_least_connections_pools_as_the_upstream_suite_makes_them(api: Api) -> None:

@@ -105,11 +105,18 @@ def test_what_octavia_refuses_for_sctp_is_a_400_naming_it(api: Api) -> None:
     _fault(status, body, "pool protocol")
 
 
-def test_active_active_refuses_sctp_as_it_refuses_udp(api: Api) -> None:
+def test_active_active_takes_sctp_and_refuses_persistence_its_amphorae_cannot_share(api: Api) -> None:
     profile = api.post("/v2/lbaas/flavorprofiles", {"flavorprofile": {
         "name": "aa-sctp", "provider_name": "amphora", "flavor_data": json.dumps({
-            "loadbalancer_topology": "ACTIVE_ACTIVE", "amp_cluster_size": 2})}})[1]["flavorprofile"]
+            "loadbalancer_topology": "ACTIVE_ACTIVE", "amp_cluster_size": 2,
+            "distributor_affinity": "SOURCE_IP_PORT"})}})[1]["flavorprofile"]
     flavor = api.post("/v2/lbaas/flavors", {"flavor": {"name": "aa-sctp", "flavor_profile_id": profile["id"]}})[1]
-    status, body = api.post(LB, {"loadbalancer": {"vip_subnet_id": "public-subnet", "flavor_id": flavor["flavor"]["id"],
-                                                  "listeners": [{"protocol": "SCTP", "protocol_port": 3868}]}})
-    _fault(status, body, "ACTIVE_ACTIVE", "SCTP")
+    pool = {"protocol": "SCTP", "lb_algorithm": "SOURCE_IP_PORT"}
+    body = {"vip_subnet_id": "public-subnet", "flavor_id": flavor["flavor"]["id"],
+            "listeners": [{"protocol": "SCTP", "protocol_port": 3868, "default_pool": pool}]}
+    status, created = api.post(LB, {"loadbalancer": body})
+    assert status == 201, created
+    persistent = {**pool, "session_persistence": {"type": "SOURCE_IP"}}
+    status, refused = api.post(LB, {"loadbalancer": {**body, "listeners": [{**body["listeners"][0],
+                                                                            "default_pool": persistent}]}})
+    _fault(status, refused, "session_persistence", "SCTP")

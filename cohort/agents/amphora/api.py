@@ -163,11 +163,15 @@ class AmphoraApi:
         lb_id = req.params["lb_id"]
         self.haproxy.get_config(lb_id)
         listeners, pools = stats.summarize(self.haproxy.show_stat(lb_id))
+        l4_active = 0
         if self.l4 is not None:
             l4_listeners, l4_pools = self.l4.stats(lb_id)
             listeners.update(l4_listeners)
             pools.update(l4_pools)
-        return Response(200, {"running": self.haproxy.running(lb_id), "listeners": listeners, "pools": pools})
+            l4_active = sum(int(v.get("active_connections", 0)) for v in l4_listeners.values())
+        # l4_active: UDP flows and SCTP associations the kernel still carries, which a drain waits for.
+        return Response(200, {"running": self.haproxy.running(lb_id), "listeners": listeners, "pools": pools,
+                              "l4_active": l4_active})
 
     def lb_action(self, req: Request) -> Response:
         lb_id, action = req.params["lb_id"], req.params["action"]

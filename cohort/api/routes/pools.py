@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from cohort import secrets
-from cohort.api import views
+from cohort.api import l4_cluster, views
 from cohort.api.builders import (
     POOL_REFS,
     apply_changes,
@@ -83,6 +83,9 @@ def update(raw: RawBody, pool_id: str, request: Request, session: DB, ctx: Ctx, 
     validate_pool_fields(pool.protocol, changes)
     check_tls_refs(session, pool.project_id, changes, POOL_REFS, secrets.refs_must_be_stored(state.settings))
     lock_load_balancer(session, pool.load_balancer_id)
+    lb = session.get(m.LoadBalancer, pool.load_balancer_id)
+    if lb is not None:
+        l4_cluster.check_persistence(session, lb, pool.protocol, changes.get("session_persistence"))
     if "session_persistence" in changes:
         persistence = changes.pop("session_persistence")
         # The new persistence replaces the old one whole (Octavia's semantics): every field is set,

@@ -128,7 +128,11 @@ class RestAmphoraDriver:
 
     def drained(self, amphora: Amphora, lb_id: str) -> bool:
         r = self._agent.request("GET", amphora, f"/1.0/loadbalancer/{lb_id}/stats", allow=(404,))
-        return r.status_code == 404 or not r.json().get("running", False)
+        if r.status_code == 404:
+            return True
+        body = r.json()
+        # HAProxy has closed its connections, and the kernel's UDP flows and SCTP associations are gone.
+        return not body.get("running", False) and not body.get("l4_active", 0)
 
     def remove_lb(self, amphora: Amphora, lb_id: str) -> None:
         self._agent.request("DELETE", amphora, f"/1.0/loadbalancer/{lb_id}", allow=(404,))
