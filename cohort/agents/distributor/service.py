@@ -16,6 +16,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -28,9 +29,12 @@ from cohort.distributor.probes import ProbeSettings, ProbeTarget
 
 LOG = logging.getLogger(__name__)
 COUNTERS_MAX_AGE = 1.0
-# Counting pinned flows means listing every element of every flow map (tens of thousands under
-# load); heartbeats carry counts at most this old. The status API and draining count afresh.
-HEARTBEAT_FLOWS_MAX_AGE = 10.0
+# Counting pinned flows means listing every element of every flow map: hundreds of thousands
+# under load, a JSON document whose parsing holds the interpreter for seconds, during which no
+# heartbeat left and the controller replaced a healthy distributor. Heartbeats never count: they
+# carry the flow counts of the last status request (the controller reads them from there, fresh,
+# when it needs them: draining).
+HEARTBEAT_FLOWS_MAX_AGE = math.inf
 HEARTBEAT_BUDGET = 60_000  # bytes of JSON body; a heartbeat datagram must stay under 65000
 
 
