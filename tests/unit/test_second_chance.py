@@ -41,3 +41,11 @@ def test_router_macs_come_from_complete_arp_entries(tmp_path: Path) -> None:
                    "203.0.113.9 0x1 0x0 00:00:00:00:00:00 * fe0\n"
                    "203.0.113.7 0x1 0x2 02:01:cb:00:71:07 * fe0\n")
     assert router_macs(["203.0.113.1", "203.0.113.9"], str(arp)) == [ROUTER]
+
+
+def test_only_the_vips_tcp_flows_are_tracked() -> None:
+    text = render({"203.0.113.100": ["203.0.113.3"], "2001:db8::100": []}, [ROUTER], "fe0")
+    assert "meta l4proto tcp ip daddr != { 203.0.113.100 } notrack" in text
+    assert "meta l4proto tcp ip saddr != { 203.0.113.100 } notrack" in text
+    assert "meta l4proto tcp ip6 daddr != { 2001:db8::100 } notrack" in text
+    assert "priority raw" in text and "udp" not in text  # UDP and SCTP listeners' DNAT needs conntrack
