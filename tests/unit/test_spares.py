@@ -16,6 +16,7 @@ from cohort.controller.spares import SparePool
 from cohort.controller.wiring import make_drivers
 from cohort.db import models as m
 from cohort.db.session import make_engine, make_sessionmaker, upgrade
+from tests.support import Api, running_cohort, wait_for
 from tests.unit.test_reconciler import add_lb, amphorae
 
 
@@ -93,3 +94,12 @@ def test_failed_and_surplus_spares_are_destroyed(setup: Any) -> None:
     small.replenish()
     left = spare_rows(sessions)
     assert len(left) == 1 and left[0].id == alive.id  # the newest surplus went, the oldest stays
+
+
+def test_spares_are_listed_as_ready_amphorae_without_a_load_balancer(tmp_path: Path) -> None:
+    with running_cohort(tmp_path, drivers="noop", spare_amphora_pool_size=1) as (_, base):
+        api = Api(base)
+        spares_listed = wait_for(lambda: [a for a in api.get("/v2/octavia/amphorae")[1]["amphorae"]
+                                          if a["status"] == "READY"], timeout=20)
+        assert len(spares_listed) == 1 and spares_listed[0]["loadbalancer_id"] is None
+        assert spares_listed[0]["role"] is None and spares_listed[0]["lb_network_ip"]
