@@ -117,7 +117,8 @@ def test_members_answer_with_their_name_over_keepalive(lab: Lab) -> None:
 
     members = {m["name"]: m for m in lab.status()["members"]}
     assert members["web2"] == {
-        "name": "web2", "address": b, "port": 8080, "namespace": lab.member_ns("web2"), "alive": True
+        "name": "web2", "address": b, "port": 8080, "namespace": lab.member_ns("web2"), "alive": True,
+        "protocol": "HTTP",
     }
 
     lab.remove_member("web2")

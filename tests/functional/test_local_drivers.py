@@ -103,7 +103,9 @@ def test_build_status_crash_delete(lab: Lab, compute: LabComputeDriver) -> None:
 
     cgroup = lab.instance_cgroup(inst.compute_id)
     cpu_dir, mem_dir = netns.cgroup_dirs(cgroup)
-    assert (cpu_dir / "cpu.cfs_quota_us").read_text().strip() == "25000"
+    quota = int((cpu_dir / "cpu.cfs_quota_us").read_text())
+    period = int((cpu_dir / "cpu.cfs_period_us").read_text())
+    assert quota / period == 0.25 and period == netns.cfs_period_us(0.25)  # a short period: short stops
     assert int((mem_dir / "memory.limit_in_bytes").read_text()) == 256 * 1024 * 1024
     in_cgroup = netns.cgroup_pids(cgroup)
     assert pid in in_cgroup and len(in_cgroup) >= 2  # the agent and its child

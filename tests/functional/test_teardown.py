@@ -64,8 +64,8 @@ def test_cohort_down_removes_everything_cohort_made(tmp_path: Path) -> None:
                 assert lb["provisioning_status"] == "ACTIVE", lb
             state = lab.snapshot()
             instances = state["instances"]
-            # SINGLE 1 + ACTIVE_STANDBY 2 + ACTIVE_ACTIVE 2 amphorae, and the distributor.
-            assert len(instances) == 6, instances
+            # SINGLE 1 + ACTIVE_STANDBY 2 + ACTIVE_ACTIVE 2 amphorae, and the distributor pair.
+            assert len(instances) == 7, instances
             namespaces = set(lab.owned_namespaces())
             agent_pids = [(rec["pid"], rec["starttime"]) for rec in instances.values()]
             jail_uids = {rec["jail_uid"] for rec in instances.values()}
