@@ -36,6 +36,7 @@ from cohort.drivers.network.base import PluggedPort
 from cohort.health.heartbeat import HeartbeatReceiver, HeartbeatVerifier
 from cohort.health.keys import agent_key
 from cohort.pki import CertificateAuthority, CertPaths, client_ssl_context
+from tests.support import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -413,6 +414,23 @@ def test_agent_restart_keeps_haproxy_serving_and_adopts_it(serving: Env, driver:
         assert details["loadbalancers"][serving.lb.id]["running"] is True
         assert c.put(serving.url(f"/1.0/loadbalancer/{serving.lb.id}/reload")).status_code == 200
     assert serving.traffic(count=3)["ok"] == 3
+
+
+def test_a_killed_haproxy_is_started_again(serving: Env, driver: Any) -> None:
+    """Nothing else would restart it: the agent lives on and heartbeats, so the amphora is not replaced."""
+    def haproxies() -> set[int]:
+        return {int(pid) for pid in sh("ip", "netns", "pids", serving.amp_ns).split()
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "haproxy"}
+
+    killed = haproxies()
+    assert killed
+    started = time.monotonic()
+    for pid in killed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: haproxies() and not haproxies() & killed, timeout=10, interval=0.05)
+    print(f"HAProxy started again {time.monotonic() - started:.2f}s after it was killed")
+    wait_for(lambda: serving.traffic(count=3)["ok"] == 3, timeout=10)
 
 
 def test_loopback_vip_never_answers_arp(serving: Env, driver: Any) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import sys
+import threading
 from pathlib import Path
 
 from cohort.agents.amphora.api import AmphoraApi
@@ -19,6 +21,9 @@ from cohort.agents.common.net import set_sysctl
 from cohort.statedir import PRIVATE_UMASK
 
 NOFILE = 100_000
+LOG = logging.getLogger(__name__)
+# How often dead HAProxy processes are looked for (a cached pid and one /proc read per load balancer).
+SUPERVISE_INTERVAL = 0.5
 
 
 def raise_nofile(target: int = NOFILE) -> None:
@@ -63,9 +68,22 @@ def main(argv: list[str] | None = None) -> int:
     l4 = L4Manager(args.state_dir)
     l4.resume()
     api = AmphoraApi(args.amphora_id, args.state_dir, haproxy, keepalived, bgp, l4)
+    done = threading.Event()
+    threading.Thread(target=supervise, args=(haproxy, bgp, done), name="haproxy-supervisor", daemon=True).start()
     # HAProxy and keepalived deliberately keep running when the agent stops: the next agent adopts them.
     return cli.serve("amphora", args.amphora_id, args, hb_key, api.router(), HeartbeatBody(haproxy, bgp, l4),
-                     stop=[bgp.close, l4.close])
+                     stop=[done.set, bgp.close, l4.close])
+
+
+def supervise(haproxy: HaproxyManager, bgp: BgpManager, done: threading.Event) -> None:
+    """Start again a HAProxy that died (a crash, an OOM kill): nothing else would, since the agent
+    lives on and heartbeats. An L3 amphora withdrew its VIP at the death and announces it again."""
+    while not done.wait(SUPERVISE_INTERVAL):
+        try:
+            if haproxy.supervise():
+                bgp.wake()
+        except Exception:  # noqa: BLE001 - the supervisor must outlive any one failure
+            LOG.exception("haproxy supervisor")
 
 
 if __name__ == "__main__":

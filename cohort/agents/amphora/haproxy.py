@@ -24,6 +24,7 @@ take the listening sockets over, old workers finish their connections.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -38,12 +39,16 @@ from cohort.agents.common.files import atomic_write, short_dir
 from cohort.agents.common.jail import Jail
 from cohort.agents.common.proc import CommandFailed, cmdline, pid_alive, read_pid, run
 
+LOG = logging.getLogger(__name__)
+
 HAPROXY = "haproxy"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # The longest socket name under the state directory: "/" + a 64-character id + "-prometheus.sock".
 _SOCKET_NAME_MAX = 1 + 64 + len("-prometheus.sock")
 REVALIDATE = 2.0
+# A HAProxy that keeps dying is started again at most this often.
+RESTART_BACKOFF = 1.0
 
 
 class InvalidConfig(ValueError):
@@ -91,12 +96,37 @@ class HaproxyManager:
         self._lock = threading.RLock()
         self.metrics = MetricsProxies(self.dir, self.inner_dir, jail.give)
         self._alive: dict[str, tuple[int | None, float]] = {}
+        # Load balancers whose HAProxy should run: started, or found running, and not stopped or drained
+        # since. One that dies anyway is started again (``supervise``), as systemd would in a VM.
+        self._wanted: set[str] = set()
+        self._restarted: dict[str, float] = {}
 
     def resume(self) -> None:
         """Serve the metrics of the HAProxy instances a previous agent left running."""
         for lb_id in self.lb_ids():
             if self.running(lb_id):
+                self._wanted.add(lb_id)
                 self.metrics.sync(lb_id, self.config_path(lb_id))
+
+    def supervise(self) -> list[str]:
+        """Start again every wanted HAProxy that died (at most once a ``RESTART_BACKOFF``); returns them."""
+        restarted = []
+        for lb_id in sorted(self._wanted):
+            if self.alive(lb_id) or time.monotonic() - self._restarted.get(lb_id, -RESTART_BACKOFF) < RESTART_BACKOFF:
+                continue
+            with self._lock:
+                if lb_id not in self._wanted or self.running(lb_id):
+                    continue
+                self._restarted[lb_id] = time.monotonic()
+                LOG.warning("haproxy of %s died: starting it again", lb_id)
+                try:
+                    self._start(lb_id)
+                    self.metrics.sync(lb_id, self.config_path(lb_id))
+                except Exception:  # noqa: BLE001 - try again after the backoff
+                    LOG.exception("could not start haproxy of %s again", lb_id)
+                    continue
+                restarted.append(lb_id)
+        return restarted
 
     # -- layout ---------------------------------------------------------------------------------
     def _path(self, lb_id: str, suffix: str) -> Path:
@@ -200,6 +230,7 @@ class HaproxyManager:
     def start(self, lb_id: str) -> None:
         with self._lock:
             self._start(lb_id)
+            self._wanted.add(lb_id)
             self.metrics.sync(lb_id, self.config_path(lb_id))
 
     def _start(self, lb_id: str) -> None:
@@ -271,6 +302,7 @@ class HaproxyManager:
         Clients then reconnect, and their new connections reach amphorae that stay.
         """
         with self._lock:
+            self._wanted.discard(lb_id)
             pid = self.master_pid(lb_id)
             if pid is not None:
                 os.kill(pid, signal.SIGUSR1)
@@ -278,6 +310,7 @@ class HaproxyManager:
     def stop(self, lb_id: str) -> None:
         """Soft stop (connections may finish for ``stop_grace`` seconds), then terminate."""
         with self._lock:
+            self._wanted.discard(lb_id)
             self.metrics.stop(lb_id)
             pid = self.master_pid(lb_id)
             if pid is None:
