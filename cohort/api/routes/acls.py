@@ -146,22 +146,21 @@ def show_secret_acl(secret_id: str, session: DB, ctx: Ctx) -> dict[str, Any]:
     return _view(acl_of(session, secret_for(session, ctx, secret_id, change=True).id))
 
 
+def _set(raw: bytes, request: Request, session: Any, kind: str, object_id: str, replace: bool) -> dict[str, Any]:
+    """Replace (PUT) or update (PATCH) the read ACL of a secret or container the caller may change."""
+    _apply(session, kind, object_id, parse_document(raw, AclBody), replace=replace)
+    session.commit()
+    return _acl_ref(request, f"{kind}s", object_id)
+
+
 @router.put("/v1/secrets/{secret_id}/acl", include_in_schema=False)
 def replace_secret_acl(raw: RawBody, secret_id: str, request: Request, session: DB, ctx: Ctx) -> dict[str, Any]:
-    body = parse_document(raw, AclBody)
-    row = secret_for(session, ctx, secret_id, change=True)
-    _apply(session, "secret", row.id, body, replace=True)
-    session.commit()
-    return _acl_ref(request, "secrets", row.id)
+    return _set(raw, request, session, "secret", secret_for(session, ctx, secret_id, change=True).id, replace=True)
 
 
 @router.patch("/v1/secrets/{secret_id}/acl", include_in_schema=False)
 def update_secret_acl(raw: RawBody, secret_id: str, request: Request, session: DB, ctx: Ctx) -> dict[str, Any]:
-    body = parse_document(raw, AclBody)
-    row = secret_for(session, ctx, secret_id, change=True)
-    _apply(session, "secret", row.id, body, replace=False)
-    session.commit()
-    return _acl_ref(request, "secrets", row.id)
+    return _set(raw, request, session, "secret", secret_for(session, ctx, secret_id, change=True).id, replace=False)
 
 
 @router.delete("/v1/secrets/{secret_id}/acl", include_in_schema=False)
@@ -179,21 +178,15 @@ def show_container_acl(container_id: str, session: DB, ctx: Ctx) -> dict[str, An
 @router.put("/v1/containers/{container_id}/acl", include_in_schema=False)
 def replace_container_acl(raw: RawBody, container_id: str, request: Request, session: DB,
                           ctx: Ctx) -> dict[str, Any]:
-    body = parse_document(raw, AclBody)
     row = container_for(session, ctx, container_id, change=True)
-    _apply(session, "container", row.id, body, replace=True)
-    session.commit()
-    return _acl_ref(request, "containers", row.id)
+    return _set(raw, request, session, "container", row.id, replace=True)
 
 
 @router.patch("/v1/containers/{container_id}/acl", include_in_schema=False)
 def update_container_acl(raw: RawBody, container_id: str, request: Request, session: DB,
                          ctx: Ctx) -> dict[str, Any]:
-    body = parse_document(raw, AclBody)
     row = container_for(session, ctx, container_id, change=True)
-    _apply(session, "container", row.id, body, replace=False)
-    session.commit()
-    return _acl_ref(request, "containers", row.id)
+    return _set(raw, request, session, "container", row.id, replace=False)
 
 
 @router.delete("/v1/containers/{container_id}/acl", include_in_schema=False)
