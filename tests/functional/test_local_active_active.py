@@ -223,7 +223,11 @@ def test_app_cookie_persistence_holds_across_the_cluster(env: tuple[Any, Api, An
     sessions = {}
     for token in ("s1", "s2", "s3", "s4"):
         sessions[token] = get(f"/set-cookie/SESSION={token}")  # the member that started the session
-    time.sleep(1.0)  # the peers replicate each new entry at once; give them a moment on a busy machine
+    # Established peer sessions replicate each new entry at once, but a peer that was not listening
+    # yet when a neighbour started (the amphorae of a new cluster start one by one) is retried by
+    # HAProxy only after 5 s; the entries learnt meanwhile are taught on connection.
+    for token, owner in sessions.items():
+        wait_for(lambda t=token, o=owner: {get("/", t) for _ in range(6)} == {o}, timeout=15)
     for token, owner in sessions.items():
         answers = {get("/", token) for _ in range(12)}
         assert answers == {owner}, (token, owner, answers)
