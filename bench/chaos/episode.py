@@ -28,6 +28,8 @@ from bench.chaos.plane import ControlPlane
 from bench.chaos.strength import Expectation, Observation, Observer, master, shortfalls
 from bench.common import BenchEnv, BenchError
 
+TIMELINE_MAX = 80  # changes of the shortfall list kept per episode
+
 
 @dataclass
 class Target:
@@ -170,6 +172,8 @@ def run_episode(env: BenchEnv, plane: ControlPlane, target: Target, fault: str, 
         # fault must not pass for serving after it.
         heal = args.heal_timeout if target.spares else args.boot_heal_timeout
         deadline, full, obs = t_fault + heal, None, base
+        timeline: list[list[Any]] = []
+        last_short: list[str] | None = None
         prev: Observation | None = None
         while time.monotonic() < deadline:
             obs = observer.observe()
@@ -182,6 +186,10 @@ def run_episode(env: BenchEnv, plane: ControlPlane, target: Target, fault: str, 
                 plane.start(killed["name"])
                 killed["restarted_s"] = round(time.monotonic() - t_fault, 3)
             short = shortfalls(prev, obs, exp)
+            if short != last_short and len(timeline) < TIMELINE_MAX:
+                # Which condition held longest is where the heal time goes.
+                timeline.append([round(obs.t - t_fault, 3), short])
+                last_short = short
             if injected.restore is not None and restored is None and (not short or now - t_fault >= args.link_hold):
                 out["healed_while_down"] = not short
                 injected.restore()
@@ -199,6 +207,7 @@ def run_episode(env: BenchEnv, plane: ControlPlane, target: Target, fault: str, 
         else:
             out["gave_up_after_s"] = heal
         out["milestones"] = watch.marks
+        out["shortfall_timeline"] = timeline
         time.sleep(args.tail)
         stream = arrivals.stop()
         client = keep.stop()
