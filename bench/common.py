@@ -193,12 +193,15 @@ class BenchEnv:
             raise BenchError(f"flavor: {status} {flavor}")
         return str(flavor["flavor"]["id"])
 
-    def create_lb(self, name: str, members: Sequence[str], flavor_id: str | None = None) -> dict[str, Any]:
-        """One POST: load balancer + HTTP listener :80 + ROUND_ROBIN pool of ``members`` (port 80)."""
-        pool = {"protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN", "members": [
-            {"address": a, "protocol_port": 80, "subnet_id": "private-subnet"} for a in members]}
+    def create_lb(self, name: str, members: Sequence[str], flavor_id: str | None = None, *,
+                  protocol: str = "HTTP", port: int = 80) -> dict[str, Any]:
+        """One POST: load balancer + ``protocol`` listener :``port`` + ROUND_ROBIN pool of ``members``
+        (same protocol and port; HTTP :80 unless told)."""
+        pool = {"protocol": protocol, "lb_algorithm": "ROUND_ROBIN", "members": [
+            {"address": a, "protocol_port": port, "subnet_id": "private-subnet"} for a in members]}
         body: dict[str, Any] = {"name": name, "vip_subnet_id": "public-subnet", "listeners": [
-            {"name": f"{name}-http", "protocol": "HTTP", "protocol_port": 80, "default_pool": pool}]}
+            {"name": f"{name}-{protocol.lower()}", "protocol": protocol, "protocol_port": port,
+             "default_pool": pool}]}
         if flavor_id:
             body["flavor_id"] = flavor_id
         status, created = self.api.post("/v2/lbaas/loadbalancers", {"loadbalancer": body})
@@ -278,11 +281,13 @@ class BenchEnv:
 
 
 @contextmanager
-def bench_env(tag: str = "b") -> Iterator[BenchEnv]:
-    """A fresh lab + Cohort (local drivers) from ``cohort.harness``; all of it removed on exit, also on failure."""
+def bench_env(tag: str = "b", **overrides: Any) -> Iterator[BenchEnv]:
+    """A fresh lab + Cohort (local drivers) from ``cohort.harness``; all of it removed on exit, also on failure.
+
+    ``overrides``: settings of the Cohort under test (field names of ``cohort.config.Settings``)."""
     state_dir = Path(tempfile.mkdtemp(prefix=f"cohort-bench-{tag}-"))
     try:
-        with harness.private_cohort(state_dir, tag=tag) as instance:
+        with harness.private_cohort(state_dir, tag=tag, **overrides) as instance:
             assert instance.lab is not None
             yield BenchEnv(instance.lab, instance.cohort, Api(instance.base), state_dir)
     finally:
@@ -313,15 +318,25 @@ it): everything the client sends is processed there, in every
     configuration alike, and an amphora is billed for HAProxy, its own sends and the path of its
     answers to the client. Returns the port's name.
     """
-    port = "c-client"
+    return nic_kthread(lab, lab.client_ns, "eth0", "c-client")
+
+
+def nic_kthread(lab: Lab, ns: str, dev: str, port: str) -> str:
+    """What ``dev`` of namespace ``ns`` sends is processed in the kernel thread of its switch-side
+    ``port`` (see :func:`client_nic_kthread`); returns the port's name."""
     # veth hands a packet to NAPI only if the sender cannot do TSO (veth_skb_is_eligible_for_gro).
-    netns.run_in(lab.client_ns, ["ethtool", "-K", "eth0", "tso", "off"])
+    netns.run_in(ns, ["ethtool", "-K", dev, "tso", "off"])
     netns.run_in(lab.sw_ns, ["ethtool", "-K", port, "gro", "on"])
     netns.run_in(lab.sw_ns, ["sh", "-c", f"echo 1 > /sys/class/net/{port}/threaded"])
     threaded = netns.run_in(lab.sw_ns, ["cat", f"/sys/class/net/{port}/threaded"]).stdout.strip()
     if threaded != "1":
         raise BenchError(f"threaded NAPI did not take on {port}: {threaded!r}")
     return port
+
+
+def lab_namespace_port(network: str, name: str) -> str:
+    """The switch-side port of :func:`lab_namespace` ``name`` on ``network``."""
+    return f"m{short_hash(f'{network}:{name}')}"
 
 
 @contextmanager
@@ -331,7 +346,7 @@ def lab_namespace(lab: Lab, name: str, network: str, count: int = 1) -> Iterator
     It is named like a member namespace so that ``Lab.down()`` removes it even if this context
     never gets to. Yields (namespace, addresses).
     """
-    ns, outer = lab.member_ns(name), f"m{short_hash(f'{network}:{name}')}"
+    ns, outer = lab.member_ns(name), lab_namespace_port(network, name)
     owners = [f"bench:{name}:{i}" for i in range(count)]
     addresses: list[str] = []
     try:

@@ -45,7 +45,8 @@ from cohort.lab import Lab
 
 def run(args: argparse.Namespace, report: dict[str, Any], started: float) -> None:
     """Every part in order, on one lab; the figures go into ``report``."""
-    with bench_env("aa") as env:
+    with bench_env("aa", heartbeat_stale_after=args.silence_timeout,
+                   distributor_stale_after=args.silence_timeout) as env:
         lab = env.lab
         report.update(prepare_lab(env, args.members, args.member_workers, args.client_kthread))
         names = member_names(args.members)

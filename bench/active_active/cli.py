@@ -65,6 +65,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--failover-workers", type=int, default=2, help="loops making new connections meanwhile")
     parser.add_argument("--failover-pause", type=float, default=0.005, help="pause of each loop between connections")
     parser.add_argument("--replace-timeout", type=float, default=120.0, help="longest wait for a replacement")
+    parser.add_argument("--silence-timeout", type=float, default=15.0,
+                        help="the controller's heartbeat_stale_after and distributor_stale_after in this run: the "
+                             "throughput part saturates the machine and throttles every amphora, and with the "
+                             "defaults (5 s / 3 s) late heartbeats got amphorae and distributors replaced "
+                             "mid-measurement; deaths are still seen at once (instance death, BFD, probes)")
     parser.add_argument("--skip", choices=("throughput", "latency", "scaling", "failover", "l3-scaling"),
                         action="append", default=[])
     parser.add_argument("--output", type=Path, default=RESULTS / "active_active.json")
@@ -80,8 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             and 1 <= args.probe_ports <= 5000 and 1 <= args.latency_rounds <= 50 and args.connections <= 1000
             and 0 <= args.compare_cap <= 1 and 1 <= args.compare_repetitions <= 10 and 1 <= args.compare_seconds <= 30
             and 1 <= args.failover_repeats <= 10 and 0 < args.failover_lead <= 10 and 1 <= args.failover_workers <= 8
-            and 0.001 <= args.failover_pause <= 1 and 10 <= args.replace_timeout <= 300):
+            and 0.001 <= args.failover_pause <= 1 and 10 <= args.replace_timeout <= 300
+            and 1 <= args.silence_timeout <= 120):
         parser.error("keep the run bounded: --seconds 1-30, --repetitions 1-10, --cap (0, 1], --probe-ports <= 5000, "
                      "--failover-repeats 1-10, --failover-workers 1-8, --failover-pause >= 0.001, "
-                     "--replace-timeout 10-300")
+                     "--replace-timeout 10-300, --silence-timeout 1-120")
     return args
