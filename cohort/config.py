@@ -95,6 +95,10 @@ class Settings(BaseModel):
     heartbeat_stale_after: float = 5.0
     # A distributor serves every L2 load balancer: it is declared failed (and rebuilt) sooner.
     distributor_stale_after: float = Field(default=3.0, gt=0)
+    # An L2 amphora that every live distributor's probes have found down this long (its front-end link
+    # is down while it still heartbeats over management) is replaced like a silent one. Longer than a
+    # HAProxy restart (0.2 s) or a heartbeat interval, so neither triggers it.
+    frontend_unreachable_after: float = Field(default=3.0, gt=0)
     # VRRP advertisement interval of the distributor pair (VRRPv3: 10 ms units); a silent MASTER is
     # replaced by its BACKUP after about three intervals (0.13-0.16 s at 0.05 here).
     distributor_advert_int: float = Field(default=0.05, ge=0.01, le=1.0)

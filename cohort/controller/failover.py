@@ -1,7 +1,10 @@
 """Notice dead amphorae and distributors and have them replaced (Octavia's health-manager failover, N+1).
 
-An amphora is dead when its compute instance reports ERROR (a process crashed) or when it has
-heartbeated before and then stayed silent longer than ``heartbeat_stale_after``. Its load
+An amphora is dead when its compute instance reports ERROR (a process crashed), when it has
+heartbeated before and then stayed silent longer than ``heartbeat_stale_after``, when an L3
+amphora's BGP sessions have all been down that long, or when every live distributor has found an L2
+amphora's front end unreachable for ``frontend_unreachable_after`` (``cohort.controller.reachability``:
+its link is down while its agent still heartbeats over management). Its load
 balancer is taken with the same lock the API uses, so a failover never races a tenant change;
 a load balancer that is busy is simply looked at again on the next scan.
 
@@ -23,6 +26,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cohort.config import Settings
+from cohort.controller import reachability
 from cohort.controller.distributors import DistributorPair
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
@@ -60,6 +64,7 @@ class FailoverWatcher:
         now = time.time()
         found = []
         rows = session.scalars(select(m.Amphora).where(m.Amphora.status == "ALLOCATED")).all()
+        unreachable = self.unreachable(session, now)
         for amphora in rows:
             if amphora.compute_id and self.drivers.compute.status(amphora.compute_id) in ("ERROR", "DELETED"):
                 found.append((amphora, "its compute instance failed"))
@@ -72,7 +77,24 @@ class FailoverWatcher:
             down = self._bgp_down_for(amphora.id, health, now)
             if down is not None and down > stale_after:
                 found.append((amphora, f"its BGP sessions have been down for {down:.1f}s"))
+                continue
+            down = unreachable.get(amphora.id)
+            if down is not None and down > self.settings.frontend_unreachable_after and _in_service(session, amphora):
+                found.append((amphora, f"front-end unreachable from the distributors for {down:.1f}s"))
         return found
+
+    def unreachable(self, session: Session, now: float) -> dict[str, float]:
+        """Seconds each L2 amphora has been unreachable in the probes of every live distributor: one that is
+        replaced, silent or whose keepalived is down (FAULT) is no witness."""
+        views = []
+        for row in session.scalars(select(m.Distributor).where(m.Distributor.status == "ACTIVE")):
+            health = session.get(m.DistributorHealth, row.id)
+            if health is None or not health.probes or row.role == "FAULT":
+                continue
+            if now - health.last_update > self.settings.distributor_stale_after:
+                continue
+            views.append(reachability.load(health.probes))
+        return reachability.unreachable_for(views, now)
 
     def _bgp_down_for(self, amphora_id: str, health: m.AmphoraHealth | None, now: float) -> float | None:
         """How long an L3 amphora that had a session has had none (its links are down, say, while its
@@ -169,3 +191,13 @@ class FailoverWatcher:
             self.failovers += started
             self.on_change()
         return started
+
+
+def _in_service(session: Session, amphora: m.Amphora) -> bool:
+    """A cluster member the distributors should reach: registered ACTIVE (not draining) on a load
+    balancer that is administratively up (a disabled one's amphorae refuse the probes on purpose)."""
+    if amphora.role != "IN_CLUSTER" or amphora.load_balancer_id is None:
+        return False
+    lb = session.get(m.LoadBalancer, amphora.load_balancer_id)
+    registration = session.get(m.AmphoraRegistration, (amphora.load_balancer_id, amphora.id))
+    return lb is not None and lb.admin_state_up and registration is not None and registration.state == "ACTIVE"

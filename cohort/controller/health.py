@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from cohort.controller import reachability
 from cohort.controller import status as st
 from cohort.db import models as m
 from cohort.db.session import transaction
@@ -64,7 +65,8 @@ class HealthManager:
         seen = time.time() if received_at is None else received_at
         if payload.get("distributor") is True:
             role = payload.get("role")
-            self._distributor(str(payload.get("id", "")), _seq(payload), role if role in VRRP_ROLES else None, seen)
+            self._distributor(str(payload.get("id", "")), _seq(payload), role if role in VRRP_ROLES else None, seen,
+                              reachability.parse_report(payload.get("vips")), payload.get("partial") is True)
             return
         amphora_id = str(payload.get("id", ""))
         report = parse_amphora_report(payload)
@@ -91,7 +93,8 @@ class HealthManager:
             self._record(session, lb, amphora_id, report)
         self.processed += 1
 
-    def _distributor(self, distributor_id: str, seq: int | None, role: str | None, seen: float) -> None:
+    def _distributor(self, distributor_id: str, seq: int | None, role: str | None, seen: float,
+                     report: reachability.Report | None = None, partial: bool = False) -> None:
         with transaction(self.sessions) as session:
             row = session.get(m.Distributor, distributor_id)
             if row is None:
@@ -101,12 +104,20 @@ class HealthManager:
             if row.status != "DELETED":
                 row.role = role
             health = session.get(m.DistributorHealth, distributor_id)
+            newest = health is None or seen >= health.last_update
             if health is None:
-                session.add(m.DistributorHealth(distributor_id=distributor_id, last_update=seen, busy=False,
-                                                last_seq=seq))
+                health = m.DistributorHealth(distributor_id=distributor_id, last_update=seen, busy=False,
+                                             last_seq=seq)
+                session.add(health)
             else:
                 health.last_update = max(health.last_update, seen)
                 health.last_seq = _newest(health.last_seq, seq)
+            # An older heartbeat handled late must not overwrite newer probe verdicts.
+            if report is not None and newest:
+                probes = reachability.dump(reachability.record(
+                    reachability.load(health.probes), report, seen, partial))
+                if probes != health.probes:
+                    health.probes = probes
         self.processed += 1
 
     def _record(self, session: Session, lb: m.LoadBalancer, amphora_id: str, report: AmphoraReport) -> None:

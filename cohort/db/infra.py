@@ -110,6 +110,9 @@ class DistributorHealth(Base):
     last_update: Mapped[float] = mapped_column(Float)
     busy: Mapped[bool] = mapped_column(Boolean, default=False)
     last_seq: Mapped[int | None] = mapped_column(BigInteger)
+    # Its probes' verdicts (JSON, ``cohort.controller.reachability``): per VIP and amphora, since when
+    # it has reported the amphora down (null: up).
+    probes: Mapped[str | None] = mapped_column(Text)
 
 
 def distributor_operating_status(status: str, health: DistributorHealth | None, stale_after: float,
