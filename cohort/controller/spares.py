@@ -8,8 +8,11 @@ built with the compute flavor the load balancer asks for is taken: a spare is ne
 something else than what was asked for.
 
 Every controller keeps the pool full (``SparePool.replenish``); two that top it up at once may
-build one spare too many, which the next pass deletes. A spare left half-built by a killed
-controller, or whose instance failed, is destroyed and built again.
+build one spare too many, which the next pass deletes. A spare whose instance failed is destroyed
+and built again, and so is one left half-built by a controller that died: its builder holds a lease
+on the row (``lease_owner``, ``lease_expires``), renewed every third of ``reconcile_lease`` while it
+builds, as a reconcile pass holds its load balancer; once the lease lapses any controller takes the
+spare for abandoned. A builder that finds its row taken from it deletes the instance it built.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cohort.config import Settings
@@ -32,7 +38,8 @@ from cohort.db.session import transaction
 log = logging.getLogger(__name__)
 
 BUILDING = ("PENDING_CREATE", "BOOTING")
-# A spare still building after this long was left behind by a controller that died.
+# A spare still building after this long is given up even while its builder renews the lease (a build
+# that hangs), and so is one built before build leases existed (no lease on its row).
 ABANDONED_AFTER = timedelta(seconds=180)
 AGENT_READY_TIMEOUT = 60.0
 
@@ -62,11 +69,16 @@ def claim(session: Session, compute_flavor: dict[str, Any], fields: dict[str, An
 
 class SparePool:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], drivers: Drivers,
-                 interval: float = 1.0) -> None:
+                 interval: float = 1.0, owner: str | None = None) -> None:
+        # Imported here: the reconciler imports the amphora manager, which imports this module.
+        from cohort.controller.reconciler import controller_id
+
         self.settings = settings
         self.sessions = sessions
         self.drivers = drivers
         self.interval = interval
+        self.owner = owner or controller_id()
+        self.lease_seconds = settings.reconcile_lease
         self.built = 0
         self._stop = threading.Event()
 
@@ -99,40 +111,102 @@ class SparePool:
 
     def _failed(self, row: m.Amphora, now: datetime) -> bool:
         if row.status in BUILDING:
-            since = row.updated_at or row.created_at
-            return since is not None and now - since > ABANDONED_AFTER
+            if row.lease_expires is None:  # built before build leases
+                since = row.updated_at or row.created_at
+                return since is not None and now - since > ABANDONED_AFTER
+            # Its builder stopped renewing (it died), or its build hangs.
+            return row.lease_expires < time.time() or now - row.created_at > ABANDONED_AFTER
         return bool(row.compute_id) and self.drivers.compute.status(row.compute_id or "") in ("ERROR", "DELETED")
 
-    def build_one(self) -> str:
+    def build_one(self) -> str | None:
+        """Build one spare under this controller's lease; None if the row was taken from it meanwhile
+        (its lease lapsed and another controller destroyed it): the instance built is deleted then."""
         flavor = dict(self.settings.spare_amphora_compute_flavor)
         with transaction(self.sessions) as session:
-            new = m.Amphora(load_balancer_id=None, role=None, status="PENDING_CREATE", compute_flavor=flavor)
+            new = m.Amphora(load_balancer_id=None, role=None, status="PENDING_CREATE", compute_flavor=flavor,
+                            lease_owner=self.owner, lease_expires=time.time() + self.lease_seconds)
             session.add(new)
             session.flush()
             amphora_id = new.id
         started = time.monotonic()
-        instance = self.drivers.compute.build(amphora_id, "amphora", flavor)
-        with transaction(self.sessions) as session:
-            row = session.get(m.Amphora, amphora_id)
-            assert row is not None
-            row.compute_id, row.lb_network_ip, row.status = instance.compute_id, instance.lb_network_ip, "BOOTING"
-            row.cert_expiration = self.drivers.cert_expiration(amphora_id)
-            snapshot = desired.amphora(row)
-        self.drivers.amphora.wait_ready(snapshot, AGENT_READY_TIMEOUT)
-        with transaction(self.sessions) as session:
-            session.execute(update(m.Amphora).where(
-                m.Amphora.id == amphora_id, m.Amphora.status == "BOOTING", m.Amphora.load_balancer_id.is_(None))
-                .values(status="READY"))
+        ready = 0
+        with self._lease_kept(amphora_id):
+            instance = self.drivers.compute.build(amphora_id, "amphora", flavor)
+            with transaction(self.sessions) as session:
+                row = session.get(m.Amphora, amphora_id)
+                if row is None or not self._holds(row, "PENDING_CREATE"):
+                    snapshot = None
+                else:
+                    row.compute_id, row.lb_network_ip, row.status = (instance.compute_id, instance.lb_network_ip,
+                                                                     "BOOTING")
+                    row.cert_expiration = self.drivers.cert_expiration(amphora_id)
+                    snapshot = desired.amphora(row)
+            if snapshot is not None:
+                self.drivers.amphora.wait_ready(snapshot, AGENT_READY_TIMEOUT)
+                with transaction(self.sessions) as session:
+                    ready = session.execute(update(m.Amphora).where(
+                        m.Amphora.id == amphora_id, m.Amphora.status == "BOOTING",
+                        m.Amphora.load_balancer_id.is_(None), m.Amphora.lease_owner == self.owner)
+                        .values(status="READY", lease_owner=None, lease_expires=None)).rowcount  # type: ignore[attr-defined]
+        if not ready:
+            log.warning("spare amphora %s was taken from this controller while it was built; deleting its instance",
+                        amphora_id)
+            self._discard(amphora_id, instance.compute_id)
+            return None
         self.built += 1
         log.info("spare amphora %s ready after %.1fs", amphora_id, time.monotonic() - started)
         return amphora_id
 
+    def _holds(self, row: m.Amphora, status: str) -> bool:
+        return row.status == status and row.load_balancer_id is None and row.lease_owner == self.owner
+
+    def _discard(self, amphora_id: str, compute_id: str) -> None:
+        """Delete the instance of a spare this controller no longer owns, unless another owns it now."""
+        with self.sessions() as session:
+            row = session.get(m.Amphora, amphora_id)
+            if row is not None and row.load_balancer_id is not None:
+                return  # taken by a load balancer after all (it was READY): the instance is its now
+        self.drivers.network.unplug_all(compute_id)
+        self.drivers.compute.delete(compute_id)
+
+    @contextmanager
+    def _lease_kept(self, amphora_id: str) -> Iterator[None]:
+        """Renew the build lease on ``amphora_id`` every third of it until the build ends."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self.lease_seconds / 3):
+                try:
+                    with transaction(self.sessions) as session:
+                        kept = session.execute(update(m.Amphora).where(
+                            m.Amphora.id == amphora_id, m.Amphora.lease_owner == self.owner,
+                            m.Amphora.status.in_(BUILDING),
+                        ).values(lease_expires=time.time() + self.lease_seconds)).rowcount  # type: ignore[attr-defined]
+                except SQLAlchemyError as exc:
+                    log.warning("build lease on spare %s not renewed, trying again: %s", amphora_id, exc)
+                    continue
+                if not kept:
+                    return
+
+        keeper = threading.Thread(target=renew, name=f"spare-lease-{amphora_id[:8]}", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            done.set()
+            keeper.join(timeout=5)
+
     def _destroy(self, amphora_id: str, compute_id: str | None) -> None:
         with transaction(self.sessions) as session:
-            # Only a spare still unclaimed: a load balancer may have taken it meanwhile.
+            # Only a spare still unclaimed (a load balancer may have taken it meanwhile), and not one
+            # whose builder renewed its lease since this pass read it (unless its build hangs).
             gone = session.execute(update(m.Amphora).where(
                 m.Amphora.id == amphora_id, m.Amphora.load_balancer_id.is_(None),
-                m.Amphora.status != "DELETED").values(status="PENDING_DELETE")).rowcount  # type: ignore[attr-defined]
+                m.Amphora.status != "DELETED",
+                or_(m.Amphora.lease_expires.is_(None), m.Amphora.lease_expires < time.time(),
+                    m.Amphora.created_at < datetime.now(UTC).replace(tzinfo=None) - ABANDONED_AFTER),
+            ).values(status="PENDING_DELETE", lease_owner=None,
+                     lease_expires=None)).rowcount  # type: ignore[attr-defined]
         if not gone:
             return
         if compute_id:

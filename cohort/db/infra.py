@@ -51,6 +51,10 @@ class Amphora(IdMixin, TimestampMixin, Base):
     compute_flavor: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     applied_generation: Mapped[int] = mapped_column(Integer, default=0)
     plugged_subnets: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # A spare being built: the controller building it and until when (renewed while it builds), so a
+    # spare whose builder died is rebuilt within ``reconcile_lease`` instead of holding its slot.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires: Mapped[float | None] = mapped_column(Float)
 
 
 class AmphoraHealth(Base):

@@ -3,6 +3,9 @@ another flavor's; failed and surplus spares go; two claims never take one spare.
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +106,80 @@ def test_spares_are_listed_as_ready_amphorae_without_a_load_balancer(tmp_path: P
                                           if a["status"] == "READY"], timeout=20)
         assert len(spares_listed) == 1 and spares_listed[0]["loadbalancer_id"] is None
         assert spares_listed[0]["role"] is None and spares_listed[0]["lb_network_ip"]
+
+
+class Killed(Exception):
+    """The controller building a spare died here (its process would be gone: no more renewals)."""
+
+
+def test_a_booting_spare_whose_builder_died_is_rebuilt_once_its_lease_lapses(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path, drivers="noop", spare_amphora_pool_size=1, reconcile_lease=0.3)
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    sessions = make_sessionmaker(engine)
+    drivers = make_drivers(settings)
+    dying = SparePool(settings, sessions, drivers, owner="dead")
+
+    def killed(*_args: Any) -> Any:
+        raise Killed
+
+    dying.drivers = dataclasses.replace(drivers, amphora=type("Dying", (), {"wait_ready": staticmethod(killed)})())
+    with pytest.raises(Killed):
+        dying.build_one()  # killed while its spare was BOOTING (instance built, agent not ready yet)
+    (left,) = spare_rows(sessions)
+    assert left.status == "BOOTING" and left.lease_owner == "dead" and left.compute_id
+    other = SparePool(settings, sessions, drivers, owner="alive")
+    other.replenish()
+    assert [r.id for r in spare_rows(sessions)] == [left.id]  # the lease has not lapsed yet: kept
+    time.sleep(0.4)
+    started = time.monotonic()
+    other.replenish()
+    (rebuilt,) = spare_rows(sessions)
+    assert rebuilt.id != left.id and rebuilt.status == "READY" and rebuilt.lease_owner is None
+    assert ("delete", left.compute_id) in drivers.compute.calls  # its instance went with it
+    assert time.monotonic() - started < 5  # not the 180 s of a spare without a builder's lease
+    engine.dispose()
+
+
+def test_a_spare_whose_builder_lives_is_kept_however_long_its_build_takes(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path, drivers="noop", spare_amphora_pool_size=1, reconcile_lease=0.3,
+                        noop_delay=0.5)
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    sessions = make_sessionmaker(engine)
+    drivers = make_drivers(settings)
+    builder = SparePool(settings, sessions, drivers, owner="a")
+    other = SparePool(settings, sessions, drivers, owner="b")
+    done: list[str | None] = []
+    thread = threading.Thread(target=lambda: done.append(builder.build_one()))
+    thread.start()
+    wait_for(lambda: spare_rows(sessions), timeout=5, interval=0.01)  # the build has started
+    deadline = time.monotonic() + 0.8  # a build of 1 s (0.5 + 0.5), more than three leases long
+    while time.monotonic() < deadline:
+        other.replenish()
+        time.sleep(0.05)
+    thread.join(10)
+    (spare,) = spare_rows(sessions)
+    assert done == [spare.id] and spare.status == "READY"
+    engine.dispose()
+
+
+def test_a_builder_whose_spare_was_taken_from_it_deletes_the_instance_it_built(setup: Any) -> None:
+    settings, sessions, drivers = setup
+    pool = SparePool(settings, sessions, drivers, owner="slow")
+    real_build = drivers.compute.build
+
+    def build_and_lose(instance_id: str, kind: str, flavor: dict[str, Any]) -> Any:
+        instance = real_build(instance_id, kind, flavor)
+        with sessions() as session, session.begin():  # another controller took it for abandoned meanwhile
+            row = session.get(m.Amphora, instance_id)
+            assert row is not None
+            row.status, row.lease_owner, row.lease_expires = "DELETED", None, None
+        return instance
+
+    pool.drivers = dataclasses.replace(drivers, compute=type("Slow", (), {
+        "build": staticmethod(build_and_lose), "delete": drivers.compute.delete,
+        "status": drivers.compute.status})())
+    assert pool.build_one() is None
+    (compute_id,) = [c for verb, c in drivers.compute.calls if verb == "build"]
+    assert ("delete", compute_id) in drivers.compute.calls and spare_rows(sessions) == []
