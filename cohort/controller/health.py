@@ -112,9 +112,10 @@ class HealthManager:
             else:
                 health.last_update = max(health.last_update, seen)
                 health.last_seq = _newest(health.last_seq, seq)
-            # An older heartbeat handled late must not overwrite newer probe verdicts.
-            if report is not None and newest:
-                probes = reachability.dump(reachability.record(
+            # An older heartbeat handled late must not overwrite newer probe verdicts; a body without
+            # readable verdicts leaves none (stale ones would still count as this distributor's word).
+            if newest:
+                probes = None if report is None else reachability.dump(reachability.record(
                     reachability.load(health.probes), report, seen, partial))
                 if probes != health.probes:
                     health.probes = probes

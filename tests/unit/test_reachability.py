@@ -193,3 +193,9 @@ def test_an_older_heartbeat_handled_late_does_not_overwrite_newer_verdicts(
         stored = session.get(m.DistributorHealth, master)
         assert stored is not None
         assert r.load(stored.probes)[lb_id][amps[0].id] == now
+    # A body without readable verdicts leaves none: stale ones must not count as its word.
+    health.on_heartbeat({"id": master, "distributor": True, "seq": time.time_ns(), "role": "MASTER",
+                         "vips": [1]}, received_at=now + 1)
+    with sessions() as session:
+        stored = session.get(m.DistributorHealth, master)
+        assert stored is not None and stored.probes is None
