@@ -1,37 +1,77 @@
-"""The second chance's ruleset: copies of invalid VIP packets from routers go to peers only."""
+"""The second chance's ruleset and its owner in the agent: copies of invalid VIP packets from
+upstream (routers in L3, anything but a peer amphora in L2) go to the peers only."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cohort.agents.amphora.bgp import router_macs
-from cohort.agents.amphora.second_chance import render
+from cohort.agents.amphora.second_chance import Cluster, SecondChance, render, switched_record
 
 ROUTER = "02:01:cb:00:71:01"
+PEER_B, PEER_C = "02:00:00:00:00:0b", "02:00:00:00:00:0c"
+VIP = "203.0.113.100"
+
+
+def routed(peers: list[str], routers: list[str], interface: str = "fe0") -> Cluster:
+    return Cluster(peers=tuple(peers), interface=interface, routers=tuple(routers))
+
+
+def switched(peers: dict[str, str], interface: str = "fe0") -> Cluster:
+    return Cluster(peers=tuple(peers), interface=interface, peer_macs=tuple(peers.values()))
 
 
 def test_copies_go_to_the_other_amphorae_and_only_for_router_packets() -> None:
-    text = render({"203.0.113.100": ["203.0.113.3", "203.0.113.2", "203.0.113.100"]}, [ROUTER], "fe0")
+    text = render({VIP: routed(["203.0.113.3", "203.0.113.2", VIP], [ROUTER])})
     copy = next(line for line in text.splitlines() if "dup to" in line)
     assert "ct state invalid" in copy and f"ether saddr {{ {ROUTER} }}" in copy and copy.endswith("drop")
-    assert copy.count("dup to") == 2 and "dup to 203.0.113.100" not in copy
-    assert "ip daddr 203.0.113.100 ct state invalid drop" in text  # a copy invalid here too stops here
+    assert copy.count("dup to") == 2 and f"dup to {VIP}" not in copy
+    assert f"ip daddr {VIP} ct state invalid drop" in text  # a copy invalid here too stops here
 
 
 def test_without_a_known_router_nothing_is_copied_but_resets_are_avoided() -> None:
-    text = render({"203.0.113.100": ["203.0.113.3"]}, [], "fe0")
-    assert "dup to" not in text and "ip daddr 203.0.113.100 ct state invalid drop" in text
+    text = render({VIP: routed(["203.0.113.3"], [])})
+    assert "dup to" not in text and f"ip daddr {VIP} ct state invalid drop" in text
 
 
-@pytest.mark.parametrize("args", [({"203.0.113.100": ["x"]}, [ROUTER], "fe0"),
-                                  ({"203.0.113.100%1": []}, [ROUTER], "fe0"),
-                                  ({"203.0.113.100": []}, ["zz:01"], "fe0"),
-                                  ({"203.0.113.100": []}, [ROUTER], "fe0\n}")])
-def test_bad_values_are_refused(args: tuple[dict[str, list[str]], list[str], str]) -> None:
+def test_l2_copies_what_does_not_come_from_a_peer() -> None:
+    text = render({VIP: switched({"203.0.113.12": PEER_B.upper(), "203.0.113.13": PEER_C})})
+    copy = next(line for line in text.splitlines() if "dup to" in line)
+    assert f"ip daddr {VIP} ct state invalid ether saddr != {{ {PEER_B}, {PEER_C} }}" in copy
+    assert 'dup to 203.0.113.12 device "fe0" dup to 203.0.113.13 device "fe0" drop' in copy
+    assert f"ip daddr {VIP} ct state invalid drop" in text  # a peer's copy invalid here too stops here
+
+
+def test_l2_alone_drops_invalid_packets_and_copies_nothing() -> None:
+    text = render({VIP: switched({})})
+    assert "dup to" not in text and f"ip daddr {VIP} ct state invalid drop" in text
+
+
+def test_l2_and_l3_vips_share_the_table() -> None:
+    text = render({VIP: switched({"203.0.113.12": PEER_B}), "203.0.113.101": routed(["203.0.113.3"], [ROUTER])})
+    assert text.count("add table ip cohort_second_chance") == 1
+    assert f"ether saddr != {{ {PEER_B} }}" in text and f"ether saddr {{ {ROUTER} }}" in text
+    assert "ip daddr != { 203.0.113.100, 203.0.113.101 } notrack" in text
+
+
+@pytest.mark.parametrize("vips", [
+    {VIP: routed(["x"], [ROUTER])},
+    {"203.0.113.100%1": routed([], [ROUTER])},
+    {VIP: routed([], ["zz:01"])},
+    {VIP: routed([], [ROUTER], "fe0\n}")},
+    {VIP: switched({"203.0.113.12": "02:00:00:00:00:0b } accept"})},
+    {VIP: switched({"203.0.113.12": "02:00:00:00:000:b"})},
+    # "Not a peer" with a peer's MAC missing would copy that peer's copies again.
+    {VIP: Cluster(peers=("203.0.113.12", "203.0.113.13"), interface="fe0", peer_macs=(PEER_B,))},
+    {VIP: Cluster(peers=("203.0.113.12",), interface="fe0", peer_macs=(PEER_B,), routers=(ROUTER,))},
+])
+def test_bad_values_are_refused(vips: dict[str, Cluster]) -> None:
     with pytest.raises(ValueError):
-        render(*args)
+        render(vips)
 
 
 def test_router_macs_come_from_complete_arp_entries(tmp_path: Path) -> None:
@@ -44,8 +84,110 @@ def test_router_macs_come_from_complete_arp_entries(tmp_path: Path) -> None:
 
 
 def test_only_the_vips_tcp_flows_are_tracked() -> None:
-    text = render({"203.0.113.100": ["203.0.113.3"], "2001:db8::100": []}, [ROUTER], "fe0")
-    assert "meta l4proto tcp ip daddr != { 203.0.113.100 } notrack" in text
-    assert "meta l4proto tcp ip saddr != { 203.0.113.100 } notrack" in text
+    text = render({VIP: routed(["203.0.113.3"], [ROUTER]), "2001:db8::100": routed([], [ROUTER])})
+    assert f"meta l4proto tcp ip daddr != {{ {VIP} }} notrack" in text
+    assert f"meta l4proto tcp ip saddr != {{ {VIP} }} notrack" in text
     assert "meta l4proto tcp ip6 daddr != { 2001:db8::100 } notrack" in text
     assert "priority raw" in text and "udp" not in text  # UDP and SCTP listeners' DNAT needs conntrack
+
+
+# -- what the controller sends for an L2 VIP -------------------------------------------------------
+
+def peer(address: str, mac: str) -> dict[str, str]:
+    return {"address": address, "mac_address": mac}
+
+
+def test_a_switched_record_is_canonical_and_leaves_the_vip_out() -> None:
+    address, record = switched_record("203.0.113.100", "lb-1", "fe0", [
+        peer("203.0.113.13", PEER_C.upper()), peer("203.0.113.12", PEER_B), peer(VIP, PEER_B)])
+    assert address == VIP
+    assert record == {"lb_id": "lb-1", "interface": "fe0",
+                      "peers": [peer("203.0.113.12", PEER_B), peer("203.0.113.13", PEER_C)]}
+
+
+@pytest.mark.parametrize(("vip", "lb_id", "interface", "peers"), [
+    ("203.0.113.100 ", "lb", "fe0", []),
+    (VIP, "lb\n", "fe0", []),
+    (VIP, "", "fe0", []),
+    (VIP, "lb", "fe0;", []),
+    (VIP, "lb", "fe0", "203.0.113.12"),
+    (VIP, "lb", "fe0", ["203.0.113.12"]),
+    (VIP, "lb", "fe0", [{"address": "203.0.113.12"}]),
+    (VIP, "lb", "fe0", [{**peer("203.0.113.12", PEER_B), "extra": "x"}]),
+    (VIP, "lb", "fe0", [peer("203.0.113.12", "02:00:00:00:00")]),
+    (VIP, "lb", "fe0", [peer("203.0.113.0/24", PEER_B)]),
+    (VIP, "lb", "fe0", [peer(f"203.0.113.{i}", PEER_B) for i in range(65)]),
+])
+def test_a_bad_switched_record_is_refused(vip: str, lb_id: str, interface: str, peers: Any) -> None:
+    with pytest.raises(ValueError):
+        switched_record(vip, lb_id, interface, peers)
+
+
+# -- the table's one owner in the agent --------------------------------------------------------------
+
+class Loader:
+    def __init__(self, fail: bool = False) -> None:
+        self.loaded: list[str] = []
+        self.fail = fail
+
+    def __call__(self, text: str) -> None:
+        if self.fail:
+            raise OSError("nft failed")
+        self.loaded.append(text)
+
+
+def test_l2_and_l3_vips_are_applied_together_and_only_on_change(tmp_path: Path) -> None:
+    loader = Loader()
+    owner = SecondChance(tmp_path / "second_chance.json", loader)
+    assert owner.set_switched(VIP, "lb-1", "fe0", [peer("203.0.113.12", PEER_B)]) is True
+    assert owner.set_switched(VIP, "lb-1", "fe0", [peer("203.0.113.12", PEER_B)]) is False
+    owner.set_routed({"203.0.113.101": routed(["203.0.113.3"], [ROUTER])})
+    owner.set_routed({"203.0.113.101": routed(["203.0.113.3"], [ROUTER])})
+    assert len(loader.loaded) == 2
+    assert f"ether saddr != {{ {PEER_B} }}" in loader.loaded[-1] and ROUTER in loader.loaded[-1]
+    owner.remove_lb("lb-1")
+    assert "!=" not in loader.loaded[-1].split("chain prerouting")[1] and ROUTER in loader.loaded[-1]
+    assert owner.status() == {"applied": True, "vips": {}}
+
+
+def test_a_restarted_agent_applies_what_it_was_told(tmp_path: Path) -> None:
+    record = tmp_path / "second_chance.json"
+    first = Loader()
+    SecondChance(record, first).set_switched(VIP, "lb-1", "fe0", [peer("203.0.113.12", PEER_B)])
+    again = Loader()
+    owner = SecondChance(record, again)
+    owner.resume()
+    assert again.loaded == first.loaded
+    owner.resume()
+    assert len(again.loaded) == 1
+
+
+def test_nothing_is_applied_for_an_amphora_with_no_cluster(tmp_path: Path) -> None:
+    loader = Loader()
+    SecondChance(tmp_path / "second_chance.json", loader).resume()
+    assert loader.loaded == [] and not (tmp_path / "second_chance.json").exists()
+
+
+def test_a_bad_record_on_disk_is_ignored(tmp_path: Path) -> None:
+    record = tmp_path / "second_chance.json"
+    record.write_text(json.dumps({VIP: {"lb_id": "lb-1", "interface": "fe0", "peers": [peer("x", PEER_B)]},
+                                  "203.0.113.101": ["not", "a", "record"]}))
+    loader = Loader()
+    owner = SecondChance(record, loader)
+    owner.resume()
+    assert loader.loaded == [] and owner.status()["vips"] == {}
+
+
+def test_a_refused_value_changes_nothing_and_a_failed_load_is_tried_again(tmp_path: Path) -> None:
+    loader = Loader(fail=True)
+    owner = SecondChance(tmp_path / "second_chance.json", loader)
+    with pytest.raises(ValueError):
+        owner.set_routed({VIP: routed([], ["bad"])})
+    with pytest.raises(OSError):
+        owner.set_switched(VIP, "lb-1", "fe0", [peer("203.0.113.12", PEER_B)])
+    assert owner.status() == {"applied": False, "vips": {VIP: {
+        "lb_id": "lb-1", "interface": "fe0", "peers": [peer("203.0.113.12", PEER_B)]}}}
+    loader.fail = False
+    assert owner.set_switched(VIP, "lb-1", "fe0", [peer("203.0.113.12", PEER_B)]) is True
+    assert len(loader.loaded) == 1 and owner.status()["applied"] is True
+

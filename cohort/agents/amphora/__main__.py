@@ -15,6 +15,7 @@ from cohort.agents.amphora.haproxy import HaproxyManager
 from cohort.agents.amphora.heartbeat import HeartbeatBody
 from cohort.agents.amphora.keepalived import KeepalivedManager
 from cohort.agents.amphora.l4 import L4Manager
+from cohort.agents.amphora.second_chance import SecondChance
 from cohort.agents.common import cli
 from cohort.agents.common.jail import Jail, uid_for
 from cohort.agents.common.net import set_sysctl
@@ -63,11 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     allow_unprivileged_daemons(jail.gid)
     haproxy = HaproxyManager(jail)
     keepalived = KeepalivedManager(jail)
-    bgp = BgpManager(jail, args.state_dir / "bgp.json", haproxy.alive, haproxy.master_pid)
-    bgp.resume()
+    second_chance = SecondChance(args.state_dir / "second_chance.json")
+    bgp = BgpManager(jail, args.state_dir / "bgp.json", haproxy.alive, haproxy.master_pid, second_chance)
+    bgp.resume()  # the L3 VIPs first: the table is applied once with all of them
+    second_chance.resume()
     l4 = L4Manager(args.state_dir)
     l4.resume()
-    api = AmphoraApi(args.amphora_id, args.state_dir, haproxy, keepalived, bgp, l4)
+    api = AmphoraApi(args.amphora_id, args.state_dir, haproxy, keepalived, bgp, l4, second_chance)
     done = threading.Event()
     threading.Thread(target=supervise, args=(haproxy, bgp, done), name="haproxy-supervisor", daemon=True).start()
     # HAProxy and keepalived deliberately keep running when the agent stops: the next agent adopts them.

@@ -21,6 +21,7 @@ from cohort.agents.amphora.bgp import BgpManager
 from cohort.agents.amphora.haproxy import HaproxyManager, check_id, haproxy_version
 from cohort.agents.amphora.keepalived import KeepalivedManager
 from cohort.agents.amphora.l4 import L4Manager
+from cohort.agents.amphora.second_chance import SecondChance
 from cohort.agents.common.files import atomic_write
 from cohort.agents.common.http import HttpError, Request, Response, Route, Router
 from cohort.agents.common.proc import CommandFailed
@@ -55,7 +56,7 @@ def _ok(**extra: Any) -> Response:
 class AmphoraApi:
     def __init__(
         self, amphora_id: str, state_dir: Path, haproxy: HaproxyManager, keepalived: KeepalivedManager,
-        bgp: BgpManager | None = None, l4: L4Manager | None = None,
+        bgp: BgpManager | None = None, l4: L4Manager | None = None, second_chance: SecondChance | None = None,
     ) -> None:
         self.amphora_id = amphora_id
         self._vip_file = state_dir / "vip.json"
@@ -63,6 +64,7 @@ class AmphoraApi:
         self.keepalived = keepalived
         self.bgp = bgp
         self.l4 = l4
+        self.second_chance = second_chance
         self._haproxy_version = haproxy_version()
         # HAProxy outlives an agent; the metrics proxies of the instances it left running do not.
         haproxy.resume()
@@ -88,6 +90,9 @@ class AmphoraApi:
             ("GET", "/1.0/bgp", self.get_bgp),
             ("PUT", "/1.0/bgp/vips/{vip}", self.put_bgp_vip),
             ("DELETE", "/1.0/bgp/vips/{vip}", self.delete_bgp_vip),
+            ("GET", "/1.0/cluster", self.get_cluster),
+            ("PUT", "/1.0/cluster/vips/{vip}", self.put_cluster_vip),
+            ("DELETE", "/1.0/cluster/vips/{vip}", self.delete_cluster_vip),
         ]
         return Router(routes, ERRORS)
 
@@ -195,6 +200,8 @@ class AmphoraApi:
     def delete_lb(self, req: Request) -> Response:
         if self.bgp is not None:
             self.bgp.remove_lb(req.params["lb_id"])
+        if self.second_chance is not None:
+            self.second_chance.remove_lb(req.params["lb_id"])
         self.haproxy.delete(req.params["lb_id"])
         if self.l4 is not None:
             self.l4.delete(req.params["lb_id"])
@@ -239,6 +246,30 @@ class AmphoraApi:
 
     def delete_bgp_vip(self, req: Request) -> Response:
         self._speaker().remove_vip(req.params["vip"])
+        return _ok()
+
+    def _second_chance(self) -> SecondChance:
+        if self.second_chance is None:
+            raise HttpError(404, "this amphora has no second chance")
+        return self.second_chance
+
+    def get_cluster(self, req: Request) -> Response:
+        return Response(200, self._second_chance().status())
+
+    def put_cluster_vip(self, req: Request) -> Response:
+        """An L2 cluster's VIP and the other amphorae of the cluster (``second_chance``): invalid
+        packets of the VIP from a distributor are copied to them; the copies leave by the VIP's port."""
+        body = req.json()
+        if not isinstance(body, dict) or set(body) != {"lb_id", "peers"}:
+            raise HttpError(400, 'body must be {"lb_id": string, "peers": [{"address": ..., "mac_address": ...}]}')
+        interface = self._vip_record().get("interface")
+        if not isinstance(interface, str):
+            raise HttpError(409, "the VIP is not plugged yet")
+        changed = self._second_chance().set_switched(req.params["vip"], body["lb_id"], interface, body["peers"])
+        return _ok(changed=changed)
+
+    def delete_cluster_vip(self, req: Request) -> Response:
+        self._second_chance().remove_switched(req.params["vip"])
         return _ok()
 
     def put_certificate(self, req: Request) -> Response:

@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from cohort import validation
-from cohort.agents.amphora import bird_config, second_chance
+from cohort.agents.amphora import bird_config
+from cohort.agents.amphora.second_chance import Cluster, SecondChance
 from cohort.agents.common.exitwatch import ExitWatch
 from cohort.agents.common.files import atomic_write, short_dir
 from cohort.agents.common.jail import Jail
-from cohort.agents.common.net import set_sysctl
 from cohort.agents.common.proc import cmdline, pid_alive, read_pid, run
 
 LOG = logging.getLogger(__name__)
@@ -79,9 +79,11 @@ def bird_command(socket_path: str, command: str, timeout: float = 5.0) -> list[t
 
 class BgpManager:
     def __init__(self, jail: Jail, record: Path, serving: Callable[[str], bool],
-                 master_pid: Callable[[str], int | None] | None = None) -> None:
+                 master_pid: Callable[[str], int | None] | None = None,
+                 second_chance: SecondChance | None = None) -> None:
         """``serving(lb_id)``: whether the load balancer's HAProxy runs; ``master_pid(lb_id)``: its
-        master's pid, watched through a pidfd (without it the watchdog looks every second)."""
+        master's pid, watched through a pidfd (without it the watchdog looks every second);
+        ``second_chance``: the agent's one owner of that table, which this manager gives its VIPs."""
         self.jail = jail
         jail.prepare()
         real = jail.private_dir("bgp")
@@ -99,7 +101,7 @@ class BgpManager:
         self._speaker_body: dict[str, Any] | None = None
         self._vips: dict[str, dict[str, Any]] = {}  # vip -> {"lb_id", "announce"}
         self._applied: dict[str, bool] | None = None
-        self._second_chance: str | None = None
+        self.second_chance = second_chance if second_chance is not None else SecondChance()
         self._macs_checked = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -210,16 +212,10 @@ class BgpManager:
 
     def _apply_second_chance(self, speaker: bird_config.Speaker) -> None:
         """Forward packets of flows this amphora does not own to its cluster peers (second_chance)."""
-        macs = router_macs([peer.peer_ip for peer in speaker.peers])
-        text = second_chance.render({vip: list(rec.get("peers") or []) for vip, rec in self._vips.items()},
-                                    macs, speaker.interface)
-        if text == self._second_chance:
-            return
-        if self._second_chance is None:
-            # A mid-flow packet of a connection this amphora never saw must be invalid, not adopted.
-            set_sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")
-        run(["nft", "-f", "-"], stdin=text)
-        self._second_chance = text
+        macs = tuple(router_macs([peer.peer_ip for peer in speaker.peers]))
+        self.second_chance.set_routed({
+            vip: Cluster(peers=tuple(rec.get("peers") or ()), interface=speaker.interface, routers=macs)
+            for vip, rec in self._vips.items()})
 
     def _start(self) -> None:
         run(self.jail.command([BIRD, "-c", f"{self.inner_dir}/bird.conf", "-s", f"{self.inner_dir}/bird.ctl",

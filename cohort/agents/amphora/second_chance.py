@@ -1,19 +1,45 @@
-"""The second chance: packets of flows an L3 amphora does not own go to the cluster peer that does.
+"""The second chance: packets of flows an amphora does not own go to the cluster peer that does.
 
-A router with plain (hash-threshold) ECMP moves some open flows to another next hop whenever the
-number of next hops changes: an amphora joins, leaves or drains. The amphora that receives a
-packet of a flow it never saw must not answer it with a reset. So, in each L3 amphora:
+Some open flows of an ACTIVE_ACTIVE cluster reach an amphora that never saw them:
+
+- L3: a router with plain (hash-threshold) ECMP moves some open flows to another next hop
+  whenever the number of next hops changes (an amphora joins, leaves or drains);
+- L2: a distributor that takes the VIPs over (VRRP) has no flow pins, so it sends each flow where
+  its Maglev table says; a flow pinned by the old MASTER before a scale event may now be given to
+  another amphora.
+
+The amphora that receives such a packet must not answer it with a reset. So, in each amphora of
+an ACTIVE_ACTIVE cluster:
 
 - ``net.netfilter.nf_conntrack_tcp_loose = 0``: a mid-flow TCP packet of an unknown connection is
   ``ct state invalid`` instead of being picked up as established;
-- such a packet for a VIP, arriving from a router (its source MAC is a BGP peer's), is copied
-  (``dup``) to every other amphora of the cluster and dropped here; only the owner's conntrack
-  knows the flow, so only the owner accepts its copy and answers, straight to the router;
-- a copy (its source MAC is a peer amphora's, not a router's) that is invalid here too is
-  dropped, never copied again, so nothing loops.
+- such a packet for a VIP, arriving from *upstream*, is copied (``dup``) to every other amphora of
+  the cluster and dropped here; only the owner's conntrack knows the flow, so only the owner
+  accepts its copy and answers (straight to the router, as it answers every packet);
+- a copy (it comes from a peer amphora) that is invalid here too is dropped, never copied again,
+  so nothing loops.
+
+*Upstream* is told by the source MAC, in two ways:
+
+- L3 (:attr:`Cluster.routers`): the MACs of the routers, the amphora's BGP peers, which it
+  resolves itself. Copies are made of their packets only.
+- L2 (:attr:`Cluster.peer_macs`): anything but the MACs of the peer amphorae, which the
+  controller sends with their addresses. In an L2 cluster a VIP packet comes either from a
+  distributor or from a peer, so "not a peer" *is* "a distributor". It is chosen over the
+  distributors' own MACs because those change behind the cluster's back: a failed distributor is
+  replaced by a new instance with new ports, hence new MACs, and it may take the VIPs over before
+  every amphora of every load balancer would have been told them; until then its packets would
+  not be copied and those flows would hang. The peers' MACs change only with the cluster's
+  membership, and the controller tells every amphora on each membership change (create, scale,
+  replacement) before the distributors' table changes. The cost: any host on the front-end
+  network can have an invalid VIP packet copied to the cluster's other amphorae (at most one copy
+  per peer, which they drop), as a router can in L3. A copy from a peer not yet known (a
+  newcomer, for the moment before this amphora is told) is copied once more to known peers only,
+  and those know the copier: it goes no further.
 
 New flows (SYN) are ``ct state new`` and served where they land; nothing is copied in steady
-state. The ruleset is one table per IP family, ``cohort_second_chance``, replaced atomically.
+state. The ruleset is one table per IP family, ``cohort_second_chance``, replaced atomically; the
+VIPs of both kinds are in it, and :class:`SecondChance` is its one owner in the agent.
 
 Only the VIP's flows need conntrack for this. HAProxy's own TCP connections to members (and the
 agent's management traffic) are ``notrack``ed, so the amphora does not pay conntrack on every one of
@@ -23,40 +49,88 @@ and SCTP are left tracked: their listeners' DNAT needs conntrack on both sides.
 
 from __future__ import annotations
 
+import json
+import logging
 import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from cohort import validation
+from cohort.agents.common.files import atomic_write
+from cohort.agents.common.net import set_sysctl
+from cohort.agents.common.proc import run
 
+LOG = logging.getLogger(__name__)
 TABLE = "cohort_second_chance"
 INTERFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
+MAX_PEERS = 64
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # as haproxy.check_id, newline refused
 _MAC = "0123456789abcdef:"
 
 
 def _mac(value: str) -> str:
-    mac = value.lower()
-    if len(mac) != 17 or set(mac) - set(_MAC) or mac.count(":") != 5:
+    mac = value.lower() if isinstance(value, str) else ""
+    if len(mac) != 17 or set(mac) - set(_MAC) or mac.count(":") != 5 \
+            or any(len(part) != 2 for part in mac.split(":")):
         raise ValueError(f"{value!r} is not a MAC address")
     return mac
 
 
-def render(vips: dict[str, list[str]], router_macs: list[str], interface: str) -> str:
-    """The tables for ``vips`` (VIP -> the other amphorae's front-end addresses), one per IP family."""
-    if not INTERFACE.match(interface):
-        raise ValueError(f"interface {interface!r} is invalid")
-    macs = sorted({_mac(m) for m in router_macs})
+@dataclass(frozen=True)
+class Cluster:
+    """One VIP of this amphora as the second chance sees it.
+
+    ``peers``: the front-end addresses of the cluster's other amphorae; ``interface``: the
+    front-end interface copies leave by. Upstream is either ``routers`` (L3: copies are made of
+    packets from these MACs) or, when ``peer_macs`` is set, anything else than ``peer_macs`` (L2:
+    the peers' MACs, one per peer).
+    """
+
+    peers: tuple[str, ...]
+    interface: str
+    routers: tuple[str, ...] = ()
+    peer_macs: tuple[str, ...] | None = None
+
+
+def _copy_rule(family: str, vip: str, cluster: Cluster, others: list[str]) -> str | None:
+    """The rule copying invalid packets of ``vip`` from upstream to ``others``, or None (no copy)."""
+    if not INTERFACE.match(cluster.interface):
+        raise ValueError(f"interface {cluster.interface!r} is invalid")
+    if cluster.peer_macs is not None:
+        peers = sorted({_mac(m) for m in cluster.peer_macs})
+        if cluster.routers:
+            raise ValueError(f"VIP {vip}: upstream is either the routers or not the peers, not both")
+        if len(peers) < len(set(cluster.peers)):
+            # "Not a peer" with a peer missing would copy that peer's copies again: never guess.
+            raise ValueError(f"VIP {vip}: every peer needs its MAC address")
+        source = f"ether saddr != {{ {', '.join(peers)} }}"
+    else:
+        routers = sorted({_mac(m) for m in cluster.routers})
+        if not routers:
+            return None
+        source = f"ether saddr {{ {', '.join(routers)} }}"
+    if not others:
+        return None
+    copies = " ".join(f'dup to {peer} device "{cluster.interface}"' for peer in others)
+    return f"    {family} daddr {vip} ct state invalid {source} {copies} drop"
+
+
+def render(vips: Mapping[str, Cluster]) -> str:
+    """The tables for ``vips`` (VIP -> its cluster), one per IP family; ValueError on a bad value."""
     rules: dict[str, list[str]] = {"ip": [], "ip6": []}
     addresses: dict[str, set[str]] = {"ip": set(), "ip6": set()}
-    for vip, peers in sorted(vips.items()):
+    for vip, cluster in sorted(vips.items()):
         address = validation.ip_address(vip, "VIP")
         family = "ip" if address.version == 4 else "ip6"
         addresses[family].add(address.compressed)
-        others = sorted({validation.canonical_ip(p, "peer address") for p in peers} - {address.compressed})
+        others = sorted({validation.canonical_ip(p, "peer address") for p in cluster.peers} - {address.compressed})
         others = [peer for peer in others if validation.ip_address(peer).version == address.version]
-        if others and macs:
-            copies = " ".join(f'dup to {peer} device "{interface}"' for peer in others)
-            routers = ", ".join(macs)
-            rules[family].append(f"    {family} daddr {address.compressed} ct state invalid "
-                                 f"ether saddr {{ {routers} }} {copies} drop")
+        copy = _copy_rule(family, address.compressed, cluster, others)
+        if copy is not None:
+            rules[family].append(copy)
         rules[family].append(f"    {family} daddr {address.compressed} ct state invalid drop")
     lines: list[str] = []
     for family, family_rules in rules.items():
@@ -73,3 +147,123 @@ def render(vips: dict[str, list[str]], router_macs: list[str], interface: str) -
                       "  chain prerouting {",
                       "    type filter hook prerouting priority filter; policy accept;", *family_rules, "  }", "}"]
     return "\n".join(lines) + "\n"
+
+
+def switched_record(vip: str, lb_id: str, interface: str, peers: Sequence[Any]) -> tuple[str, dict[str, Any]]:
+    """An L2 VIP's record as the agent keeps it, from what the controller sent; ValueError on bad input.
+
+    ``peers``: ``[{"address": front-end address, "mac_address": its MAC}, ...]``, the other amphorae.
+    """
+    address = validation.canonical_ip(vip, "VIP")
+    if not isinstance(lb_id, str) or not _ID.match(lb_id):
+        raise ValueError(f"invalid load balancer id {lb_id!r}")
+    if not isinstance(interface, str) or not INTERFACE.match(interface):
+        raise ValueError(f"interface {interface!r} is invalid")
+    if not isinstance(peers, (list, tuple)) or len(peers) > MAX_PEERS:
+        raise ValueError(f"peers must be a list of at most {MAX_PEERS}")
+    pairs: dict[str, str] = {}
+    for peer in peers:
+        if not isinstance(peer, dict) or set(peer) != {"address", "mac_address"}:
+            raise ValueError('each peer must be {"address": address, "mac_address": MAC}')
+        pairs[validation.canonical_ip(peer["address"], "peer address")] = _mac(peer["mac_address"])
+    pairs.pop(address, None)
+    return address, {"lb_id": lb_id, "interface": interface,
+                     "peers": [{"address": a, "mac_address": pairs[a]} for a in sorted(pairs)]}
+
+
+def switched_cluster(record: Mapping[str, Any]) -> Cluster:
+    peers = record.get("peers") or []
+    return Cluster(peers=tuple(p["address"] for p in peers), interface=str(record.get("interface", "")),
+                   peer_macs=tuple(p["mac_address"] for p in peers))
+
+
+def load(text: str) -> None:
+    """Load a rendered ruleset into this network namespace's kernel."""
+    # A mid-flow packet of a connection this amphora never saw must be invalid, not adopted.
+    set_sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")
+    run(["nft", "-f", "-"], stdin=text)
+
+
+class SecondChance:
+    """The one owner of the table in the agent: the routed VIPs (L3, from the BGP manager, which
+    knows the routers) and the switched ones (L2, told by the controller, kept in ``record`` so a
+    restarted agent renders the same table)."""
+
+    def __init__(self, record: Path | None = None, apply: Callable[[str], None] = load) -> None:
+        self._record = record
+        self._apply_text = apply
+        self._lock = threading.Lock()
+        self._routed: dict[str, Cluster] = {}
+        self._switched: dict[str, dict[str, Any]] = self._load()
+        self._applied: str | None = None
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        if self._record is None:
+            return {}
+        try:
+            data = json.loads(self._record.read_text())
+        except (OSError, ValueError):
+            return {}
+        switched = {}
+        for vip, rec in (data.items() if isinstance(data, dict) else []):
+            try:
+                address, checked = switched_record(vip, rec["lb_id"], rec["interface"], rec["peers"])
+            except (ValueError, KeyError, TypeError):
+                LOG.warning("ignoring the bad second chance record of %r", vip)
+                continue
+            switched[address] = checked
+        return switched
+
+    def _save(self) -> None:
+        if self._record is not None:
+            atomic_write(self._record, json.dumps(self._switched, sort_keys=True))
+
+    def _apply(self, routed: Mapping[str, Cluster], switched: dict[str, dict[str, Any]]) -> None:
+        """Make ``routed`` and ``switched`` the state and apply its table; ValueError (nothing kept) on a
+        bad value. A failed ``nft`` raises but keeps the state, so the next call applies it again."""
+        text = render({**{vip: switched_cluster(rec) for vip, rec in switched.items()}, **routed})
+        if switched != self._switched:
+            self._switched = switched
+            self._save()
+        self._routed = dict(routed)
+        if text == self._applied:
+            return
+        self._apply_text(text)
+        self._applied = text
+
+    def resume(self) -> None:
+        """Apply what a previous agent was told (the routed VIPs come from the BGP manager)."""
+        with self._lock:
+            if self._switched and self._applied is None:
+                self._apply(self._routed, self._switched)
+
+    def set_routed(self, clusters: Mapping[str, Cluster]) -> None:
+        """The L3 VIPs, all of them; applied at once."""
+        with self._lock:
+            self._apply(clusters, self._switched)
+
+    def set_switched(self, vip: str, lb_id: str, interface: str, peers: Sequence[Any]) -> bool:
+        """An L2 VIP and its peers (``switched_record``); applied at once; returns whether it changed."""
+        address, record = switched_record(vip, lb_id, interface, peers)
+        with self._lock:
+            if self._switched.get(address) == record and self._applied is not None:
+                return False
+            self._apply(self._routed, {**self._switched, address: record})
+            return True
+
+    def remove_switched(self, vip: str) -> None:
+        address = validation.canonical_ip(vip, "VIP")
+        with self._lock:
+            if address in self._switched:
+                self._apply(self._routed, {v: rec for v, rec in self._switched.items() if v != address})
+
+    def remove_lb(self, lb_id: str) -> None:
+        with self._lock:
+            kept = {vip: rec for vip, rec in self._switched.items() if rec.get("lb_id") != lb_id}
+            if kept != self._switched:
+                self._apply(self._routed, kept)
+
+    def status(self) -> dict[str, Any]:
+        """The L2 VIPs and their peers, and whether the table is applied."""
+        with self._lock:
+            return {"applied": self._applied is not None, "vips": json.loads(json.dumps(self._switched))}
