@@ -209,3 +209,4 @@ class Amphora:
     vrrp_priority: int | None = None
     vrrp_id: int | None = None
     compute_flavor: dict[str, Any] = field(default_factory=dict)
+    frontend_mac: str | None = None  # the MAC of its front-end port (L2 peers tell its copies by it)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,6 +31,12 @@ log = logging.getLogger(__name__)
 
 SHARED_PROJECT = ""  # distributor ports serve every tenant (see the local network driver)
 
+
+def peers_of(amphora: d.Amphora, cluster: Sequence[d.Amphora]) -> list[d.Amphora]:
+    """The amphorae ``amphora`` copies the packets of flows it does not own to (the second chance, L2
+    and L3): the others of ``cluster`` that have a front-end address. ``cluster`` includes the
+    amphorae leaving by scale-in: they own their open flows until they have drained."""
+    return [peer for peer in cluster if peer.id != amphora.id and peer.vrrp_ip and peer.vrrp_ip != amphora.vrrp_ip]
 
 
 class ClusterManager:
@@ -112,12 +119,26 @@ class ClusterManager:
         for ref in refs:
             self.drivers.distributor.set_amphorae(ref, lb_id, members)
 
+    def share_peers(self, lb_id: str, vip: str, serving: list[str], leaving: list[str]) -> None:
+        """Tell every amphora of an L2 cluster the others (``peers_of``), for the second chance: a
+        distributor that takes the VIPs over has no flow pins and sends some flows to an amphora
+        that never saw them. Done before the distributors' table changes, so every amphora knows a
+        newcomer before flows move. A leaving amphora that no longer answers is only logged."""
+        staying, going = self.snapshots(serving), self.snapshots(leaving)
+        for amphora in staying + going:
+            try:
+                self.drivers.amphora.set_cluster_peers(amphora, vip, lb_id, peers_of(amphora, staying + going))
+            except DriverError as exc:
+                if amphora in staying:
+                    raise
+                log.info("cluster peers of leaving amphora %s: %s", amphora.id, exc)
+
     def drain(self, lb_id: str, amphora_ids: list[str]) -> None:
         """The distributor already sends them no new flows; now their HAProxy closes gracefully and the
         drain ends when it has no connection left, or when the drain timeout passes."""
         if not amphora_ids:
             return
-        leaving = self._snapshots(amphora_ids)
+        leaving = self.snapshots(amphora_ids)
         for amphora in leaving:
             try:
                 self.drivers.amphora.drain(amphora, lb_id)
@@ -139,7 +160,7 @@ class ClusterManager:
         if pending:
             log.info("drain of %s on %s timed out after %.0fs", [a.id for a in pending], lb_id, self.drain_timeout)
 
-    def _snapshots(self, amphora_ids: list[str]) -> list[d.Amphora]:
+    def snapshots(self, amphora_ids: list[str]) -> list[d.Amphora]:
         with self.sessions() as session:
             rows = [session.get(m.Amphora, ident) for ident in amphora_ids]
             return [desired.amphora(row) for row in rows if row is not None]

@@ -125,6 +125,7 @@ def amphora(row: m.Amphora) -> d.Amphora:
         id=row.id, load_balancer_id=row.load_balancer_id, role=row.role or "STANDALONE",
         compute_id=row.compute_id, lb_network_ip=row.lb_network_ip, vrrp_ip=row.vrrp_ip, ha_ip=row.ha_ip,
         vrrp_priority=row.vrrp_priority, vrrp_id=row.vrrp_id, compute_flavor=dict(row.compute_flavor or {}),
+        frontend_mac=row.frontend_mac,
     )
 
 

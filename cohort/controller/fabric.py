@@ -19,8 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cohort import datamodel as d
-from cohort.controller import desired
-from cohort.controller.cluster import ClusterManager
+from cohort.controller.cluster import ClusterManager, peers_of
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
 from cohort.drivers.errors import DriverError, PermanentDriverError
@@ -70,17 +69,13 @@ class Fabric:
     def announce(self, lb: d.LoadBalancer, vip: VipPort, ids: list[str], leaving: list[str]) -> None:
         """Serving amphorae announce the VIP; leaving ones withdraw it and drain."""
         speaker = self.speaker(lb)
-        serving, going = self._snapshots(ids), self._snapshots(leaving)
-        # Everyone in the cluster, leaving ones included: they still own flows until they drain.
-        fronts = [a.vrrp_ip for a in serving + going if a.vrrp_ip]
+        serving, going = self.cluster.snapshots(ids), self.cluster.snapshots(leaving)
         for amphora in serving:
             self.drivers.amphora.configure_bgp(amphora, speaker)
-            self.drivers.amphora.announce(amphora, vip.address, lb.id, True,
-                                          [ip for ip in fronts if ip != amphora.vrrp_ip])
+            self.drivers.amphora.announce(amphora, vip.address, lb.id, True, _fronts(amphora, serving + going))
         for amphora in going:
             try:
-                self.drivers.amphora.announce(amphora, vip.address, lb.id, False,
-                                              [ip for ip in fronts if ip != amphora.vrrp_ip])
+                self.drivers.amphora.announce(amphora, vip.address, lb.id, False, _fronts(amphora, serving + going))
             except DriverError as exc:
                 log.info("withdraw on leaving amphora %s: %s", amphora.id, exc)
         if going:
@@ -89,7 +84,7 @@ class Fabric:
             time.sleep(self.withdraw_grace)
         self.cluster.drain(lb.id, leaving)
 
-    def _snapshots(self, amphora_ids: list[str]) -> list[d.Amphora]:
-        with self.sessions() as session:
-            rows = [session.get(m.Amphora, ident) for ident in amphora_ids]
-            return [desired.amphora(row) for row in rows if row is not None]
+
+def _fronts(amphora: d.Amphora, cluster: list[d.Amphora]) -> list[str]:
+    """The front-end addresses of ``amphora``'s peers (the second chance)."""
+    return [peer.vrrp_ip for peer in peers_of(amphora, cluster) if peer.vrrp_ip]

@@ -255,14 +255,18 @@ class Reconciler:
         self.amphorae.retire(lb_id, ids)
 
     def _distribute(self, lb: Any, vip: Any, ids: list[str]) -> None:
-        """Register the serving amphorae; amphorae leaving by scale-in drain before they go."""
+        """Register the serving amphorae; amphorae leaving by scale-in drain before they go. Every
+        amphora knows its cluster peers (the second chance) before the table changes."""
         refs = self.cluster.ensure_pair(lb.topology.distributor_type)
         self.cluster.plug_vip(refs, lb, vip)
         with self.sessions() as session:
             leaving = self.cluster.leaving_by_scale_in(session, lb.id)
+        self.cluster.share_peers(lb.id, vip.address, ids, leaving)
         self.cluster.register(refs, lb.id, active=ids, draining=leaving)
         self.cluster.drain(lb.id, leaving)
         self.cluster.register(refs, lb.id, active=ids, draining=[])
+        if leaving:
+            self.cluster.share_peers(lb.id, vip.address, ids, [])  # drained: they own no flow any more
 
     def _delete(self, lb_id: str, lease: Lease) -> None:
         lease.check()

@@ -17,6 +17,14 @@ def registrations(cohort: Any, lb_id: str) -> dict[str, tuple[int, str]]:
     return {}
 
 
+def assert_peers_told(cohort: Any, api: Api, lb_id: str) -> None:
+    """Every amphora of the cluster was told the others, for the second chance (and nothing else)."""
+    vip = api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[1]["loadbalancer"]["vip_address"]
+    ids = {a["id"] for a in api.get(f"/v2/octavia/amphorae?loadbalancer_id={lb_id}")[1]["amphorae"]}
+    told = cohort.drivers.amphora.cluster_peers
+    assert {a: told.get((a, vip)) for a in ids} == {a: sorted(ids - {a}) for a in ids}
+
+
 def test_cluster_scales_and_keeps_positions(tmp_path: Path) -> None:
     with running_cohort(tmp_path, drivers="noop", drain_timeout=1.0) as (cohort, base):
         api = Api(base)
@@ -33,6 +41,7 @@ def test_cluster_scales_and_keeps_positions(tmp_path: Path) -> None:
         assert [a["role"] for a in amphorae] == ["IN_CLUSTER"] * 3
         first = registrations(cohort, lb_id)
         assert sorted(p for p, _ in first.values()) == [0, 1, 2]
+        assert_peers_told(cohort, api, lb_id)
         clusters = api.get(f"/v2/octavia/clusters?loadbalancer_id={lb_id}")[1]["clusters"]
         assert clusters[0]["desired_size"] == 3 and clusters[0]["actual_size"] == 3
         cluster_id = clusters[0]["id"]
@@ -45,6 +54,7 @@ def test_cluster_scales_and_keeps_positions(tmp_path: Path) -> None:
         grown = registrations(cohort, lb_id)
         assert len(grown) == 4
         assert all(grown[a] == first[a] for a in first), "existing amphorae keep their positions"
+        assert_peers_told(cohort, api, lb_id)
 
         status, _ = api.put(f"/v2/octavia/clusters/{cluster_id}", {"cluster": {"desired_size": 2}})
         assert status == 200
@@ -52,6 +62,7 @@ def test_cluster_scales_and_keeps_positions(tmp_path: Path) -> None:
         shrunk = registrations(cohort, lb_id)
         assert len(shrunk) == 2 and all(state == "ACTIVE" for _, state in shrunk.values())
         assert len(api.get(f"/v2/octavia/amphorae?loadbalancer_id={lb_id}")[1]["amphorae"]) == 2
+        assert_peers_told(cohort, api, lb_id)  # the drained ones are forgotten
 
         status, fault = api.put(f"/v2/octavia/clusters/{cluster_id}", {"cluster": {"min_size": 3}})
         assert status == 400 and "min_size" in fault["faultstring"]
@@ -63,6 +74,7 @@ def test_cluster_scales_and_keeps_positions(tmp_path: Path) -> None:
         assert victim not in replaced and len(replaced) == 2
         assert sorted(p for p, _ in replaced.values()) == sorted(p for p, _ in shrunk.values()), \
             "the replacement takes the failed amphora's position"
+        assert_peers_told(cohort, api, lb_id)
 
         assert api.delete(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 204
         wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 404)

@@ -11,6 +11,8 @@ import pytest
 
 from cohort.agents.amphora.bgp import router_macs
 from cohort.agents.amphora.second_chance import Cluster, SecondChance, render, switched_record
+from cohort.controller.cluster import peers_of
+from cohort.datamodel import Amphora
 
 ROUTER = "02:01:cb:00:71:01"
 PEER_B, PEER_C = "02:00:00:00:00:0b", "02:00:00:00:00:0c"
@@ -191,3 +193,13 @@ def test_a_refused_value_changes_nothing_and_a_failed_load_is_tried_again(tmp_pa
     assert owner.set_switched(VIP, "lb-1", "fe0", [peer("203.0.113.12", PEER_B)]) is True
     assert len(loader.loaded) == 1 and owner.status()["applied"] is True
 
+
+# -- who an amphora's peers are (the controller, L2 and L3 alike) ----------------------------------
+
+def test_peers_are_the_others_with_a_front_end_address() -> None:
+    a = Amphora("a", "lb", "IN_CLUSTER", vrrp_ip="203.0.113.11")
+    b = Amphora("b", "lb", "IN_CLUSTER", vrrp_ip="203.0.113.12")
+    unplugged = Amphora("c", "lb", "IN_CLUSTER")
+    assert peers_of(a, [a, b, unplugged]) == [b]
+    assert peers_of(b, [a, b]) == [a]
+    assert peers_of(a, [a]) == []

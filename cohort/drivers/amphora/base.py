@@ -69,6 +69,12 @@ class AmphoraDriver(Protocol):
         """
         ...
 
+    def set_cluster_peers(self, amphora: Amphora, vip: str, lb_id: str, peers: Sequence[Amphora]) -> None:
+        """Tell an amphora of an L2 cluster the cluster's other amphorae (their front-end address and
+        MAC): it copies them the packets of flows it does not own (a distributor that took the VIPs
+        over sends some pinned flows elsewhere), and never copies again what comes from them."""
+        ...
+
     def bgp_status(self, amphora: Amphora) -> dict[str, Any]:
         """``{"sessions": {peer: state}, "announced": [vip, ...], ...}`` as the speaker reports them."""
         ...

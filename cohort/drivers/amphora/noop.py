@@ -22,6 +22,7 @@ class NoopAmphoraDriver:
         self.configs: dict[tuple[str, str], LoadBalancer] = {}
         self.speakers: dict[str, BgpSpeaker] = {}
         self.announced: dict[str, set[str]] = {}
+        self.cluster_peers: dict[tuple[str, str], list[str]] = {}  # (amphora, VIP) -> its peers' ids
         self._lock = threading.Lock()
 
     def _record(self, verb: str, amphora: Amphora) -> None:
@@ -56,6 +57,11 @@ class NoopAmphoraDriver:
         with self._lock:
             self.announced.setdefault(amphora.id, set())
             (self.announced[amphora.id].add if announce else self.announced[amphora.id].discard)(vip)
+
+    def set_cluster_peers(self, amphora: Amphora, vip: str, lb_id: str, peers: Sequence[Amphora]) -> None:
+        self._record("set_cluster_peers", amphora)
+        with self._lock:
+            self.cluster_peers[(amphora.id, vip)] = sorted(p.id for p in peers)
 
     def bgp_status(self, amphora: Amphora) -> dict[str, Any]:
         # Nothing speaks BGP here: no session is ever reported as established.

@@ -159,6 +159,16 @@ class RestAmphoraDriver:
         self._agent.request("PUT", amphora, f"/1.0/bgp/vips/{vip}",
                             json={"lb_id": lb_id, "announce": announce, "peers": list(peers)})
 
+    def set_cluster_peers(self, amphora: Amphora, vip: str, lb_id: str, peers: Sequence[Amphora]) -> None:
+        missing = [p.id for p in peers if not p.vrrp_ip or not p.frontend_mac]
+        if missing:
+            # A peer whose copies could not be told from a distributor's would have them copied again.
+            raise DriverError(f"amphorae {', '.join(missing)} have no front-end address or MAC yet")
+        body = {"lb_id": lb_id, "peers": [{"address": p.vrrp_ip, "mac_address": p.frontend_mac} for p in peers]}
+        r = self._agent.request("PUT", amphora, f"/1.0/cluster/vips/{vip}", json=body, allow=(400,))
+        if r.status_code == 400:
+            raise PermanentDriverError(f"amphora {amphora.id} refused its cluster peers: {r.text}")
+
     def bgp_status(self, amphora: Amphora) -> dict[str, Any]:
         r = self._agent.request("GET", amphora, "/1.0/bgp", allow=(404,))
         return {} if r.status_code == 404 else dict(r.json())
