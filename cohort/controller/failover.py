@@ -2,9 +2,10 @@
 
 An amphora is dead when its compute instance reports ERROR (a process crashed), when it has
 heartbeated before and then stayed silent longer than ``heartbeat_stale_after``, when an L3
-amphora's BGP sessions have all been down that long, or when every live distributor has found an L2
-amphora's front end unreachable for ``frontend_unreachable_after`` (``cohort.controller.reachability``:
-its link is down while its agent still heartbeats over management). Its load
+amphora has had no BGP session that long with routers other amphorae still reach, or when every
+live distributor has found an L2 amphora's front end unreachable for ``frontend_unreachable_after``
+(``cohort.controller.reachability``: its link is down while its agent still heartbeats over
+management). Its load
 balancer is taken with the same lock the API uses, so a failover never races a tenant change;
 a load balancer that is busy is simply looked at again on the next scan.
 
@@ -65,6 +66,7 @@ class FailoverWatcher:
         found = []
         rows = session.scalars(select(m.Amphora).where(m.Amphora.status == "ALLOCATED")).all()
         unreachable = self.unreachable(session, now)
+        routers_up = self.routers_up(session, now)
         for amphora in rows:
             if amphora.compute_id and self.drivers.compute.status(amphora.compute_id) in ("ERROR", "DELETED"):
                 found.append((amphora, "its compute instance failed"))
@@ -74,7 +76,7 @@ class FailoverWatcher:
             if health is not None and not health.busy and now - health.last_update > stale_after:
                 found.append((amphora, f"no heartbeat for {now - health.last_update:.1f}s"))
                 continue
-            down = self._bgp_down_for(amphora.id, health, now)
+            down = self._bgp_down_for(amphora.id, health, now, routers_up)
             if down is not None and down > stale_after:
                 found.append((amphora, f"its BGP sessions have been down for {down:.1f}s"))
                 continue
@@ -96,21 +98,30 @@ class FailoverWatcher:
             views.append(reachability.load(health.probes))
         return reachability.unreachable_for(views, now)
 
-    def _bgp_down_for(self, amphora_id: str, health: m.AmphoraHealth | None, now: float) -> float | None:
-        """How long an L3 amphora that had a session has had none (its links are down, say, while its
-        agent still heartbeats over management): it cannot serve, so it is replaced like a dead one.
-        One that never had a session (a wrong password) is left alone: a replacement would not fare better."""
+    def routers_up(self, session: Session, now: float) -> set[str]:
+        """The BGP peers (routers) some heartbeating L3 amphora has an established session with."""
+        up: set[str] = set()
+        for health in session.scalars(select(m.AmphoraHealth).where(m.AmphoraHealth.bgp.is_not(None))):
+            if now - health.last_update <= self.settings.heartbeat_stale_after:
+                up |= {peer for peer, state in _sessions(health).items() if state == "Established"}
+        return up
+
+    def _bgp_down_for(self, amphora_id: str, health: m.AmphoraHealth | None, now: float,
+                      routers_up: set[str]) -> float | None:
+        """How long an L3 amphora that had a session has had none with a router that other amphorae
+        still reach (its links are down, say, while its agent still heartbeats over management): it
+        cannot serve, so it is replaced like a dead one. Not blamed: one that never had a session (a
+        wrong password: a replacement would not fare better), and one whose routers nobody reaches (a
+        router restarting for maintenance must not get every amphora of every cluster replaced)."""
         if health is None or not health.bgp:
             return None
-        try:
-            sessions = (json.loads(health.bgp).get("sessions") or {}).values()
-        except (ValueError, AttributeError):
-            return None
-        if any(state == "Established" for state in sessions):
+        sessions = _sessions(health)
+        if any(state == "Established" for state in sessions.values()):
             self._bgp_was_up.add(amphora_id)
             self._bgp_down_since.pop(amphora_id, None)
             return None
-        if amphora_id not in self._bgp_was_up:
+        if amphora_id not in self._bgp_was_up or not routers_up & set(sessions):
+            self._bgp_down_since.pop(amphora_id, None)
             return None
         return now - self._bgp_down_since.setdefault(amphora_id, now)
 
@@ -201,3 +212,12 @@ def _in_service(session: Session, amphora: m.Amphora) -> bool:
     lb = session.get(m.LoadBalancer, amphora.load_balancer_id)
     registration = session.get(m.AmphoraRegistration, (amphora.load_balancer_id, amphora.id))
     return lb is not None and lb.admin_state_up and registration is not None and registration.state == "ACTIVE"
+
+
+def _sessions(health: m.AmphoraHealth) -> dict[str, str]:
+    """An L3 amphora's BGP session state per peer address, from its last heartbeat."""
+    try:
+        sessions = json.loads(health.bgp or "{}").get("sessions") or {}
+    except (ValueError, AttributeError):
+        return {}
+    return {str(peer): str(state) for peer, state in sessions.items()} if isinstance(sessions, dict) else {}

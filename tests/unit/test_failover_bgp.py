@@ -1,0 +1,93 @@
+"""The failover watcher's judgement of L3 amphorae by their BGP sessions (noop drivers, SQLite)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cohort.config import Settings
+from cohort.controller.failover import FailoverWatcher
+from cohort.controller.reconciler import Reconciler
+from cohort.controller.wiring import make_drivers
+from cohort.db import models as m
+from cohort.db.session import make_engine, make_sessionmaker, upgrade
+from tests.unit.test_reconciler import add_lb, amphorae
+
+ROUTER = "203.0.113.1"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[Settings, Any, Any, str]]:
+    settings = Settings(state_dir=tmp_path, drivers="noop", heartbeat_stale_after=5.0)
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    sessions = make_sessionmaker(engine)
+    drivers = make_drivers(settings)
+    lb_id = add_lb(sessions, "ACTIVE_ACTIVE")
+    Reconciler(settings, sessions, drivers, owner="c1").run_until_idle()
+    yield settings, sessions, drivers, lb_id
+    engine.dispose()
+
+
+def report(sessions: Any, states: dict[str, str], at: float) -> None:
+    """Each amphora's heartbeat at ``at``: its one session with the router in ``states[id]``."""
+    with sessions() as session, session.begin():
+        for amphora_id, state in states.items():
+            row = session.get(m.AmphoraHealth, amphora_id)
+            if row is None:
+                row = m.AmphoraHealth(amphora_id=amphora_id, last_update=at, busy=False)
+                session.add(row)
+            row.last_update = at
+            row.bgp = json.dumps({"sessions": {ROUTER: state}, "announced": []})
+
+
+def dead_ids(watcher: FailoverWatcher, sessions: Any) -> list[str]:
+    with sessions() as session:
+        return [a.id for a, _reason in watcher.dead(session)]
+
+
+def test_an_amphora_that_lost_the_router_others_reach_is_replaced(cluster: tuple[Settings, Any, Any, str]) -> None:
+    settings, sessions, drivers, lb_id = cluster
+    ids = [a.id for a in amphorae(sessions, lb_id)]
+    watcher = FailoverWatcher(settings, sessions, drivers, on_change=lambda: None)
+    now = time.time()
+    report(sessions, dict.fromkeys(ids, "Established"), now)
+    assert dead_ids(watcher, sessions) == []
+    report(sessions, {**dict.fromkeys(ids, "Established"), ids[0]: "Active"}, now)
+    assert dead_ids(watcher, sessions) == []  # down since now: not yet
+    watcher._bgp_down_since[ids[0]] -= 6.0  # six seconds later
+    with sessions() as session:
+        found = [(a.id, reason) for a, reason in watcher.dead(session)]
+    assert [a for a, _ in found] == [ids[0]] and "BGP sessions have been down for 6." in found[0][1]
+
+
+def test_a_router_nobody_reaches_gets_no_amphora_replaced(cluster: tuple[Settings, Any, Any, str]) -> None:
+    """The router restarts (maintenance): every amphora loses its session at once; replacing them
+    would not help and would rebuild every L3 cluster at the same time."""
+    settings, sessions, drivers, lb_id = cluster
+    ids = [a.id for a in amphorae(sessions, lb_id)]
+    watcher = FailoverWatcher(settings, sessions, drivers, on_change=lambda: None)
+    now = time.time()
+    report(sessions, dict.fromkeys(ids, "Established"), now)
+    assert dead_ids(watcher, sessions) == []
+    report(sessions, dict.fromkeys(ids, "Connect"), now)
+    for _ in range(3):
+        assert dead_ids(watcher, sessions) == []
+    assert watcher._bgp_down_since == {}  # not even counting
+    # The router is back for two of them; the third is now to blame, counted from now on.
+    report(sessions, {ids[0]: "Established", ids[1]: "Established", ids[2]: "Connect"}, now)
+    assert dead_ids(watcher, sessions) == []
+    assert set(watcher._bgp_down_since) == {ids[2]}
+    # A silent amphora's Established session is no evidence that the router is reachable.
+    report(sessions, {ids[0]: "Established"}, now - 60)
+    report(sessions, {ids[1]: "Connect"}, now)
+    watcher._bgp_down_since[ids[2]] -= 6.0
+    with sessions() as session:
+        assert watcher.routers_up(session, now) == set()
+        found = {a.id for a, _reason in watcher.dead(session)}
+    assert ids[2] not in found and ids[1] not in found
