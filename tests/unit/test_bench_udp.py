@@ -4,6 +4,7 @@ NAPI thread lookup, the tools' bounds, and the generators against a loopback ech
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import struct
 import threading
@@ -16,7 +17,7 @@ import pytest
 from bench.common import LAB_NETWORKS
 from bench.udp import load
 from bench.udp.cli import parse_args
-from bench.udp.measure import Target, offered_load, rotation, tool_args
+from bench.udp.measure import Target, offered_load, rotation, runtime_seconds, tool_args
 from bench.udp.napi import chrt_command, thread_of
 from bench.udp.report import bottleneck, markdown, summarise
 from bench.udp.setup import SourcePool, addresses_per_run
@@ -94,6 +95,14 @@ def test_a_reservation_is_split_over_the_threads_and_undone() -> None:
     assert chrt_command(7, 1e-9, 20_000)[3] == "1024"
     with pytest.raises(RuntimeError, match="does not fit"):
         chrt_command(7, 2.0, 20_000)
+
+
+def test_threads_are_timed_by_the_scheduler_clock() -> None:
+    me = os.getpid()
+    first = runtime_seconds({me})
+    sum(i * i for i in range(200_000))
+    assert runtime_seconds({me}) > first > 0
+    assert runtime_seconds({me, 2**22 + 12345}) >= first  # a thread gone counts nothing
 
 
 def test_the_new_napi_thread_of_a_link_is_found_by_its_cut_name() -> None:
