@@ -158,3 +158,18 @@ def test_active_flows_are_counted_by_mark_from_the_proc_table(tmp_path: Path) ->
                              for i, mark in enumerate([65537, 65537, 65538, 0, 131073])))
     assert conntrack.marks(str(table)) == {65537: 2, 65538: 1, 131073: 1}
     assert conntrack.marks(str(tmp_path / "absent")) == {}
+
+
+def test_ended_sctp_associations_are_not_counted(tmp_path: Path) -> None:
+    from cohort.agents.amphora import conntrack
+
+    entry = ("ipv4     2 sctp     132 {expiry} {state} src=198.51.100.10 dst=203.0.113.5 sport={p} dport=3868 "
+             "src=192.0.2.10 dst=192.0.2.200 sport=3868 dport={p} [ASSURED] mark={mark} zone=0 use=2\n")
+    states = [("ESTABLISHED", 65537), ("HEARTBEAT_SENT", 65537), ("COOKIE_WAIT", 65538), ("CLOSED", 65538),
+              ("SHUTDOWN_SENT", 65538), ("SHUTDOWN_RECD", 65537), ("SHUTDOWN_ACK_SENT", 65537), ("CLOSED", 65539)]
+    udp = "ipv4     2 udp      17 28 src=198.51.100.10 dst=203.0.113.5 sport=9 dport=53 mark=65539 zone=0 use=2\n"
+    table = tmp_path / "nf_conntrack"
+    table.write_text(udp + "".join(entry.format(expiry=200 - i, state=state, p=1000 + i, mark=mark)
+                                   for i, (state, mark) in enumerate(states)))
+    # Open associations (established, probing, in their handshake) count; shut down or aborted ones do not.
+    assert conntrack.marks(str(table)) == {65537: 2, 65538: 1, 65539: 1}

@@ -18,7 +18,9 @@ How it differs from LVS: the counts are at most one interval old (a burst larger
 interval's arrivals can overshoot the least-loaded member until the next refill, which then
 favours the others); weights count as in ``wlc`` (flows/weight), which is ``lc`` when weights are
 equal, Octavia's default; a flow is active while conntrack keeps it (UDP: 30 s after its last
-packet, 120 s once replied to several times), where LVS keeps a UDP entry 300 s. A member that
+packet, 120 s once replied to several times), where LVS keeps a UDP entry 300 s; an SCTP
+association from its INIT until its SHUTDOWN or ABORT (``conntrack.marks`` leaves out the ended
+ones conntrack still keeps, as LVS counts only established ones) or 210 s of silence. A member that
 fails its monitor leaves the table at once (the table is recomputed on every health change).
 """
 
