@@ -6,11 +6,14 @@ associations. So both ends speak SCTP themselves over raw sockets (``cohort.sctp
 keeps nothing until a valid COOKIE ECHO), DATA on one stream, SACK, HEARTBEAT, ABORT and
 SHUTDOWN. The server answers each DATA message with ``NAME: message``, so a test sees which member
 answered, as the HTTP member server's ``X-Member`` shows. The client opens an association, sends
-a message, reads the answer and shuts down (or aborts), each step retransmitted until a deadline.
+a message, reads the answer and shuts down (or aborts), each step retransmitted until a deadline;
+or it holds its associations open until told to close them (long-lived ones, as Diameter peers keep).
 
 ``python -m cohort.lab.sctp_peer serve --name NAME --bind ADDR:PORT`` runs a member;
 ``python -m cohort.lab.sctp_peer send ADDR:PORT --count N`` prints the answers as a JSON list
-(an error's class name in place of an answer that did not come).
+(an error's class name in place of an answer that did not come); with ``--close hold`` it prints
+them, keeps the associations open until its standard input closes, shuts them down and prints how
+each ended.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import signal
 import struct
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from cohort import sctp_wire as w
@@ -235,6 +239,48 @@ def _await(sock: RawSctp, remote: str, send: w.Packet, accept: type, ports: tupl
                 return chunk
 
 
+@dataclass
+class _Opened:
+    """One association the client opened and answered on: what it takes to close it."""
+
+    remote: str
+    ports: tuple[int, int]  # local, remote
+    tags: tuple[int, int]  # local, peer
+    answer_tsn: int  # the peer's last TSN, acknowledged
+
+    def packet(self, *chunks: w.Chunk) -> w.Packet:
+        return w.Packet(self.ports[0], self.ports[1], self.tags[1], chunks)
+
+
+def _associate(sock: RawSctp, remote: str, port: int, message: bytes, deadline: float) -> tuple[_Opened, bytes]:
+    """Open an association to ``remote``:``port``, send ``message`` and acknowledge the answer."""
+    local_port = random.SystemRandom().randrange(49152, 65536)
+    ports = (local_port, port)
+    local_tag, local_tsn = _tag(), _tag()
+    init = w.Packet(local_port, port, 0, (w.Init(local_tag, RWND, 1, 1, local_tsn),))
+    ack = _await(sock, remote, init, w.InitAck, ports, (local_tag, 0), deadline)
+    assert isinstance(ack, w.InitAck)
+    opened = _Opened(remote, ports, (local_tag, ack.init_tag), ack.initial_tsn)
+    _await(sock, remote, opened.packet(w.CookieEcho(ack.cookie)), w.CookieAck, ports, opened.tags, deadline)
+    answer = _await(sock, remote, opened.packet(w.Data(local_tsn, 0, 0, 0, message)), w.Data, ports, opened.tags,
+                    deadline)
+    assert isinstance(answer, w.Data)
+    if answer.tsn != ack.initial_tsn:
+        raise SctpError(f"{remote}:{port} answered with TSN {answer.tsn}, not {ack.initial_tsn}")
+    sock.send(opened.packet(w.Sack(answer.tsn, RWND)), remote)
+    return opened, answer.payload
+
+
+def _close(sock: RawSctp, opened: _Opened, close: str, deadline: float) -> None:
+    """End ``opened`` with an ABORT, or with SHUTDOWN, SHUTDOWN ACK and SHUTDOWN COMPLETE."""
+    if close == "abort":
+        sock.send(opened.packet(w.Abort()), opened.remote)
+        return
+    _await(sock, opened.remote, opened.packet(w.Shutdown(opened.answer_tsn)), w.ShutdownAck, opened.ports,
+           opened.tags, deadline)
+    sock.send(opened.packet(w.ShutdownComplete()), opened.remote)
+
+
 def request(remote: str, port: int, message: bytes, timeout: float = 3.0, close: str = "shutdown",
             local: str | None = None) -> bytes:
     """Open an association to ``remote``:``port``, send ``message``, return the answer, then close.
@@ -245,31 +291,54 @@ def request(remote: str, port: int, message: bytes, timeout: float = 3.0, close:
         raise ValueError("close must be shutdown or abort")
     remote = validation.ip_address(remote, "remote address").compressed
     deadline = time.monotonic() + timeout
-    local_port = random.SystemRandom().randrange(49152, 65536)
-    ports = (local_port, port)
-    local_tag, local_tsn = _tag(), _tag()
     with RawSctp(family_of(remote), local) as sock:
-        init = w.Packet(local_port, port, 0, (w.Init(local_tag, RWND, 1, 1, local_tsn),))
-        ack = _await(sock, remote, init, w.InitAck, ports, (local_tag, 0), deadline)
-        assert isinstance(ack, w.InitAck)
-        tags = (local_tag, ack.init_tag)
+        opened, answer = _associate(sock, remote, port, message, deadline)
+        _close(sock, opened, close, deadline)
+    return answer
 
-        def packet(*chunks: w.Chunk) -> w.Packet:
-            return w.Packet(local_port, port, ack.init_tag, chunks)
 
-        _await(sock, remote, packet(w.CookieEcho(ack.cookie)), w.CookieAck, ports, tags, deadline)
-        answer = _await(sock, remote, packet(w.Data(local_tsn, 0, 0, 0, message)), w.Data, ports, tags, deadline)
-        assert isinstance(answer, w.Data)
-        if answer.tsn != ack.initial_tsn:
-            raise SctpError(f"{remote}:{port} answered with TSN {answer.tsn}, not {ack.initial_tsn}")
-        sack = w.Sack(answer.tsn, RWND)
-        if close == "abort":
-            sock.send(packet(sack, w.Abort()), remote)
-            return answer.payload
-        sock.send(packet(sack), remote)
-        _await(sock, remote, packet(w.Shutdown(answer.tsn)), w.ShutdownAck, ports, tags, deadline)
-        sock.send(packet(w.ShutdownComplete()), remote)
-    return answer.payload
+def hold(remote: str, port: int, message: bytes, count: int, until: Callable[[float], bool],
+         timeout: float = 3.0) -> Iterator[list[str]]:
+    """Open ``count`` associations and keep them open: long-lived ones, as a Diameter or SIGTRAN peer keeps.
+
+    Yields the answers (an error's class name in place of one that did not come), then holds every
+    association open until ``until(seconds)`` is true (waiting up to that long each call), then shuts
+    each down gracefully and yields how each ended (``closed`` or an error's class name). Nothing is
+    sent while holding: the amphora's conntrack keeps an established association 210 s after its
+    last chunk, longer than a test holds one.
+    """
+    remote = validation.ip_address(remote, "remote address").compressed
+    with RawSctp(family_of(remote)) as sock:
+        opened: list[_Opened | None] = []
+        answers: list[str] = []
+        for _ in range(max(0, count)):
+            try:
+                assoc, answer = _associate(sock, remote, port, message, time.monotonic() + timeout)
+                opened.append(assoc)
+                answers.append(answer.decode(errors="replace"))
+            except OSError as exc:
+                opened.append(None)
+                answers.append(type(exc).__name__)
+        yield answers
+        while not until(0.5):
+            while sock.read_one() is not None:
+                pass  # copies of every SCTP packet reach a raw socket: keep its queue short
+        ended: list[str] = []
+        for held in opened:
+            if held is None:
+                ended.append("not open")
+                continue
+            try:
+                _close(sock, held, "shutdown", time.monotonic() + timeout)
+                ended.append("closed")
+            except OSError as exc:
+                ended.append(type(exc).__name__)
+        yield ended
+
+
+def _stdin_closed(wait: float) -> bool:
+    ready, _, _ = select.select([sys.stdin], [], [], wait)
+    return bool(ready) and not sys.stdin.readline()
 
 
 def _bind(value: str) -> tuple[str, int]:
@@ -294,10 +363,17 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--count", type=int, default=1)
     cli.add_argument("--pause", type=float, default=0.0)
     cli.add_argument("--timeout", type=float, default=3.0)
-    cli.add_argument("--close", choices=("shutdown", "abort"), default="shutdown")
+    cli.add_argument("--close", choices=("shutdown", "abort", "hold"), default="shutdown",
+                     help="hold: open them all, print the answers, keep them open until stdin closes, then "
+                          "shut them down and print how each ended")
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args.name, *args.bind)
+        return 0
+    if args.close == "hold":
+        host, port = args.to
+        for result in hold(host, port, args.message.encode(), args.count, _stdin_closed, args.timeout):
+            print(json.dumps(result), flush=True)
         return 0
     answers: list[str] = []
     for i in range(max(0, args.count)):

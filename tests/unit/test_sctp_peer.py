@@ -148,6 +148,9 @@ class Loopback:
     def receive(self, deadline: float) -> tuple[str, w.Packet] | None:
         return (PEER, self.inbox.pop(0)) if self.inbox else None
 
+    def read_one(self) -> tuple[str, w.Packet] | None:
+        return self.receive(0.0)
+
 
 @pytest.mark.parametrize("close", ["shutdown", "abort"])
 @pytest.mark.parametrize("lost", [set(), {"Init"}, {"CookieEcho"}, {"Data"}, {"Shutdown"}])
@@ -162,6 +165,31 @@ def test_the_client_talks_to_the_server_and_retransmits(monkeypatch: pytest.Monk
     kinds = [type(c).__name__ for p in Loopback.sent for c in p.chunks]
     ending = ["Sack", "Abort"] if close == "abort" else ["Shutdown", "ShutdownComplete"]
     assert kinds[-len(ending):] == ending and kinds[0] == "Init" and "Sack" in kinds
+
+
+def test_the_client_holds_associations_open_until_told_then_shuts_them_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cohort.lab import sctp_peer
+    monkeypatch.setattr(sctp_peer, "RawSctp", Loopback)
+    monkeypatch.setattr(sctp_peer, "RTO", 0.01)
+    Loopback.lose, Loopback.sent = {"CookieEcho"}, []
+    Loopback.server.associations.clear()
+    asked: list[float] = []
+
+    def until(wait: float) -> bool:
+        asked.append(wait)
+        return len(asked) > 2
+
+    held = sctp_peer.hold(PEER, PORT, b"hi", 3, until, timeout=2.0)
+    assert next(held) == ["m9: hi"] * 3
+    assert len(Loopback.server.associations) == 3 and not asked  # open on the member, nothing sent to close
+    assert not any(isinstance(c, (w.Shutdown, w.Abort)) for p in Loopback.sent for c in p.chunks)
+    assert next(held) == ["closed"] * 3 and asked == [0.5] * 3
+    assert Loopback.server.associations == {}
+    assert [type(c).__name__ for p in Loopback.sent for c in p.chunks].count("ShutdownComplete") == 3
+    with pytest.raises(StopIteration):
+        next(held)
+    held = sctp_peer.hold(PEER, PORT + 1, b"hi", 1, lambda _: True, timeout=0.1)  # nobody on that port
+    assert next(held) == ["SctpError"] and next(held) == ["not open"]
 
 
 def test_the_client_gives_up_at_its_deadline_and_reports_an_abort(monkeypatch: pytest.MonkeyPatch) -> None:
