@@ -44,7 +44,7 @@ def test_l2_copies_what_does_not_come_from_a_peer() -> None:
     text = render({VIP: switched({"203.0.113.12": PEER_B.upper(), "203.0.113.13": PEER_C})})
     copy = next(line for line in text.splitlines() if "dup to" in line)
     assert f"ip daddr {VIP} ct state invalid ether saddr != {{ {PEER_B}, {PEER_C} }}" in copy
-    assert 'dup to 203.0.113.12 device "fe0" dup to 203.0.113.13 device "fe0" drop' in copy
+    assert 'counter dup to 203.0.113.12 device "fe0" dup to 203.0.113.13 device "fe0" drop' in copy
     assert f"ip daddr {VIP} ct state invalid drop" in text  # a peer's copy invalid here too stops here
 
 

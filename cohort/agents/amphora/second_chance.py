@@ -115,7 +115,8 @@ def _copy_rule(family: str, vip: str, cluster: Cluster, others: list[str]) -> st
     if not others:
         return None
     copies = " ".join(f'dup to {peer} device "{cluster.interface}"' for peer in others)
-    return f"    {family} daddr {vip} ct state invalid {source} {copies} drop"
+    # The counter shows how many packets took the detour (``nft list table ip cohort_second_chance``).
+    return f"    {family} daddr {vip} ct state invalid {source} counter {copies} drop"
 
 
 def render(vips: Mapping[str, Cluster]) -> str:
