@@ -195,6 +195,8 @@ def test_http_listener_names_frontend_backend_and_servers(tmp_path: Path) -> Non
     assert "    bind 203.0.113.50:80\n" in fe
     assert "    mode http\n" in fe
     assert "    default_backend pool-1\n" in fe
+    # A soft stop answers an idle keep-alive connection's next request with "Connection: close".
+    assert "    option idle-close-on-response\n" in fe
     assert "transparent" not in fe and "disabled" not in fe
     be = section(cfg, "backend pool-1")
     assert "    mode http\n" in be and "    balance roundrobin\n" in be
@@ -206,6 +208,7 @@ def test_http_listener_names_frontend_backend_and_servers(tmp_path: Path) -> Non
 def test_tcp_and_passthrough_listeners_use_tcp_mode(tmp_path: Path, protocol: str, pool_protocol: str) -> None:
     cfg = render(tmp_path, lb((listener(protocol=protocol),), (pool(protocol=pool_protocol),)))
     assert "    mode tcp\n" in section(cfg, "frontend lis-1")
+    assert "idle-close-on-response" not in section(cfg, "frontend lis-1")
     assert "    mode tcp\n" in section(cfg, "backend pool-1")
     if pool_protocol == "PROXY":
         servers = [line for line in section(cfg, "backend pool-1").splitlines() if line.startswith("    server ")]
