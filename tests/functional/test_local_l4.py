@@ -99,11 +99,15 @@ class Env(NamedTuple):
     cohort: Any
 
     def amphorae(self, lb_id: str) -> dict[str, str]:
-        """role -> the amphora's namespace (its compute id in the lab)."""
-        with self.cohort.sessions() as session:
-            rows = session.scalars(select(m.Amphora).where(m.Amphora.load_balancer_id == lb_id,
-                                                           m.Amphora.status == "ALLOCATED"))
-            return {str(a.role): str(a.compute_id) for a in rows}
+        return amphorae(self.cohort, lb_id)
+
+
+def amphorae(cohort: Any, lb_id: str) -> dict[str, str]:
+    """role -> the namespace of each of the load balancer's amphorae (its compute id in the lab)."""
+    with cohort.sessions() as session:
+        rows = session.scalars(select(m.Amphora).where(m.Amphora.load_balancer_id == lb_id,
+                                                       m.Amphora.status == "ALLOCATED"))
+        return {str(a.role): str(a.compute_id) for a in rows}
 
 
 @pytest.fixture(scope="module")
@@ -119,14 +123,22 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 _REPLY = re.compile(r"^.*? src=\S+ dst=\S+ sport=\d+ dport=(\d+) .*?src=(\S+) .*?\bmark=(\d+)")
 
 
-def flows(ns: str, port: int = PORT) -> dict[str, tuple[int, int]]:
-    """The amphora's UDP flows to VIP:``port`` in conntrack: member address -> (count, mark)."""
+_ENDED = ("CLOSED", "SHUTDOWN_SENT", "SHUTDOWN_RECD", "SHUTDOWN_ACK_SENT")
+
+
+def flows(ns: str, port: int = PORT, protocol: str = "udp") -> dict[str, tuple[int, int]]:
+    """The amphora's flows to VIP:``port`` in conntrack: member address -> (count, mark).
+
+    SCTP: the open associations (those shut down or aborted, which conntrack keeps a while, are left out).
+    """
     text = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/nf_conntrack"], capture_output=True,
                           text=True, check=True).stdout
     found: dict[str, tuple[int, int]] = {}
     for line in text.splitlines():
         hit = _REPLY.match(line)
-        if hit and " udp " in f" {line}" and int(hit.group(1)) == port and hit.group(3) != "0":
+        fields = line.split()
+        if hit and fields[2] == protocol and int(hit.group(1)) == port and hit.group(3) != "0" and not (
+                protocol == "sctp" and fields[5] in _ENDED):
             count, _ = found.get(hit.group(2), (0, 0))
             found[hit.group(2)] = (count + 1, int(hit.group(3)))
     return found
@@ -298,3 +310,4 @@ while True:
         print("-", flush=True)
     time.sleep(0.05)
 """
+
