@@ -38,9 +38,10 @@ In one run, on a private lab with Cohort on local drivers (``bench.common.bench_
   (``report.bottleneck``).
 
 Run as root, serialised with other users of the lab's namespaces:
-``flock /tmp/cohort-ns.lock .venv/bin/python -m bench.udp`` (about 8 minutes; ``--quick`` for
-a smoke run of every part in about 3, written to a temporary directory). Writes
-``bench/results/udp.json``.
+``flock /tmp/cohort-ns.lock .venv/bin/python -m bench.udp`` (about 6 minutes; ``--quick`` for
+a smoke run of every part in about 90 s, written to a temporary directory). Writes
+``bench/results/udp.json``; ``--report FILE`` recomputes and prints a results file's figures
+from its runs, without a run.
 
 Modules: ``cli`` (arguments), ``load`` (the tools run in the lab's namespaces: echo member,
 probe, generators; started as ``python -m bench.udp.load``, importing nothing heavy), ``napi``

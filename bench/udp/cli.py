@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="before each repetition, wait at most this long for other processes to calm down")
     parser.add_argument("--quiet-threshold", type=float, default=0.25, help="CPUs of other processes deemed calm")
     parser.add_argument("--output", type=Path, default=RESULTS / "udp.json")
+    parser.add_argument("--report", type=Path, metavar="FILE",
+                        help="no run: recompute the figures of a results file from its runs, write them back, print")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run of every part, small and short: "
                              + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items())

@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.active_active.census import census_delta, lab_netns_inodes, process_census
 from bench.active_active.setup import Config
-from bench.common import BenchEnv, BenchError, CpuWatch, cgroup_throttling
+from bench.common import CLK_TCK, BenchEnv, BenchError, cgroup_throttling, system_busy_seconds
 from bench.udp.napi import AmphoraLinks
 from bench.udp.setup import (
     UDP_PORT,
@@ -172,13 +172,16 @@ def measure(ctx: Context, target: Target, metric: str, rep: int, phase: str) -> 
         read_ready(proc, f"{metric} generator")
         inodes = lab_netns_inodes(lab)
         throttle0 = {ns: cgroup_throttling(cg) for ns, cg in cgroups.items()}
-        watch = CpuWatch(groups)
+        pids0 = {name: pids() for name, pids in groups.items()}
+        busy0 = system_busy_seconds()
         census0, t0 = process_census(inodes), time.monotonic()
-        watch.start()
+        tree0 = {name: tree_cpu(found) for name, found in pids0.items()}
         runtime0 = {name: runtime_seconds(pids) for name, pids in kthreads.items()}
         out, err = proc.communicate("go\n", timeout=args.warmup + args.seconds + 30)
-        cpu, machine = watch.stop()
+        tree1 = {name: tree_cpu(pids() | pids0[name]) for name, pids in groups.items()}
         wall = time.monotonic() - t0
+        machine = (system_busy_seconds() - busy0) / wall
+        cpu = {name: tree_delta(tree0[name], tree1[name]) / wall for name in groups}
         kcpu = {name: (runtime_seconds(pids) - runtime0[name]) / wall for name, pids in kthreads.items()}
         processes = census_delta(census0, process_census(inodes), wall)
         throttle1 = {ns: cgroup_throttling(cg) for ns, cg in cgroups.items()}
@@ -194,11 +197,32 @@ def measure(ctx: Context, target: Target, metric: str, rep: int, phase: str) -> 
     counted = float(counts.get("counted_s") or 0.0)
     return Run(phase, target.name, target.size, target.capped, metric, rep,
                counts["answered"] / counted if counted > 0 else 0.0, offered, counts,
-               float(counts["cpu_s"]) / max(1e-6, args.warmup + args.seconds), machine, cpu["members"].total,
+               float(counts["cpu_s"]) / max(1e-6, args.warmup + args.seconds), machine, cpu["members"],
                kcpu["nic"], {ns: kcpu["kernel:" + ns] for ns in cgroups},
-               {ns: cpu["processes:" + ns].total for ns in cgroups}, kcpu["network"],
-               cpu["distributor"].total if "distributor" in cpu else 0.0, throttled, processes, wall,
+               {ns: cpu["processes:" + ns] for ns in cgroups}, kcpu["network"],
+               cpu.get("distributor", 0.0), throttled, processes, wall,
                {k.removeprefix("thread:"): v for k, v in kcpu.items() if k.startswith("thread:")})
+
+
+def tree_cpu(pids: set[int]) -> dict[int, float]:
+    """pid -> CPU seconds of the process and of its children it has reaped (utime + stime + cutime +
+    cstime): an agent's short-lived ``nft`` children are counted in it once they are gone."""
+    found: dict[int, float] = {}
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        found[pid] = sum(int(f) for f in fields[11:15]) / CLK_TCK
+    return found
+
+
+def tree_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two :func:`tree_cpu` readings: the growth of every process seen both times
+    and all of those started since; one gone since counts nothing (its parent reaped it, or it is
+    lost: never a negative share, as subtracting what it had used before would give)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 def runtime_seconds(pids: set[int]) -> float:

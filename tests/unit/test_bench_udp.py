@@ -17,7 +17,7 @@ import pytest
 from bench.common import LAB_NETWORKS
 from bench.udp import load
 from bench.udp.cli import parse_args
-from bench.udp.measure import Target, offered_load, rotation, runtime_seconds, tool_args
+from bench.udp.measure import Target, offered_load, rotation, runtime_seconds, tool_args, tree_cpu, tree_delta
 from bench.udp.napi import chrt_command, thread_of
 from bench.udp.report import bottleneck, markdown, summarise
 from bench.udp.setup import SourcePool, addresses_per_run
@@ -105,6 +105,12 @@ def test_threads_are_timed_by_the_scheduler_clock() -> None:
     assert runtime_seconds({me, 2**22 + 12345}) >= first  # a thread gone counts nothing
 
 
+def test_process_cpu_counts_reaped_children_and_never_goes_negative() -> None:
+    assert tree_delta({1: 5.0, 2: 3.0}, {1: 6.5, 3: 0.5}) == pytest.approx(2.0)  # 2 gone: nothing, not -3
+    me = tree_cpu({os.getpid(), 2**22 + 12345})
+    assert list(me) == [os.getpid()] and me[os.getpid()] > 0
+
+
 def test_the_new_napi_thread_of_a_link_is_found_by_its_cut_name() -> None:
     before = {10: "napi/c-client-2", 11: "napi/fe0-300"}
     after = {**before, 12: "napi/fe0-301", 13: "napi/be0-302", 14: "napi/p1234567890"}  # cut at 15 characters
@@ -144,6 +150,7 @@ def test_figures_are_medians_with_ratios_to_single_and_direct() -> None:
     assert pps["DIRECT"]["ratio_to_single"] is None and pps["DIRECT"]["lost_total"] == 3
     assert pps["AA2"]["link_thread_cpu_median_each"] == pytest.approx({"be0": 0.025, "fe0": 0.035})
     assert pps["SINGLE"]["kernel_cap_used_median"] == pytest.approx(1.0)
+    assert pps["AA2"]["busiest_link_share_used_median"] == pytest.approx(0.035 / 0.025)
     assert pps["SINGLE-uncapped"]["kernel_cap_used_median"] is None
     assert pps["DIRECT"]["link_thread_cpu_median_each"] == {}
     assert pps["SINGLE"]["bottleneck"] == "amphora cap" and pps["DIRECT"]["bottleneck"] == "machine"
@@ -158,6 +165,8 @@ def test_what_limited_a_target() -> None:
     base = {"amphorae": 1, "capped": True, "kernel_cap_used_median": 0.5, "machine_busy_cpu_median": 1.0,
             "generator_cpu_median": 0.5, "nic_cpu_median": 0.3}
     assert bottleneck({**base, "kernel_cap_used_median": 0.9}, 2, 2) == "amphora cap"
+    assert bottleneck({**base, "kernel_cap_used_median": 0.8, "busiest_link_share_used_median": 0.97}, 2, 2) == \
+        "amphora cap"
     assert bottleneck({**base, "nic_cpu_median": 0.95, "machine_busy_cpu_median": 1.9}, 2, 2) == "NIC thread"
     assert bottleneck({**base, "machine_busy_cpu_median": 1.9}, 2, 2) == "machine"
     assert bottleneck({**base, "generator_cpu_median": 1.9}, 2, 2) == "generator"
