@@ -368,6 +368,20 @@ def render_ip_batch(
     return before, after
 
 
+def routing_drift(plans: Sequence[VipPlan], existing: Routing, managed_ifaces: Iterable[str] = ()) -> list[str]:
+    """What ``existing`` lacks or has too many of against ``plans`` (empty: in sync), in the terms
+    ``render_ip_batch`` uses: a link that went down took its routes with it, someone flushed a table."""
+    want = desired_routing(plans)
+    managed = set(managed_ifaces) | {p.ifname for p in plans}
+    neighbours = frozenset(n for n in existing.neighbours if n.ifname in managed)
+    drift = []
+    for kind, wanted, found in (("rule", want.rules, existing.rules), ("route", want.routes, existing.routes),
+                                ("neighbour", want.neighbours, neighbours)):
+        drift += [f"missing {kind} {x}" for x in _sorted(wanted - found)]
+        drift += [f"stale {kind} {x}" for x in _sorted(found - wanted)]
+    return drift
+
+
 def _sorted(items: Iterable[T]) -> list[T]:
     return sorted(items, key=repr)
 

@@ -263,6 +263,31 @@ def test_no_gateway_means_no_reply_route() -> None:
     assert not [line for line in before if "from 203.0.113.100" in line or "default" in line]
 
 
+def test_drift_is_what_a_flapped_link_lost_and_nothing_when_in_sync() -> None:
+    p = plan()
+    applied = nft.desired_routing([p])
+    foreign = nft.Neighbour("mgmt0", "198.18.0.1", "02:03:c6:12:00:01")  # not our interface: never drift
+    assert nft.routing_drift([p], Routing(applied.rules, applied.routes, applied.neighbours | {foreign})) == []
+    # fe0 went down: the kernel dropped its routes and permanent neighbours, the rules stayed.
+    flapped = Routing(applied.rules, frozenset(r for r in applied.routes if "dev fe0" not in r.spec), frozenset())
+    drift = nft.routing_drift([p], flapped)
+    assert drift == [
+        "missing route Route(table=1000, dst='default', spec='via 203.0.113.1 dev fe0')",
+        "missing route Route(table=1001, dst='203.0.113.100/32', spec='via 203.0.113.11 dev fe0')",
+        "missing route Route(table=1002, dst='203.0.113.100/32', spec='via 203.0.113.12 dev fe0')",
+        "missing neighbour Neighbour(ifname='fe0', address='203.0.113.11', mac='02:01:cb:00:71:0b')",
+        "missing neighbour Neighbour(ifname='fe0', address='203.0.113.12', mac='02:01:cb:00:71:0c')",
+    ]
+    stray = nft.Route(1007, "203.0.113.100/32", "via 203.0.113.17 dev fe0")
+    assert nft.routing_drift([p], Routing(applied.rules, applied.routes | {stray}, applied.neighbours)) == [
+        f"stale route {stray}"]
+    # A table that is not ours any more is drift on the interface being left, not elsewhere.
+    old = nft.Neighbour("fe1", "203.0.113.11", "02:01:cb:00:71:0b")
+    with_old = Routing(applied.rules, applied.routes, applied.neighbours | {old})
+    assert nft.routing_drift([p], with_old) == []
+    assert nft.routing_drift([p], with_old, managed_ifaces={"fe1"}) == [f"stale neighbour {old}"]
+
+
 def test_parsers_read_ip_json() -> None:
     rules = [
         {"priority": 100, "src": "all", "fwmark": "0x3e9", "table": "1001"},

@@ -296,8 +296,9 @@ class HaproxyManager:
             raise RuntimeError(f"haproxy of {lb_id} did not reload within {timeout}s")
 
     def drain(self, lb_id: str) -> None:
-        """Soft stop without waiting: HAProxy stops accepting, closes idle keep-alive connections, answers
-        the requests in flight with ``Connection: close`` and exits when the last connection ends.
+        """Soft stop without waiting: HAProxy stops accepting, answers the requests in flight and, on HTTP
+        listeners (``option idle-close-on-response``), the next request of each idle keep-alive
+        connection with ``Connection: close``, and exits when the last connection ends.
 
         Clients then reconnect, and their new connections reach amphorae that stay.
         """
