@@ -54,8 +54,8 @@ def settle(env: BenchEnv, target: Target, pool: int, timeout: float, spare_wait:
     """Until the load balancer is whole (no load yet, so not the serving check): what is still missing
     after ``timeout`` (empty: settled); then at most ``spare_wait`` more until ``pool`` spares are
     READY. Returns (missing, READY spares). A spare left building by a killed controller holds its
-    place in the pool until the pool gives it up (``cohort.controller.spares.ABANDONED_AFTER``), so
-    the episode goes on with fewer spares rather than waiting for that, and says so."""
+    place in the pool until its builder's lease lapses (``reconcile_lease``) and another controller
+    rebuilds it; the episode goes on with fewer spares rather than waiting for that, and says so."""
     observer, exp = target.observer(env), Expectation(target.kind, target.cfg.size)
     deadline = time.monotonic() + timeout
     while (missing := shortfalls(None, observer.observe(), exp, serving=False)) and time.monotonic() < deadline:
