@@ -4,34 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from cohort.config import Settings
 from cohort.controller.failover import FailoverWatcher
-from cohort.controller.reconciler import Reconciler
-from cohort.controller.wiring import make_drivers
 from cohort.db import models as m
-from cohort.db.session import make_engine, make_sessionmaker, upgrade
-from tests.unit.test_reconciler import add_lb, amphorae
+from tests.unit.test_reachability import cluster
+from tests.unit.test_reconciler import amphorae
+
+__all__ = ["cluster"]  # the fixture: an L2 ACTIVE_ACTIVE cluster of three amphorae, noop drivers
 
 ROUTER = "203.0.113.1"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[Settings, Any, Any, str]]:
-    settings = Settings(state_dir=tmp_path, drivers="noop", heartbeat_stale_after=5.0)
-    upgrade(settings.db_url)
-    engine = make_engine(settings.db_url)
-    sessions = make_sessionmaker(engine)
-    drivers = make_drivers(settings)
-    lb_id = add_lb(sessions, "ACTIVE_ACTIVE")
-    Reconciler(settings, sessions, drivers, owner="c1").run_until_idle()
-    yield settings, sessions, drivers, lb_id
-    engine.dispose()
 
 
 def report(sessions: Any, states: dict[str, str], at: float) -> None:
