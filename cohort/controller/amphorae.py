@@ -185,8 +185,7 @@ class AmphoraManager:
 
     def destroy(self, amphora_id: str, compute_id: str | None) -> None:
         if compute_id:
-            self.drivers.network.unplug_all(compute_id)
-            self.drivers.compute.delete(compute_id)
+            self.drivers.destroy_instance(compute_id)
         with transaction(self.sessions) as session:
             row = session.get(m.Amphora, amphora_id)
             if row is not None:

@@ -128,8 +128,7 @@ class DistributorPair:
             compute_id = row.compute_id if row is not None else None
         try:
             if compute_id is not None:
-                self.drivers.network.unplug_all(compute_id)
-                self.drivers.compute.delete(compute_id)
+                self.drivers.destroy_instance(compute_id)
         except DriverError as exc:
             log.warning("distributor %s: destroying its instance failed, will retry: %s", distributor_id, exc)
             return False

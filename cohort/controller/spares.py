@@ -166,8 +166,7 @@ class SparePool:
             row = session.get(m.Amphora, amphora_id)
             if row is not None and row.load_balancer_id is not None:
                 return  # taken by a load balancer after all (it was READY): the instance is its now
-        self.drivers.network.unplug_all(compute_id)
-        self.drivers.compute.delete(compute_id)
+        self.drivers.destroy_instance(compute_id)
 
     @contextmanager
     def _lease_kept(self, amphora_id: str) -> Iterator[None]:
@@ -210,8 +209,7 @@ class SparePool:
         if not gone:
             return
         if compute_id:
-            self.drivers.network.unplug_all(compute_id)
-            self.drivers.compute.delete(compute_id)
+            self.drivers.destroy_instance(compute_id)
         with transaction(self.sessions) as session:
             row = session.get(m.Amphora, amphora_id)
             if row is not None:

@@ -15,6 +15,5 @@ def destroy_instances(sessions: sessionmaker[Session], drivers: Drivers) -> int:
         computes = [c for c in session.scalars(select(m.Amphora.compute_id)) if c]
         computes += [c for c in session.scalars(select(m.Distributor.compute_id)) if c]
     for compute_id in computes:
-        drivers.network.unplug_all(compute_id)
-        drivers.compute.delete(compute_id)
+        drivers.destroy_instance(compute_id)
     return len(computes)

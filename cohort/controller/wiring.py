@@ -38,6 +38,16 @@ class Drivers:
     # Where agents send heartbeats ("host:port"); empty when nothing is built (noop drivers).
     heartbeat_target: str = ""
 
+    def destroy_instance(self, compute_id: str) -> None:
+        """Delete an amphora's or distributor's instance, then its ports.
+
+        In that order so its processes stop while their links are still up: a BGP speaker says
+        goodbye (a Cease withdraws its routes at once, where a vanished link leaves them to BFD, or
+        to the hold timer if BFD was not up yet) and keepalived hands its VIPs over (priority 0).
+        """
+        self.compute.delete(compute_id)
+        self.network.unplug_all(compute_id)
+
 
 def heartbeat_key(settings: Settings) -> bytes:
     """The master heartbeat key: from the settings, else generated once into the state dir.
