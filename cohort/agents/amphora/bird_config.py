@@ -149,7 +149,10 @@ def render(speaker: Speaker, vips: dict[str, bool], log_path: str) -> str:
                   "  ttl security on;",
                   f"  hold time {peer.hold_time};",
                   f"  keepalive time {peer.keepalive_interval};" if peer.hold_time else "",
-                  # A session that failed comes back within seconds, not BIRD's default minutes.
+                  # A session that failed comes back within seconds, not BIRD's default minutes,
+                  # and a new or recovered amphora connects after 1 s, not 5: it is not in the
+                  # router's next hops, so not carrying traffic, until it does.
+                  "  connect delay time 1;",
                   "  error wait time 1, 10;",
                   "  connect retry time 2;"]
         if peer.password is not None:
