@@ -76,8 +76,9 @@ class FailoverWatcher:
             if health is not None and not health.busy and now - health.last_update > stale_after:
                 found.append((amphora, f"no heartbeat for {now - health.last_update:.1f}s"))
                 continue
+            # Its data path is lost while it heartbeats, as when the distributors cannot reach an L2 one.
             down = self._bgp_down_for(amphora.id, health, now, routers_up)
-            if down is not None and down > stale_after:
+            if down is not None and down > self.settings.frontend_unreachable_after:
                 found.append((amphora, f"its BGP sessions have been down for {down:.1f}s"))
                 continue
             down = unreachable.get(amphora.id)

@@ -43,10 +43,10 @@ def test_an_amphora_that_lost_the_router_others_reach_is_replaced(cluster: tuple
     assert dead_ids(watcher, sessions) == []
     report(sessions, {**dict.fromkeys(ids, "Established"), ids[0]: "Active"}, now)
     assert dead_ids(watcher, sessions) == []  # down since now: not yet
-    watcher._bgp_down_since[ids[0]] -= 6.0  # six seconds later
+    watcher._bgp_down_since[ids[0]] -= 3.5  # frontend_unreachable_after (3 s) later
     with sessions() as session:
         found = [(a.id, reason) for a, reason in watcher.dead(session)]
-    assert [a for a, _ in found] == [ids[0]] and "BGP sessions have been down for 6." in found[0][1]
+    assert [a for a, _ in found] == [ids[0]] and "BGP sessions have been down for 3." in found[0][1]
 
 
 def test_a_router_nobody_reaches_gets_no_amphora_replaced(cluster: tuple[Settings, Any, Any, str]) -> None:
