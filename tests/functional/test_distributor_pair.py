@@ -140,21 +140,30 @@ def test_the_master_goes_dark_under_load_the_backup_takes_over_and_a_new_backup_
     _cohort, api, lab, lb_id, vip = env
     roles = wait_for(lambda: pair(api), timeout=30)
     master, backup = roles["MASTER"], roles["BACKUP"]
-    runner = load(lab, vip, 14.0)
-    time.sleep(3.0)
-    went_dark = time.time()
-    for ifname in ("fe0", "mgmt0"):
-        subprocess.run(["ip", "-n", namespace(lab, master), "link", "set", ifname, "down"], check=True)
-    # Declared failed after distributor_stale_after (3 s), destroyed, replaced; the survivor is MASTER.
-    now = wait_for(lambda: (p := pair(api)) and p["MASTER"]["id"] == backup["id"]
-                   and p["BACKUP"]["id"] != master["id"] and p, timeout=60, interval=0.1)
-    new_standby = time.time() - went_dark
-    figures = result(runner)
+    # The MACs the gateway learns for the VIP, in order: once the BACKUP's (the takeover), only the BACKUP's;
+    # a joining member never takes the VIP (it may reuse the failed member's address and MAC).
+    learnt = subprocess.Popen(["ip", "-n", lab.gw_ns, "monitor", "neigh"], stdout=subprocess.PIPE, text=True)
+    try:
+        runner = load(lab, vip, 14.0)
+        time.sleep(3.0)
+        went_dark = time.time()
+        for ifname in ("fe0", "mgmt0"):
+            subprocess.run(["ip", "-n", namespace(lab, master), "link", "set", ifname, "down"], check=True)
+        # Declared failed after distributor_stale_after (3 s), destroyed, replaced; the survivor is MASTER.
+        now = wait_for(lambda: (p := pair(api)) and p["MASTER"]["id"] == backup["id"]
+                       and p["BACKUP"]["id"] != master["id"] and p, timeout=60, interval=0.1)
+        new_standby = time.time() - went_dark
+        figures = result(runner)
+    finally:
+        learnt.terminate()
+    vip_macs = re.findall(rf"^{re.escape(vip)} dev \S+ lladdr ([0-9a-f:]{{17}})", learnt.communicate()[0], re.M)
     print(f"\nmaster links down: {len(figures['failures'])} failed of {figures['ok'] + len(figures['failures'])} "
           f"new connections, window {figures['window']:.2f}s; keep-alive broken {figures['broken']} of 10; "
           f"new standby (role BACKUP) after {new_standby:.1f}s")
     assert figures["window"] <= 0.5, figures
     assert figures["broken"] == 0 and figures["alive"] == 10, figures
+    survivor = mac_of(lab, namespace(lab, backup))
+    assert survivor in vip_macs and set(vip_macs[vip_macs.index(survivor):]) == {survivor}, vip_macs
     old = api.get(f"/v2/octavia/distributors/{master['id']}")[1]["distributor"]
     assert old["status"] == "DELETED" and "no heartbeat" in (old["status_reason"] or ""), old
     assert subprocess.run(["ip", "netns", "pids", namespace(lab, master)], capture_output=True,

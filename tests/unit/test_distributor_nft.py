@@ -406,6 +406,7 @@ class RecordingKernel:
         self.applied: list[tuple[list[VipPlan], set[str], set[str] | None]] = []
         self.bucket_updates: list[VipPlan] = []
         self.released: list[tuple[str, list[str]]] = []
+        self.introduced: list[tuple[str, str, str]] = []  # (ifname, own, peer) before keepalived starts
         self.addrs: dict[str, set[str]] = {}
         self.flows: dict[str, dict[int, int]] = {}
         self.counter_calls: list[list[str] | None] = []  # flows_of of each listing (None: everything)
@@ -423,6 +424,10 @@ class RecordingKernel:
 
     def addresses(self, ifname: str) -> set[str]:
         return set(self.addrs.get(ifname, set()))
+
+    def introduce(self, ifname: str, own: str, peer: str) -> bool:
+        self.introduced.append((ifname, own, peer))
+        return True
 
     def release_addresses(self, ifname: str, cidrs: Iterable[str]) -> None:
         self.released.append((ifname, list(cidrs)))

@@ -98,6 +98,8 @@ def test_keepalived_holds_the_vips_and_the_agent_reports_its_role(tmp_path: Path
     svc = service(tmp_path, kernel, keepalived=keepalived)
     assert svc.vrrp_role() is None and svc.heartbeat_body()["role"] is None
     svc.plug_vip(dataclasses.replace(VIP_SPEC, vrrp=VrrpSettings(peer="203.0.113.3")))
+    # Before keepalived first starts, the peer learns this member's MAC: its advertisements reach us.
+    assert kernel.introduced == [("fe0", "203.0.113.2", "203.0.113.3")]
     # The agent adds its own address only; the VIP is keepalived's.
     assert kernel.addresses("fe0") == {"203.0.113.2"}
     assert keepalived.alive and keepalived.config is not None
@@ -113,6 +115,7 @@ def test_keepalived_holds_the_vips_and_the_agent_reports_its_role(tmp_path: Path
     assert keepalived.reloads == reloads
     svc.plug_vip(dataclasses.replace(VIP_SPEC, vrrp=VrrpSettings(peer="203.0.113.4")))
     assert keepalived.reloads == reloads + 1 and "203.0.113.4" in (keepalived.config or "")
+    assert len(kernel.introduced) == 1  # a running keepalived keeps its state: no new introduction
     assert StateStore(tmp_path).load().vrrp["02:01:cb:00:71:02"].peer == "203.0.113.4"
 
 

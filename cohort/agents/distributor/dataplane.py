@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 
+from cohort import validation
 from cohort.agents.common.net import find_interface, ip_json, set_sysctl
 from cohort.agents.common.proc import CommandFailed, run
 from cohort.distributor import nft
@@ -32,6 +33,8 @@ NAMESPACE_SYSCTLS = {
     "net.ipv4.conf.all.arp_ignore": "1",
     "net.ipv4.conf.all.arp_announce": "2",
 }
+# Seconds a joining member waits for its VRRP peer to answer ARP (arping takes whole seconds).
+INTRODUCE_TIMEOUT = 1
 
 
 class DataPlane:
@@ -65,6 +68,18 @@ class DataPlane:
         for link in links:
             found.update(str(a["local"]) for a in link.get("addr_info", []) if "local" in a)
         return found
+
+    def introduce(self, ifname: str, own: str, peer: str, timeout: int = INTRODUCE_TIMEOUT) -> bool:
+        """Ask ``peer`` for its MAC from ``own`` on ``ifname`` until it answers or ``timeout`` passes;
+        whether it answered. Answering, it learns this member's MAC: its VRRP advertisements reach a
+        newcomer at once, even when the address's last owner left it an unresolved neighbour."""
+        command = ["arping", "-q", "-f", "-w", str(timeout), "-I", validation.interface_name(ifname),
+                   "-s", validation.canonical_ip(own, "own address"), validation.canonical_ip(peer, "VRRP peer")]
+        try:
+            run(command)
+        except CommandFailed:
+            return False
+        return True
 
     def release_addresses(self, ifname: str, cidrs: Iterable[str]) -> None:
         for cidr in cidrs:

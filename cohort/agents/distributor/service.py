@@ -53,6 +53,10 @@ class Kernel(Protocol):
 
     def release_addresses(self, ifname: str, cidrs: Iterable[str]) -> None: ...
 
+    def introduce(self, ifname: str, own: str, peer: str) -> bool:
+        """Make ``peer`` learn this member's MAC (an ARP exchange); whether it answered."""
+        ...
+
     def apply(
         self,
         plans: Sequence[nft.VipPlan],
@@ -394,9 +398,20 @@ class DistributorService:
             # A keepalived that died left its addresses behind; one that starts is BACKUP until it
             # hears no MASTER, so it must not answer ARP for them meanwhile.
             self._release_vips()
+            self._introduce_to_peers()
             self.keepalived.reload()
         elif changed:
             self.keepalived.reload()
+
+    def _introduce_to_peers(self) -> None:
+        """Before keepalived starts: have each peer learn our MAC. A replacement often takes the address
+        of the member it replaces, whose neighbour entry the MASTER holds as FAILED; until the MASTER
+        resolves it again its advertisements do not reach us, and after three intervals we would take
+        the VIPs from it (measured: the gateway sent the VIP's traffic to a joining member for 1 s)."""
+        for group in self._vrrp_groups():
+            if group.peer is not None and not self.dataplane.introduce(group.interface, group.own_address, group.peer):
+                LOG.warning("VRRP peer %s does not answer ARP on %s: starting keepalived anyway", group.peer,
+                            group.interface)
 
     def _release_vips(self) -> None:
         for vip in self.state.vips.values():
