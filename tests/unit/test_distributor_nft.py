@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 import socket
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,7 +19,9 @@ from typing import Any
 
 import pytest
 
+from cohort.agents.common.proc import CommandFailed
 from cohort.agents.distributor.api import parse_members, parse_vip
+from cohort.agents.distributor.dataplane import DataPlane
 from cohort.agents.distributor.service import DistributorService, MemberSpec, VipSpec, plan_of
 from cohort.agents.distributor.state import MemberState, StateStore, VipState
 from cohort.distributor import nft
@@ -410,6 +414,8 @@ class RecordingKernel:
         self.addrs: dict[str, set[str]] = {}
         self.flows: dict[str, dict[int, int]] = {}
         self.counter_calls: list[list[str] | None] = []  # flows_of of each listing (None: everything)
+        self.drifts: list[list[str]] = []  # what drift() answers, in turn (then: in sync)
+        self.drift_asked: list[tuple[list[VipPlan], set[str], set[str]]] = []
 
     def prepare(self) -> None:
         pass
@@ -440,6 +446,10 @@ class RecordingKernel:
 
     def apply_buckets(self, plan: VipPlan) -> None:
         self.bucket_updates.append(plan)
+
+    def drift(self, plans: Sequence[VipPlan], keep_keys: Iterable[str], managed_ifaces: Iterable[str]) -> list[str]:
+        self.drift_asked.append((list(plans), set(keep_keys), set(managed_ifaces)))
+        return self.drifts.pop(0) if self.drifts else []
 
     def counters(self, flows_of: Iterable[str] | None = None) -> dict[str, nft.VipCounters]:
         self.counter_calls.append(None if flows_of is None else sorted(flows_of))
@@ -744,3 +754,74 @@ def test_noop_driver_records_membership_and_reports_like_the_agent() -> None:
     assert status["members"]["y"] == {"healthy": True, "state": "DRAINING", "drained": False, "flows": 0}
     d.remove_vip(ref, "lb-a")
     assert d.status(ref)["vips"] == {} and d.registered("dist-1", "lb-a") == []
+
+
+def test_converge_reapplies_only_when_the_kernel_drifted(tmp_path: Path) -> None:
+    kernel = RecordingKernel()
+    svc = service(tmp_path, kernel)
+    svc.plug_vip(VIP_SPEC)
+    svc.set_members("lb-a", specs("x", "y"))
+    applied = len(kernel.applied)
+    assert svc.converge() == [] and len(kernel.applied) == applied  # in sync: nothing is touched
+    plans, keep, managed = kernel.drift_asked[-1]
+    assert [p.lb_id for p in plans] == ["lb-a"] and keep == {nft.object_key("lb-a")} and managed == {"fe0"}
+
+    kernel.drifts = [["missing route x"]]  # a link flapped: routes back, bucket maps (and pins) untouched
+    assert svc.converge() == ["missing route x"]
+    assert len(kernel.applied) == applied + 1 and kernel.applied[-1][2] == set()
+    assert kernel.applied[-1][0] == kernel.applied[-2][0]  # the same plan as the state's
+
+    kernel.drifts = [["nft " + nft.object_key("lb-a")]]  # our table is gone: every bucket map refilled
+    svc.converge()
+    assert kernel.applied[-1][2] is None
+
+    # A difference re-applying does not cure is re-applied once, not on every event after.
+    applied = len(kernel.applied)
+    kernel.drifts = [["stale route y"]] * 4
+    for _ in range(3):
+        assert svc.converge() == ["stale route y"]
+    assert len(kernel.applied) == applied + 1
+    kernel.drifts = [["stale route y", "missing route z"]]  # it changed: tried again
+    svc.converge()
+    assert len(kernel.applied) == applied + 2
+
+
+def test_converge_survives_a_link_still_down_and_retries(tmp_path: Path) -> None:
+    kernel = RecordingKernel()
+    svc = service(tmp_path, kernel)
+    svc.plug_vip(VIP_SPEC)
+    svc.set_members("lb-a", specs("x"))
+
+    def refused(*_args: object) -> None:
+        raise CommandFailed(["ip", "-batch", "-"], 2, "Error: Nexthop device is not up.")
+
+    kernel.apply = refused  # type: ignore[method-assign]
+    kernel.drifts = [["missing route x"], ["missing route x"]]
+    assert svc.converge() == ["missing route x"]  # logged, not raised
+    del kernel.apply  # the link is up again
+    applied = len(kernel.applied)
+    assert svc.converge() == ["missing route x"] and len(kernel.applied) == applied + 1
+
+
+def test_kernel_events_wake_converge_and_the_monitor_is_restarted(tmp_path: Path) -> None:
+    kernel = RecordingKernel()
+    svc = service(tmp_path, kernel)
+    svc.plug_vip(VIP_SPEC)
+    stop = threading.Event()
+    converger = threading.Thread(target=svc.run_converge, args=(stop, 60.0), daemon=True)
+    converger.start()
+    dataplane = DataPlane()
+    dataplane.MONITOR = ("sh", "-c", "echo 2: fe0: <BROADCAST,MULTICAST,UP,LOWER_UP>")  # then it exits
+    dataplane.RESTART_DELAY = 0.05
+    events: list[float] = []
+
+    def changed() -> None:
+        events.append(time.monotonic())
+        svc.drifted()
+        if len(events) >= 4:  # (start, line) twice: the monitor was started again
+            stop.set()
+
+    dataplane.watch(changed, stop)
+    converger.join(timeout=2)
+    assert len(events) == 4 and not converger.is_alive()
+    assert kernel.drift_asked  # the period is 60 s: only the events made it check

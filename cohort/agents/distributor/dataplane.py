@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Iterable, Sequence
+import subprocess
+import threading
+from collections.abc import Callable, Iterable, Sequence
 
 from cohort import validation
 from cohort.agents.common.net import find_interface, ip_json, set_sysctl
@@ -38,6 +40,10 @@ INTRODUCE_TIMEOUT = 1
 
 
 class DataPlane:
+    # Link, route and rule events, one a line: silent on an idle distributor.
+    MONITOR = ("ip", "-o", "monitor", "link", "route", "rule")
+    RESTART_DELAY = 1.0
+
     def prepare(self) -> None:
         """Namespace-wide settings, and the local table moved behind the fwmark rules."""
         for name, value in NAMESPACE_SYSCTLS.items():
@@ -125,6 +131,38 @@ class DataPlane:
         run(["nft", "-f", "-"], stdin=nft.render_nft(plans, stale_keys=stale, buckets_for=buckets_for))
         if after:
             run(["ip", "-batch", "-"], stdin="\n".join(after) + "\n")
+
+    def drift(self, plans: Sequence[nft.VipPlan], keep_keys: Iterable[str], managed_ifaces: Iterable[str]) -> list[str]:
+        """How the kernel differs from ``plans`` (empty: as applied): rules, routes, permanent
+        neighbours, and load balancers whose nft objects are missing ("nft <key>")."""
+        found = nft.routing_drift(plans, self.existing_routing(), managed_ifaces)
+        return found + [f"nft {key}" for key in sorted(set(keep_keys) - self.nft_keys())]
+
+    def watch(self, changed: Callable[[], None], stop: threading.Event) -> None:
+        """Call ``changed`` on every link, route or rule event of the namespace (a link
+        that went down and up again; someone deleting a route), until ``stop`` is set.
+
+        One ``ip monitor`` process (``MONITOR``), restarted after ``RESTART_DELAY`` if it dies.
+        """
+        while not stop.is_set():
+            monitor = subprocess.Popen(self.MONITOR, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self._monitor = monitor
+            changed()  # events may have been missed while no monitor ran
+            assert monitor.stdout is not None
+            for _line in monitor.stdout:
+                changed()
+                if stop.is_set():
+                    break
+            monitor.kill()
+            monitor.wait()
+            if not stop.is_set():
+                LOG.warning("ip monitor exited (%s): starting it again", monitor.returncode)
+                stop.wait(self.RESTART_DELAY)
+
+    def stop_watching(self) -> None:
+        monitor = getattr(self, "_monitor", None)
+        if monitor is not None and monitor.poll() is None:
+            monitor.kill()
 
     def apply_buckets(self, plan: nft.VipPlan) -> None:
         run(["nft", "-f", "-"], stdin=nft.render_buckets(plan))

@@ -23,6 +23,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cohort.agents.common.proc import CommandFailed
 from cohort.agents.distributor.state import AgentState, MemberState, StateStore, VipState, VrrpSettings
 from cohort.distributor import maglev, nft, vrrp
 from cohort.distributor.probes import ProbeSettings, ProbeTarget
@@ -35,6 +36,10 @@ COUNTERS_MAX_AGE = 1.0
 # carry the flow counts of the last status request (the controller reads them from there, fresh,
 # when it needs them: draining).
 HEARTBEAT_FLOWS_MAX_AGE = math.inf
+# The data plane is checked against the state on every link/route/rule event, after
+# CONVERGE_SETTLE seconds (a burst of events is one check), and every CONVERGE_PERIOD seconds.
+CONVERGE_SETTLE = 0.05
+CONVERGE_PERIOD = 2.0
 HEARTBEAT_BUDGET = 60_000  # bytes of JSON body; a heartbeat datagram must stay under 65000
 
 
@@ -66,6 +71,10 @@ class Kernel(Protocol):
     ) -> None: ...
 
     def apply_buckets(self, plan: nft.VipPlan) -> None: ...
+
+    def drift(self, plans: Sequence[nft.VipPlan], keep_keys: Iterable[str], managed_ifaces: Iterable[str]) -> list[str]:
+        """How the kernel differs from ``plans`` (empty: as ``apply`` left it)."""
+        ...
 
     def counters(self, flows_of: Iterable[str] | None = None) -> dict[str, nft.VipCounters]:
         """Counters per VIP key, with the pinned flows of the keys in ``flows_of`` (None: of all)."""
@@ -153,6 +162,9 @@ class DistributorService:
         self._flows: tuple[float, dict[str, dict[int, int]]] = (float("-inf"), {})
         self.monotonic: Callable[[], float] = time.monotonic  # the counters' ages (replaced in tests)
         self._heartbeat_offset = 0
+        self._drift_wake = threading.Event()
+        self._drift_failed = ""  # the last failure to re-apply, said once
+        self._stubborn: list[str] = []  # a drift re-applying did not cure: not re-applied again
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -182,6 +194,57 @@ class DistributorService:
         # Interfaces whose stale permanent neighbours may be removed: ours, including one being left.
         managed = {v.interface for v in self.state.vips.values() if v.interface} | ({left} if left else set())
         self.dataplane.apply(plans, keep, managed, buckets_for)
+
+    def converge(self) -> list[str]:
+        """Re-apply the state if the kernel drifted from it, and say how it had (empty: it had not).
+
+        A link that goes down takes its routes and permanent neighbours with it, and nothing
+        puts them back when it comes up again; someone may flush a table or delete our nft table.
+        Missing nft objects refill every bucket map; otherwise the maps, which only the agent
+        writes, are left alone (the pins in the flow maps always are).
+        """
+        with self._lock:
+            vips = [v for v in self.state.vips.values() if v.interface]
+            plans = [plan_of(v) for v in vips]
+            args = (plans, {p.key for p in plans}, {v.interface for v in vips})
+            drift = self.dataplane.drift(*args)
+            if not drift or drift == self._stubborn:
+                self._drift_failed = ""
+                return drift
+            self._stubborn = []
+            said = "; ".join(drift[:4]) + (f" and {len(drift) - 4} more" if len(drift) > 4 else "")
+            try:
+                self._apply(buckets_for=None if any(d.startswith("nft ") for d in drift) else ())
+            except CommandFailed as e:  # a link still down refuses routes through it: the next event retries
+                if str(e) != self._drift_failed:
+                    LOG.warning("data plane drifted (%s); re-applying failed: %s", said, e)
+                self._drift_failed = str(e)
+                return drift
+            self._drift_failed = ""
+            LOG.warning("data plane drifted from the state (%s): re-applied", said)
+            # What re-applying does not fix, re-applying again will not: never a loop of applies
+            # (each makes route events), until the difference changes.
+            if (left := self.dataplane.drift(*args)) == drift:
+                LOG.error("the kernel still differs from the state after re-applying it: %s", said)
+                self._stubborn = left
+            return drift
+
+    def drifted(self) -> None:
+        """Something in the kernel changed (``DataPlane.watch``): check it soon."""
+        self._drift_wake.set()
+
+    def run_converge(self, stop: threading.Event, period: float = CONVERGE_PERIOD) -> None:
+        """``converge`` on every kernel event (coalesced over ``CONVERGE_SETTLE``), and every ``period``
+        seconds whatever happens: neighbours and nft are not watched (ARP churns neighbour events)."""
+        while not stop.is_set():
+            self._drift_wake.wait(period)
+            if stop.wait(CONVERGE_SETTLE):
+                return
+            self._drift_wake.clear()
+            try:
+                self.converge()
+            except Exception:
+                LOG.exception("converge failed")
 
     # --- VIPs ----------------------------------------------------------------------------------
 
