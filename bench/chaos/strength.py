@@ -32,6 +32,7 @@ from cohort.agents.amphora.stats import show_stat
 from cohort.drivers.distributor.base import DistributorRef
 
 KINDS = ("single", "standby", "l2", "l3")
+STATUS_TIMEOUT = 0.5  # seconds for a distributor agent's status
 
 
 @dataclass
@@ -153,8 +154,9 @@ class Observer:
             role, has_vip, healthy = None, False, set()
             if row["status"] == "ACTIVE" and row.get("lb_network_ip"):
                 try:
+                    # A member whose links are down must not hold the observations up (5 s connects).
                     status = self.env.cohort.drivers.distributor.status(
-                        DistributorRef(str(row["id"]), str(row["lb_network_ip"])))
+                        DistributorRef(str(row["id"]), str(row["lb_network_ip"])), timeout=STATUS_TIMEOUT)
                     role = status.get("vrrp", {}).get("role")
                     vip = status.get("vips", {}).get(self.lb_id)
                     has_vip = vip is not None

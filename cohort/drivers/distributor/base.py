@@ -67,6 +67,7 @@ class DistributorDriver(Protocol):
         """Make ``members`` the VIP's whole membership; absent amphorae are unregistered."""
         ...
 
-    def status(self, distributor: DistributorRef) -> dict[str, Any]:
-        """Per VIP: members with probe health, open flows and counters; ``vrrp``: the member's role."""
+    def status(self, distributor: DistributorRef, timeout: float | None = None) -> dict[str, Any]:
+        """Per VIP: members with probe health, open flows and counters; ``vrrp``: the member's role.
+        ``timeout``: seconds for the whole call (None: the driver's own)."""
         ...
