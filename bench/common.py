@@ -468,7 +468,12 @@ class CpuWatch:
 
 def haproxy_pids(cgroup: str) -> set[int]:
     """HAProxy's processes (master and worker) in an amphora's cgroup."""
-    return {p for p in netns.cgroup_pids(cgroup) if "haproxy" in " ".join(cmdline(p)[:1])}
+    return command_pids(cgroup, "haproxy")
+
+
+def command_pids(cgroup: str, name: str) -> set[int]:
+    """The processes in ``cgroup`` whose program's path contains ``name`` (haproxy, bird)."""
+    return {p for p in netns.cgroup_pids(cgroup) if name in " ".join(cmdline(p)[:1])}
 
 
 def haproxy_server_counters(sock: Path) -> dict[str, int]:

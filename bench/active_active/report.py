@@ -24,7 +24,7 @@ def throughput_tables(figures: dict[str, Any], cap: float, runs: str, nproc: int
         table.add_column(col, justify="left" if col in ("mode", "config") else "right")
     cpu = Table(title=f"Where the CPU went at cap {cap} (medians; CPUs = CPU-seconds per second)")
     for col in ("mode", "config", f"machine/{nproc}", "members", "busiest worker", "wrk", "amphorae",
-                "each (HAProxy)", "throttled", "distributor agent", "bench+Cohort", "kthreads", "other procs",
+                "each (HAProxy / BIRD)", "throttled", "distributor agent", "bench+Cohort", "kthreads", "other procs",
                 "unattributed*"):
         cpu.add_column(col, justify="left" if col in ("mode", "config") else "right")
     for mode, per in figures.items():
@@ -38,7 +38,8 @@ def throughput_tables(figures: dict[str, Any], cap: float, runs: str, nproc: int
             cpu.add_row(mode, name, f"{f['machine_busy_cpu_median']:.2f}", f"{f['member_cpu_median']:.2f}",
                         f"{f['member_busiest_worker_cpu_max']:.2f}", f"{f['wrk_cpu_median']:.2f}",
                         f"{f['amphorae_cpu_median']:.2f}",
-                        f"{f['amphora_cpu_median_each']:.3f} ({f['haproxy_cpu_median_each']:.3f})",
+                        f"{f['amphora_cpu_median_each']:.3f} ({f['haproxy_cpu_median_each']:.3f}"
+                        f" / {f.get('speaker_cpu_median_each', 0.0):.4f})",
                         f"{f['amphora_throttled_fraction_median']:.0%}", f"{f['distributor_agent_cpu_median']:.2f}",
                         f"{f['bench_process_cpu_median']:.2f}", f"{f['kernel_threads_cpu_median']:.2f}",
                         f"{f['other_processes_cpu_median']:.2f}", f"{f['unattributed_cpu_median']:.2f}")

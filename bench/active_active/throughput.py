@@ -37,6 +37,7 @@ from bench.common import (
     CpuWatch,
     WrkResult,
     cgroup_throttling,
+    command_pids,
     haproxy_frontend_requests,
     haproxy_pids,
     median,
@@ -61,6 +62,7 @@ class Run:
     wrk_cpu: float
     amphora_cpu: dict[str, float]  # the whole cgroup: HAProxy and the amphora agent
     haproxy_cpu: dict[str, float]
+    speaker_cpu: dict[str, float]  # the amphora's BIRD (L3 only; 0 elsewhere)
     amphora_throttled_fraction: dict[str, float]  # of the CFS periods in the run
     amphora_requests: dict[str, int]  # HAProxy frontend requests during the run
     distributor_agent_cpu: float
@@ -116,6 +118,7 @@ def measure(env: BenchEnv, cfg: Measured, mode: str, rep: int, args: argparse.Na
     for ns, cg in cgroups.items():
         groups[ns] = functools.partial(netns.cgroup_pids, cg)
         groups["haproxy:" + ns] = functools.partial(haproxy_pids, cg)
+        groups["speaker:" + ns] = functools.partial(command_pids, cg, "bird")
     clustered = isinstance(cfg, Config) and cfg.size > 1 and not cfg.l3  # behind the L2 distributor
     buckets0 = dist.buckets(cfg) if isinstance(cfg, Config) and clustered else None
     throttle0 = {ns: cgroup_throttling(cg) for ns, cg in cgroups.items()}
@@ -133,7 +136,8 @@ def measure(env: BenchEnv, cfg: Measured, mode: str, rep: int, args: argparse.Na
                  / max(1, throttle1[ns].get("nr_periods", 0) - throttle0[ns].get("nr_periods", 0)) for ns in cgroups}
     return Run(cfg.name, cfg.size, mode, rep, result, machine, cpu["member"].total, cpu["member"].busiest,
                result.cpu_seconds / result.seconds if result.seconds else 0.0,
-               {ns: cpu[ns].total for ns in cgroups}, {ns: cpu["haproxy:" + ns].total for ns in cgroups}, throttled,
+               {ns: cpu[ns].total for ns in cgroups}, {ns: cpu["haproxy:" + ns].total for ns in cgroups},
+               {ns: cpu["speaker:" + ns].total for ns in cgroups}, throttled,
                {ns: requests1[ns] - requests0[ns] for ns in sockets}, cpu["distributor"].total,
                cpu["bench"].total,
                None if buckets0 is None or not isinstance(cfg, Config) else dist.buckets(cfg) != buckets0, processes)
@@ -202,6 +206,8 @@ def summarise(runs: list[Run], configs: list[Measured]) -> dict[str, Any]:
                 "amphorae_cpu_median": median(amp_cpu),
                 "amphora_cpu_median_each": median([c / cfg.size for c in amp_cpu]),
                 "haproxy_cpu_median_each": median([sum(r.haproxy_cpu.values()) / cfg.size for r in mine]),
+                # The rest of the cgroup is the amphora agent (and what it runs).
+                "speaker_cpu_median_each": median([sum(r.speaker_cpu.values()) / cfg.size for r in mine]),
                 "amphora_throttled_fraction_min": min(min(r.amphora_throttled_fraction.values()) for r in mine),
                 "amphora_throttled_fraction_median": median([statistics.fmean(r.amphora_throttled_fraction.values())
                                                              for r in mine]),
