@@ -34,7 +34,7 @@ down:
 	@$(BIN)/cohort down
 
 test: install
-	@$(BIN)/pytest -q -p no:cacheprovider tests
+	@$(BIN)/pytest -q -p no:cacheprovider --durations=25 tests
 
 TEMPEST_VENV := .venv-tempest
 TEMPEST_STAMP := $(TEMPEST_VENV)/.installed
