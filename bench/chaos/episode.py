@@ -29,6 +29,7 @@ from bench.chaos.strength import Expectation, Observation, Observer, master, sho
 from bench.common import BenchEnv, BenchError
 
 TIMELINE_MAX = 80  # changes of the shortfall list kept per episode
+MASTER_LOOKS = 5  # observations before a distributor fault finds no MASTER and gives up
 
 
 @dataclass
@@ -149,6 +150,12 @@ def run_episode(env: BenchEnv, plane: ControlPlane, target: Target, fault: str, 
         pins = connection_map(env, {a: observer.namespace(a) for a in base.amphorae})
         victim = pick_victim(target, base, rep)
         dist = master(env, base.distributors or []) if fault.startswith("distributor") else None
+        for _ in range(MASTER_LOOKS if fault.startswith("distributor") and dist is None else 0):
+            # An agent busy under the load may miss one status deadline: look again before giving up.
+            time.sleep(max(args.poll, 0.3))
+            base = observer.observe()
+            if (dist := master(env, base.distributors or [])) is not None:
+                break
         if fault.startswith("distributor") and dist is None:
             raise BenchError("no distributor is MASTER by its VRRP state")
         failed_amphorae = {victim} if fault in ("amphora_kill", "controller_kill") else set()

@@ -32,7 +32,7 @@ from cohort.agents.amphora.stats import show_stat
 from cohort.drivers.distributor.base import DistributorRef
 
 KINDS = ("single", "standby", "l2", "l3")
-STATUS_TIMEOUT = 0.5  # seconds for a distributor agent's status
+STATUS_TIMEOUT = 1.0  # seconds for a distributor agent's status
 
 
 @dataclass
