@@ -25,7 +25,7 @@ from bench.chaos import faults
 from bench.chaos.load import Arrivals, KeepAlive, connection_map
 from bench.chaos.measure import breaks
 from bench.chaos.plane import ControlPlane
-from bench.chaos.strength import Expectation, Observation, Observer, master, shortfalls
+from bench.chaos.strength import DISTRIBUTOR_POLL, Expectation, Observation, Observer, master, shortfalls
 from bench.common import BenchEnv, BenchError
 
 TIMELINE_MAX = 80  # changes of the shortfall list kept per episode
@@ -152,7 +152,7 @@ def run_episode(env: BenchEnv, plane: ControlPlane, target: Target, fault: str, 
         dist = master(env, base.distributors or []) if fault.startswith("distributor") else None
         for _ in range(MASTER_LOOKS if fault.startswith("distributor") and dist is None else 0):
             # An agent busy under the load may miss one status deadline: look again before giving up.
-            time.sleep(max(args.poll, 0.3))
+            time.sleep(max(args.poll, DISTRIBUTOR_POLL))
             base = observer.observe()
             if (dist := master(env, base.distributors or [])) is not None:
                 break
