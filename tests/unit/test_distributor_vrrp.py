@@ -11,7 +11,7 @@ import pytest
 from cohort.agents.distributor.api import parse_vip
 from cohort.agents.distributor.state import StateStore, VrrpSettings
 from cohort.distributor.vrrp import VrrpGroup, advert_int, render_keepalived
-from tests.unit.test_distributor_nft import VIP_SPEC, FakeKeepalived, RecordingKernel, service
+from tests.unit.test_distributor_nft import VIP_SPEC, FakeKeepalived, RecordingKernel, service, specs
 
 GROUP = VrrpGroup("fe0", "203.0.113.2", "203.0.113.3", ("203.0.113.101", "203.0.113.100"), vrid=250,
                   advert_int=0.05)
@@ -98,6 +98,9 @@ def test_keepalived_holds_the_vips_and_the_agent_reports_its_role(tmp_path: Path
     svc = service(tmp_path, kernel, keepalived=keepalived)
     assert svc.vrrp_role() is None and svc.heartbeat_body()["role"] is None
     svc.plug_vip(dataclasses.replace(VIP_SPEC, vrrp=VrrpSettings(peer="203.0.113.3")))
+    # No amphora known yet: the VIP is not held (a MASTER would answer it itself, with resets).
+    assert not keepalived.alive and kernel.introduced == []
+    svc.set_members("lb-a", specs("x", "y"))
     # Before keepalived first starts, the peer learns this member's MAC: its advertisements reach us.
     assert kernel.introduced == [("fe0", "203.0.113.2", "203.0.113.3")]
     # The agent adds its own address only; the VIP is keepalived's.
@@ -123,6 +126,7 @@ def test_a_dead_keepalived_is_restarted_without_the_addresses_it_left(tmp_path: 
     kernel, keepalived = RecordingKernel(), FakeKeepalived()
     svc = service(tmp_path, kernel, keepalived=keepalived)
     svc.plug_vip(dataclasses.replace(VIP_SPEC, vrrp=VrrpSettings(peer="203.0.113.3")))
+    svc.set_members("lb-a", specs("x"))
     kernel.addrs["fe0"].add("203.0.113.100")
     keepalived.alive = False  # killed: its address stays behind
     assert svc.vrrp_role() == "FAULT"
@@ -144,9 +148,29 @@ def test_the_last_vip_gone_stops_keepalived_and_a_restart_adopts_it(tmp_path: Pa
     kernel, keepalived = RecordingKernel(), FakeKeepalived()
     svc = service(tmp_path, kernel, keepalived=keepalived)
     svc.plug_vip(dataclasses.replace(VIP_SPEC, vrrp=VrrpSettings(peer="203.0.113.3")))
+    svc.set_members("lb-a", specs("x"))
     reloads = keepalived.reloads
     again = service(tmp_path, kernel, keepalived=keepalived)
     again.start()
     assert keepalived.reloads == reloads and keepalived.alive  # the running one is adopted as it is
     again.unplug_vip("lb-a")
     assert not keepalived.alive and again.state.vrrp == {}
+
+
+def test_a_vip_is_held_only_while_its_amphorae_are_known(tmp_path: Path) -> None:
+    """A joining member gets the VIP plugged before its tables: keepalived must not hold it until then."""
+    kernel, keepalived = RecordingKernel(), FakeKeepalived()
+    svc = service(tmp_path, kernel, keepalived=keepalived)
+    svc.plug_vip(dataclasses.replace(VIP_SPEC, vrrp=VrrpSettings(peer="203.0.113.3")))
+    svc.plug_vip(dataclasses.replace(VIP_SPEC, lb_id="lb-b", vip_address="203.0.113.101"))
+    assert not keepalived.alive and svc.vrrp_role() is None
+    svc.set_members("lb-a", specs("x"))
+    assert keepalived.alive and keepalived.config is not None
+    assert "203.0.113.100/32" in keepalived.config and "203.0.113.101" not in keepalived.config
+    svc.set_members("lb-b", specs("y"))
+    assert "203.0.113.101/32" in (keepalived.config or "")
+    svc.set_members("lb-a", [])
+    assert "203.0.113.100" not in (keepalived.config or "") and keepalived.alive
+    # Still validated when not held: keepalived's renderer refuses a VIP that is the peer's address.
+    with pytest.raises(ValueError):
+        svc.plug_vip(dataclasses.replace(VIP_SPEC, lb_id="lb-c", vip_address="203.0.113.3"))

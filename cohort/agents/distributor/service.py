@@ -277,7 +277,7 @@ class DistributorService:
             if spec.vrrp is not None:
                 self.state.vrrp[spec.mac_address] = spec.vrrp
             try:
-                self._vrrp_config()  # what keepalived's renderer refuses is refused before anything is saved
+                self._vrrp_config(every_vip=True)  # what keepalived refuses is refused before anything is saved
             except ValueError:
                 self._restore(spec, old, old_vrrp)
                 raise
@@ -358,6 +358,7 @@ class DistributorService:
             vip.table_size = max(vip.table_size, maglev.table_size(active))
             self.store.save(self.state)
             self._apply(buckets_for={lb_id})
+            self._sync_vrrp()  # a VIP's first members let keepalived hold it; tables are in place by now
         self.on_change()
 
     # --- health and draining -------------------------------------------------------------------
@@ -433,10 +434,14 @@ class DistributorService:
 
     # --- VRRP: which member of the pair holds the VIPs -----------------------------------------
 
-    def _vrrp_groups(self) -> list[vrrp.VrrpGroup]:
+    def _vrrp_groups(self, every_vip: bool = False) -> list[vrrp.VrrpGroup]:
+        """keepalived's groups: the VIPs this member may hold, those whose amphorae it knows. A VIP with
+        no member yet is left out (``every_vip``: kept, to validate it): a member that became MASTER
+        with it would answer the VIP itself, with resets, where it should forward (measured: a
+        joining member took the VIPs before its tables came, and reset 24 of 24 open connections)."""
         by_port: dict[str, list[VipState]] = {}
         for vip in self.state.vips.values():
-            if vip.interface:
+            if vip.interface and (every_vip or vip.members):
                 by_port.setdefault(vip.mac_address, []).append(vip)
         groups = []
         for mac, vips in by_port.items():
@@ -446,8 +451,8 @@ class DistributorService:
                 vips=tuple(v.vip_address for v in vips), vrid=settings.vrid, advert_int=settings.advert_int))
         return groups
 
-    def _vrrp_config(self) -> str | None:
-        groups = self._vrrp_groups()
+    def _vrrp_config(self, every_vip: bool = False) -> str | None:
+        groups = self._vrrp_groups(every_vip)
         return vrrp.render_keepalived(self.distributor_id, groups) if groups else None
 
     def _sync_vrrp(self) -> None:
@@ -484,7 +489,7 @@ class DistributorService:
     def watch_vrrp(self) -> None:
         """Restart a keepalived that died (the peer holds the VIPs meanwhile, if it lives)."""
         with self._lock:
-            if self.state.vips and not self.keepalived.running():
+            if self._vrrp_groups() and not self.keepalived.running():
                 LOG.warning("keepalived is not running: starting it again")
                 self._sync_vrrp()
 
