@@ -43,6 +43,23 @@ PENDING = ("PENDING_CREATE", "PENDING_UPDATE", "PENDING_DELETE")
 CertificateSource = Callable[[Session, str], dict[str, bytes]]
 
 
+class Phases:
+    """Seconds spent in each phase of a pass, for its log line."""
+
+    def __init__(self) -> None:
+        self._last = self._start = time.monotonic()
+        self._spent: list[tuple[str, float]] = []
+
+    def mark(self, phase: str) -> None:
+        now = time.monotonic()
+        self._spent.append((phase, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        parts = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in self._spent)
+        return f"{self._last - self._start:.2f}s ({parts})"
+
+
 class LeaseLost(Exception):
     """Another controller holds the load balancer now: this pass stops and leaves it the work."""
 
@@ -231,6 +248,7 @@ class Reconciler:
         log.info("load balancer %s: will retry (%s)", lb_id, exc)
 
     def _apply(self, lb_id: str, generation: int, lease: Lease) -> None:
+        clock = Phases()
         vip = self.amphorae.ensure_vip(lb_id)
         lease.check()
         with self.sessions() as session:
@@ -239,20 +257,28 @@ class Reconciler:
             lb = desired.load_balancer(session, self.settings, lb_row)
             certificates = self.certificates(session, lb_id)
         ids = self.amphorae.plan(lb_id, lb.topology)
+        clock.mark("plan")
         for amphora_id in ids:
             lease.check()
             self.amphorae.build(amphora_id, lb, vip)
+        clock.mark("build")
         lease.check()
         self.amphorae.configure(lb, ids, generation, certificates)
+        clock.mark("configure")
         lease.check()
         if lb.topology.name == "ACTIVE_ACTIVE" and lb.topology.distributor_type == "L3_BGP":
             with self.sessions() as session:
                 leaving = self.cluster.leaving_by_scale_in(session, lb.id)
             self.fabric.announce(lb, vip, ids, leaving)
+            clock.mark("announce")
         elif lb.topology.name == "ACTIVE_ACTIVE":
             self._distribute(lb, vip, ids)
+            clock.mark("distribute")
         lease.check()
         self.amphorae.retire(lb_id, ids)
+        clock.mark("retire")
+        # Where a pass spends its time (a failover's replacement is waited for on this pass).
+        log.info("load balancer %s: generation %d applied in %s", lb_id, generation, clock)
 
     def _distribute(self, lb: Any, vip: Any, ids: list[str]) -> None:
         """Register the serving amphorae; amphorae leaving by scale-in drain before they go. Every

@@ -322,3 +322,15 @@ def test_controller_ids_are_unique_per_process() -> None:
     from cohort.controller.reconciler import controller_id
 
     assert controller_id() != controller_id()
+
+
+def test_a_pass_says_where_its_time_went() -> None:
+    from cohort.controller.reconciler import Phases
+
+    clock = Phases()
+    clock.mark("build")
+    time.sleep(0.02)
+    clock.mark("configure")
+    text = str(clock)
+    assert text.endswith(")") and "build 0.0" in text and "configure 0.0" in text
+    assert float(text.split("s (")[0]) >= 0.02
