@@ -20,11 +20,12 @@ from bench.chaos.topologies import build_targets
 from bench.common import BenchError, machine_facts, parameters, require_root_and_tools, run_main, utc_now, write_json
 
 
-def episodes(targets_: list[Target], faults: list[str], repeats: int) -> list[tuple[int, str, Target]]:
+def episodes(targets_: list[Target], faults: list[str], repeats: int, kinds: list[str] | None = None
+             ) -> list[tuple[int, str, Target]]:
     """(repeat, fault, target) in run order: per repeat, each fault on every topology in turn, so
     that machine noise hits all of them; the no-spares cluster only for amphora kills."""
     return [(rep, fault, t) for rep in range(repeats) for fault in faults for t in targets_
-            if applies(fault, t.kind) and (t.spares or fault == "amphora_kill")]
+            if applies(fault, t.kind) and (t.spares or fault == "amphora_kill") and (not kinds or t.kind in kinds)]
 
 
 def summarise(targets_: list[Target], faults: list[str], runs: dict[tuple[str, str], list[dict[str, Any]]]
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace, report: dict[str, Any], started: float) -> Non
                                               "spares": t.spares} for t in targets_}
         report["setup_s"] = round(time.monotonic() - started, 1)
         runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        plan = episodes(targets_, faults, args.repeats)
+        plan = episodes(targets_, faults, args.repeats, args.kind)
         for index, (rep, fault, target) in enumerate(plan, 1):
             try:
                 result = run_episode(env, plane, target, fault, rep, args)

@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--controllers", type=int, choices=(1, 2), default=2,
                         help="cohort controller processes on the one SQLite database")
     parser.add_argument("--l3", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--kind", choices=("single", "standby", "l2", "l3"), action="append", default=[],
+                        help="only episodes on these topologies (repeatable; default all; all are still built)")
     parser.add_argument("--no-spare-row", action=argparse.BooleanOptionalAction, default=True,
                         help="also an L2 cluster whose flavor no spare has: amphora kills with a boot")
     parser.add_argument("--members", type=int, default=2)

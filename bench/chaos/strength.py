@@ -103,7 +103,8 @@ def shortfalls(prev: Observation | None, obs: Observation, exp: Expectation, ser
     if exp.kind in ("l2", "l3") and obs.data_path != set(obs.amphorae):
         path = obs.data_path or set()
         out.append(f"data path has {len(path & set(obs.amphorae))} of {len(obs.amphorae)} amphorae"
-                   + (f" and {len(path - set(obs.amphorae))} others" if path - set(obs.amphorae) else ""))
+                   + (f" and {len(path - set(obs.amphorae))} others" if path - set(obs.amphorae) else "")
+                   + f" (not {', '.join(a[:8] for a in sorted(set(obs.amphorae) - path)) or 'none'})")
     if exp.kind == "standby" and len(obs.vip_holders or ()) != 1:
         out.append(f"VIP held by {len(obs.vip_holders or ())} amphorae")
     if serving:
