@@ -16,7 +16,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cohort import datamodel as d
-from cohort.controller import desired, spares
+from cohort.controller import desired, fanout, spares
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
 from cohort.db.session import transaction
@@ -164,17 +164,18 @@ class AmphoraManager:
     def configure(self, lb: d.LoadBalancer, ids: list[str], generation: int,
                   certificates: dict[str, bytes]) -> None:
         peers = self.snapshots(ids)
-        for amp in peers:
-            with self.sessions() as session:
-                row = session.get(m.Amphora, amp.id)
-                applied = row.applied_generation if row else 0
-            if applied >= generation:
-                continue
+
+        def update(amp: d.Amphora) -> None:
             self.drivers.amphora.update(amp, lb, peers, certificates)
             with transaction(self.sessions) as session:
                 row = session.get(m.Amphora, amp.id)
                 assert row is not None
                 row.applied_generation = generation
+
+        with self.sessions() as session:
+            pending = [amp for amp in peers
+                       if (row := session.get(m.Amphora, amp.id)) is None or row.applied_generation < generation]
+        fanout.each(pending, update, "configure")
 
     def retire(self, lb_id: str, keep: list[str]) -> None:
         """Delete amphorae no longer wanted (replaced or scaled in); the survivors already serve."""

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cohort import datamodel as d
-from cohort.controller import desired
+from cohort.controller import desired, fanout
 from cohort.controller.amphorae import SCALED_IN
 from cohort.controller.distributors import DistributorPair
 from cohort.controller.wiring import Drivers
@@ -116,8 +116,7 @@ class ClusterManager:
                 members.append(ClusterMember(amphora_id=amphora.id, mac_address=amphora.frontend_mac,
                                              frontend_ip=amphora.frontend_ip, position=row.position,
                                              weight=row.weight, state=row.state))
-        for ref in refs:
-            self.drivers.distributor.set_amphorae(ref, lb_id, members)
+        fanout.each(refs, lambda ref: self.drivers.distributor.set_amphorae(ref, lb_id, members), "register")
 
     def share_peers(self, lb_id: str, vip: str, serving: list[str], leaving: list[str]) -> None:
         """Tell every amphora of an L2 cluster the others (``peers_of``), for the second chance: a
@@ -125,13 +124,16 @@ class ClusterManager:
         that never saw them. Done before the distributors' table changes, so every amphora knows a
         newcomer before flows move. A leaving amphora that no longer answers is only logged."""
         staying, going = self.snapshots(serving), self.snapshots(leaving)
-        for amphora in staying + going:
+
+        def share(amphora: d.Amphora) -> None:
             try:
                 self.drivers.amphora.set_cluster_peers(amphora, vip, lb_id, peers_of(amphora, staying + going))
             except DriverError as exc:
                 if amphora in staying:
                     raise
                 log.info("cluster peers of leaving amphora %s: %s", amphora.id, exc)
+
+        fanout.each(staying + going, share, "share-peers")
 
     def drain(self, lb_id: str, amphora_ids: list[str]) -> None:
         """The distributor already sends them no new flows; now their HAProxy closes gracefully and the

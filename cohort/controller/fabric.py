@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cohort import datamodel as d
+from cohort.controller import fanout
 from cohort.controller.cluster import ClusterManager, peers_of
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
@@ -70,9 +71,11 @@ class Fabric:
         """Serving amphorae announce the VIP; leaving ones withdraw it and drain."""
         speaker = self.speaker(lb)
         serving, going = self.cluster.snapshots(ids), self.cluster.snapshots(leaving)
-        for amphora in serving:
+        def announce(amphora: d.Amphora) -> None:
             self.drivers.amphora.configure_bgp(amphora, speaker)
             self.drivers.amphora.announce(amphora, vip.address, lb.id, True, _fronts(amphora, serving + going))
+
+        fanout.each(serving, announce, "announce")
         for amphora in going:
             try:
                 self.drivers.amphora.announce(amphora, vip.address, lb.id, False, _fronts(amphora, serving + going))
