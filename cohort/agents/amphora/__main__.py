@@ -83,7 +83,7 @@ def supervise(haproxy: HaproxyManager, bgp: BgpManager, done: threading.Event) -
     lives on and heartbeats. An L3 amphora withdrew its VIP at the death and announces it again."""
     while not done.wait(SUPERVISE_INTERVAL):
         try:
-            if haproxy.supervise():
+            if haproxy.supervise(before_restart=lambda _lb_id: bgp.recheck()):
                 bgp.wake()
         except Exception:  # noqa: BLE001 - the supervisor must outlive any one failure
             LOG.exception("haproxy supervisor")

@@ -251,6 +251,16 @@ class BgpManager:
         self._thread = threading.Thread(target=self._watch, name="bgp-watchdog", daemon=True)
         self._thread.start()
 
+    def recheck(self) -> None:
+        """Apply what should be announced now, in the caller's thread: the supervisor withdraws the VIP
+        of a dead HAProxy before it starts it again, though the watchdog, busy, has not looked yet (the
+        restart would otherwise hide the death, and the route would have stayed while nothing listened)."""
+        try:
+            with self._lock:
+                self._apply()
+        except (OSError, BirdError, ValueError):
+            LOG.exception("could not apply the announcements")  # the watchdog tries again
+
     def wake(self) -> None:
         """Have the watchdog look again now (a HAProxy was started or a VIP set): new pids to watch."""
         self._status = None

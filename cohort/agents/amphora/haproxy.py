@@ -31,6 +31,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cohort.agents.amphora import stats
@@ -108,12 +109,14 @@ class HaproxyManager:
                 self._wanted.add(lb_id)
                 self.metrics.sync(lb_id, self.config_path(lb_id))
 
-    def supervise(self) -> list[str]:
-        """Start again every wanted HAProxy that died (at most once a ``RESTART_BACKOFF``); returns them."""
+    def supervise(self, before_restart: Callable[[str], object] = lambda _lb_id: None) -> list[str]:
+        """Start again every wanted HAProxy that died (at most once a ``RESTART_BACKOFF``); returns them.
+        ``before_restart(lb_id)`` runs first: an L3 amphora withdraws the VIP of a dead HAProxy then."""
         restarted = []
         for lb_id in sorted(self._wanted):
             if self.alive(lb_id) or time.monotonic() - self._restarted.get(lb_id, -RESTART_BACKOFF) < RESTART_BACKOFF:
                 continue
+            before_restart(lb_id)
             with self._lock:
                 if lb_id not in self._wanted or self.running(lb_id):
                     continue
