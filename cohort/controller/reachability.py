@@ -24,8 +24,12 @@ from typing import Any
 
 # lb_id -> amphora_id -> when it was first reported down, continuously since (None: reported up).
 Probes = dict[str, dict[str, float | None]]
-# lb_id -> amphora_id -> healthy, as one heartbeat reports it.
-Report = dict[str, dict[str, bool]]
+# lb_id -> amphora_id -> seconds the distributor has found it down (None: up), as one heartbeat reports it.
+Report = dict[str, dict[str, float | None]]
+
+# A distributor's word on how long a member has been down is believed this far back at most (its
+# verdicts reach the controller up to two heartbeat intervals late: it says how old they are).
+MAX_DOWN_FOR = 60.0
 
 
 def parse_report(vips: object) -> Report | None:
@@ -41,12 +45,19 @@ def parse_report(vips: object) -> Report | None:
         if not isinstance(lb_id, str) or not isinstance(members, Mapping):
             continue
         report[lb_id] = {
-            amphora_id: member["healthy"]
+            amphora_id: None if member["healthy"] else _down_for(member.get("down_for"))
             for amphora_id, member in members.items()
             if isinstance(amphora_id, str) and isinstance(member, Mapping)
             and isinstance(member.get("healthy"), bool) and member.get("drained") is not True
         }
     return report
+
+
+def _down_for(value: object) -> float:
+    """Seconds down, as reported; 0 when missing or not a sane number (an older agent says nothing)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+        return 0.0
+    return min(float(value), MAX_DOWN_FOR)
 
 
 def load(text: str | None) -> Probes:
@@ -73,18 +84,20 @@ def dump(probes: Probes) -> str:
 def record(stored: Probes, report: Report, seen: float, partial: bool) -> Probes:
     """The stored view after one heartbeat received at ``seen``.
 
-    A member reported down keeps the time it was first reported down while every report since says
-    so; a report of it up clears it. A partial heartbeat (a distributor with more VIPs than fit one
-    datagram) updates only the VIPs it carries; a whole one replaces the view."""
+    A member reported down keeps the time it went down (the first report's arrival less the seconds
+    it says the member has been down) while every report since says so; a report of it up clears
+    it. A partial heartbeat (a distributor with more VIPs than fit one datagram) updates only the
+    VIPs it carries; a whole one replaces the view."""
     probes: Probes = {lb_id: dict(members) for lb_id, members in stored.items()} if partial else {}
     for lb_id, members in report.items():
         before = stored.get(lb_id, {})
-        probes[lb_id] = {aid: None if ok else _first(before.get(aid), seen) for aid, ok in members.items()}
+        probes[lb_id] = {aid: None if down_for is None else _first(before.get(aid), seen - down_for)
+                         for aid, down_for in members.items()}
     return probes
 
 
-def _first(since: float | None, seen: float) -> float:
-    return seen if since is None else since
+def _first(since: float | None, went_down: float) -> float:
+    return went_down if since is None else since
 
 
 def unreachable_for(views: Iterable[Probes], now: float) -> dict[str, float]:

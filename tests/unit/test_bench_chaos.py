@@ -37,7 +37,8 @@ def test_a_cluster_is_at_full_strength_only_when_every_amphora_is_routed_and_ser
     assert "failed amphora dddddddd still listed" in shortfalls(before, late, exp)
     booting = obs(1, {A: 20, B: 20, C: 5}, amphorae={A: "ALLOCATED", B: "ALLOCATED", C: "BOOTING"},
                   data_path={A, B})
-    assert shortfalls(before, booting, exp) == ["amphora cccccccc BOOTING", "data path has 2 of 3 amphorae (not cccccccc)"]
+    assert shortfalls(before, booting, exp) == ["amphora cccccccc BOOTING",
+                                                "data path has 2 of 3 amphorae (not cccccccc)"]
     assert shortfalls(None, obs(1, {A: 1, B: 1, C: 1}, data_path={A, B, C}), exp, serving=False) == []
     assert shortfalls(before, obs(1, {A: 20, B: 20}, data_path={A, B}), exp) == ["2 of 3 amphorae"]
 

@@ -604,6 +604,20 @@ def test_health_changes_rewrite_only_the_bucket_map_and_survive_a_restart(tmp_pa
     assert not service(tmp_path, RecordingKernel()).state.vips["lb-a"].members["y"].healthy
 
 
+def test_the_heartbeat_says_how_long_a_member_has_been_down(tmp_path: Path) -> None:
+    svc = service(tmp_path, RecordingKernel())
+    now = [500.0]
+    svc.monotonic = lambda: now[0]
+    svc.plug_vip(VIP_SPEC)
+    svc.set_members("lb-a", specs("x", "y"))
+    svc.on_health({("lb-a", "y"): False})
+    now[0] += 1.25
+    members = svc.heartbeat_body()["vips"]["lb-a"]["members"]
+    assert members["y"]["down_for"] == 1.25 and "down_for" not in members["x"]
+    svc.on_health({("lb-a", "y"): True})
+    assert "down_for" not in svc.heartbeat_body()["vips"]["lb-a"]["members"]["y"]
+
+
 def test_unplugging_keeps_addresses_another_vip_still_uses(tmp_path: Path) -> None:
     kernel = RecordingKernel()
     svc = service(tmp_path, kernel)

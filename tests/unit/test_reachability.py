@@ -26,27 +26,37 @@ from tests.unit.test_reconciler import add_lb, amphorae
 
 
 def test_a_member_reported_down_keeps_the_time_of_the_first_report_until_it_is_reported_up() -> None:
-    probes = r.record({}, {"lb": {"a": True, "b": False}}, 100.0, partial=False)
+    probes = r.record({}, {"lb": {"a": None, "b": 0.0}}, 100.0, partial=False)
     assert probes == {"lb": {"a": None, "b": 100.0}}
-    probes = r.record(probes, {"lb": {"a": True, "b": False}}, 101.0, partial=False)
+    probes = r.record(probes, {"lb": {"a": None, "b": 1.0}}, 101.0, partial=False)
     assert probes == {"lb": {"a": None, "b": 100.0}}
-    probes = r.record(probes, {"lb": {"a": True, "b": True}}, 102.0, partial=False)
-    probes = r.record(probes, {"lb": {"a": True, "b": False}}, 103.0, partial=False)
+    probes = r.record(probes, {"lb": {"a": None, "b": None}}, 102.0, partial=False)
+    probes = r.record(probes, {"lb": {"a": None, "b": 0.0}}, 103.0, partial=False)
     assert probes == {"lb": {"a": None, "b": 103.0}}  # down again: a new stretch
     assert r.load(r.dump(probes)) == probes
 
 
 def test_a_partial_heartbeat_updates_only_its_vips_and_a_whole_one_replaces_the_view() -> None:
     probes = {"lb1": {"a": 50.0}, "lb2": {"c": None}}
-    assert r.record(probes, {"lb2": {"c": False}}, 60.0, partial=True) == {"lb1": {"a": 50.0}, "lb2": {"c": 60.0}}
-    assert r.record(probes, {"lb2": {"c": False}}, 60.0, partial=False) == {"lb2": {"c": 60.0}}
+    assert r.record(probes, {"lb2": {"c": 0.0}}, 60.0, partial=True) == {"lb1": {"a": 50.0}, "lb2": {"c": 60.0}}
+    assert r.record(probes, {"lb2": {"c": 0.0}}, 60.0, partial=False) == {"lb2": {"c": 60.0}}
+
+
+def test_a_member_is_down_since_the_distributor_found_it_down_not_since_its_heartbeat_came() -> None:
+    # The verdict travels in the next heartbeat (up to an interval later, its body up to one more old).
+    probes = r.record({}, {"lb": {"a": None, "b": 1.5}}, 100.0, partial=False)
+    assert probes == {"lb": {"a": None, "b": 98.5}}
+    vips = {"lb": {"members": {"b": {"healthy": False, "down_for": 1.5}, "c": {"healthy": False, "down_for": 1e9},
+                               "d": {"healthy": False, "down_for": -3}, "e": {"healthy": False, "down_for": True},
+                               "f": {"healthy": True, "down_for": 4}}}}
+    assert r.parse_report(vips) == {"lb": {"b": 1.5, "c": r.MAX_DOWN_FOR, "d": 0.0, "e": 0.0, "f": None}}
 
 
 def test_reports_are_read_defensively_and_drained_members_are_left_out() -> None:
     vips = {"lb": {"members": {"a": {"healthy": True, "drained": False}, "b": {"healthy": False, "drained": True},
                                "c": {"healthy": "no"}, "d": [1], "e": {"healthy": False}}},
             "lb2": {"members": [1]}, "lb3": 5}
-    assert r.parse_report(vips) == {"lb": {"a": True, "e": False}}
+    assert r.parse_report(vips) == {"lb": {"a": None, "e": 0.0}}
     assert r.parse_report([1]) is None and r.parse_report(None) is None
     assert r.load("{not json") == {} and r.load("[1]") == {} and r.load(None) == {}
 

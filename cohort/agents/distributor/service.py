@@ -165,6 +165,9 @@ class DistributorService:
         self._drift_wake = threading.Event()
         self._drift_failed = ""  # the last failure to re-apply, said once
         self._stubborn: list[str] = []  # a drift re-applying did not cure: not re-applied again
+        # (lb_id, amphora_id) -> when the probes found it down (monotonic): reported as "down_for", so
+        # the controller counts its unreachability from then, not from the heartbeat that carried it.
+        self._down_since: dict[tuple[str, str], float] = {}
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -390,6 +393,10 @@ class DistributorService:
                 if vip is None or member is None or member.healthy == ok:
                     continue
                 member.healthy = ok
+                if ok:
+                    self._down_since.pop((lb_id, amphora_id), None)
+                else:
+                    self._down_since[(lb_id, amphora_id)] = self.monotonic()
                 touched.add(lb_id)
                 LOG.warning("load balancer %s: amphora %s is %s", lb_id, amphora_id, "UP" if ok else "DOWN")
             if not touched:
@@ -548,6 +555,7 @@ class DistributorService:
                         "mark": m.mark,
                         "flows": c.flows.get(m.mark, 0),
                         "buckets": plan.buckets.count(m.mark),
+                        **self._down_for(vip.lb_id, m.amphora_id, m.healthy),
                     }
                     for m in vip.members.values()
                 }
@@ -568,8 +576,14 @@ class DistributorService:
             return {"id": self.distributor_id, "vips": vips,
                     "vrrp": {"role": self.vrrp_role(), "interfaces": self.vrrp_roles()}}
 
+    def _down_for(self, lb_id: str, amphora_id: str, healthy: bool) -> dict[str, float]:
+        """``{"down_for": seconds}`` for a member the probes found down while this agent ran."""
+        since = None if healthy else self._down_since.get((lb_id, amphora_id))
+        return {} if since is None else {"down_for": round(max(0.0, self.monotonic() - since), 2)}
+
     def heartbeat_body(self, budget: int = HEARTBEAT_BUDGET) -> dict[str, Any]:
-        """``{"distributor": true, "vips": {lb_id: {"members": {id: {healthy, flows, drained}}, "stats"}}}``.
+        """``{"distributor": true, "vips": {lb_id: {"members": {id: {healthy, flows, drained[, down_for]}},
+        "stats"}}}``.
 
         A datagram holds ~150 VIPs; beyond ``budget`` bytes each heartbeat carries the next
         slice of VIPs (``"partial": true``, ``"vips_total"``), so every VIP is reported in turn
@@ -579,7 +593,8 @@ class DistributorService:
         slim = {
             lb_id: {
                 "members": {
-                    aid: {k: m[k] for k in ("healthy", "flows", "drained")} for aid, m in v["members"].items()
+                    aid: {k: m[k] for k in ("healthy", "flows", "drained", "down_for") if k in m}
+                    for aid, m in v["members"].items()
                 },
                 "stats": v["stats"],
             }
