@@ -36,8 +36,9 @@ def configure_router(env: BenchEnv, resilient: bool) -> None:
     env.lab.router.configure(RouterSettings(asn=ROUTER_AS, password=ROUTER_PASSWORD, resilient=resilient))
 
 
-def create_speaker(env: BenchEnv, kind: str) -> str:
-    """A BGP speaker with one peer, the lab router, with session profile ``kind`` (bfd | hold); its id."""
+def create_speaker(env: BenchEnv, kind: str, **profile: Any) -> str:
+    """A BGP speaker with one peer, the lab router, with session profile ``kind`` (bfd | hold), whose
+    settings ``profile`` overrides (``bfd_min_rx=50``, say); its id."""
     status, body = env.api.post("/v2/octavia/bgp_speakers", {"bgp_speaker": {
         "name": f"bench-{kind}", "local_as": SPEAKER_AS, "ip_version": 4}})
     if status != 201:
@@ -45,7 +46,7 @@ def create_speaker(env: BenchEnv, kind: str) -> str:
     speaker_id = str(body["bgp_speaker"]["id"])
     status, body = env.api.post("/v2/octavia/bgp_peers", {"bgp_peer": {
         "name": f"bench-{kind}-tor", "bgp_speaker_id": speaker_id, "peer_ip": ROUTER_IP, "remote_as": ROUTER_AS,
-        "auth_type": "md5", "md5_password": ROUTER_PASSWORD, "ttl_hops": 1, **SESSIONS[kind]}})
+        "auth_type": "md5", "md5_password": ROUTER_PASSWORD, "ttl_hops": 1, **SESSIONS[kind], **profile}})
     if status != 201:
         raise BenchError(f"bgp peer: {status} {body}")
     return speaker_id

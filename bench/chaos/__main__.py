@@ -58,7 +58,7 @@ def run(args: argparse.Namespace, report: dict[str, Any], started: float) -> Non
         console.print(f"lab {env.lab.prefix} up; {args.controllers} controller(s), {args.spares} spares "
                       f"{compute or '(not capped)'}; logs {plane.logs}")
         targets_ = build_targets(env, report["members"]["addresses"], set(names), args.size, compute, args.l3,
-                                 args.no_spare_row)
+                                 args.no_spare_row, args.bfd_ms)
         report["load_balancers"] = {t.label: {"lb_id": t.cfg.lb_id, "vip": t.cfg.vip, "amphorae": t.cfg.size,
                                               "spares": t.spares} for t in targets_}
         report["setup_s"] = round(time.monotonic() - started, 1)

@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--controllers", type=int, choices=(1, 2), default=2,
                         help="cohort controller processes on the one SQLite database")
     parser.add_argument("--l3", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--bfd-ms", type=int, default=50,
+                        help="BFD transmit and receive interval of the L3 amphorae's session profile (x 3)")
     parser.add_argument("--kind", choices=("single", "standby", "l2", "l3"), action="append", default=[],
                         help="only episodes on these topologies (repeatable; default all; all are still built)")
     parser.add_argument("--no-spare-row", action=argparse.BooleanOptionalAction, default=True,
@@ -71,8 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             and 0.2 <= args.lead <= 10 and 0 <= args.tail <= 10 and 0.02 <= args.poll <= 1
             and 1 <= args.link_hold <= 60 and 0 <= args.controller_restart_after <= 30
             and 10 <= args.heal_timeout <= 180 and 10 <= args.boot_heal_timeout <= 300
-            and 10 <= args.settle_timeout <= 300 and 0 <= args.spare_wait <= 300):
+            and 10 <= args.settle_timeout <= 300 and 0 <= args.spare_wait <= 300 and 20 <= args.bfd_ms <= 1000):
         parser.error("keep the run bounded: --repeats 1-10, --size 2-6, --cap [0, 1], --spares 0-6, --rate 10-500, "
                      "--keepalive <= 200, --lead 0.2-10, --tail <= 10, --poll 0.02-1, --link-hold 1-60, "
-                     "--heal-timeout 10-180, --settle-timeout 10-300")
+                     "--heal-timeout 10-180, --settle-timeout 10-300, --bfd-ms 20-1000")
     return args

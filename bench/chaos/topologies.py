@@ -41,12 +41,12 @@ def specs(size: int, compute: dict[str, Any], speaker: str | None, no_spares: bo
 
 
 def build_targets(env: BenchEnv, members: list[str], names: set[str], size: int, compute: dict[str, Any],
-                  l3: bool, no_spares: bool) -> list[Target]:
+                  l3: bool, no_spares: bool, bfd_ms: int = 100) -> list[Target]:
     """Every load balancer created at once, then each waited for: ACTIVE, serving, (L3) routed."""
     speaker = None
     if l3:
         configure_router(env, resilient=False)
-        speaker = create_speaker(env, "bfd")
+        speaker = create_speaker(env, "bfd", bfd_min_rx=bfd_ms, bfd_min_tx=bfd_ms)
     created = []
     for label, kind, n, data, spares in specs(size, compute, speaker, no_spares):
         slug = label.lower().replace(",", "").replace(" ", "-")
