@@ -289,9 +289,9 @@ class Reconciler:
             leaving = self.cluster.leaving_by_scale_in(session, lb.id)
         self.cluster.share_peers(lb.id, vip.address, ids, leaving)
         self.cluster.register(refs, lb.id, active=ids, draining=leaving)
-        self.cluster.drain(lb.id, leaving)
-        self.cluster.register(refs, lb.id, active=ids, draining=[])
         if leaving:
+            self.cluster.drain(lb.id, leaving)
+            self.cluster.register(refs, lb.id, active=ids, draining=[])
             self.cluster.share_peers(lb.id, vip.address, ids, [])  # drained: they own no flow any more
 
     def _delete(self, lb_id: str, lease: Lease) -> None:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -602,6 +603,18 @@ def test_health_changes_rewrite_only_the_bucket_map_and_survive_a_restart(tmp_pa
     svc.on_health({("lb-a", "y"): False})  # no change, no write
     assert len(kernel.bucket_updates) == 1
     assert not service(tmp_path, RecordingKernel()).state.vips["lb-a"].members["y"].healthy
+
+
+def test_plugging_a_vip_again_as_it_stands_redoes_nothing(tmp_path: Path) -> None:
+    kernel = RecordingKernel()
+    svc = service(tmp_path, kernel)
+    svc.plug_vip(VIP_SPEC)
+    svc.set_members("lb-a", specs("x", "y"))
+    applied = len(kernel.applied)
+    svc.plug_vip(VIP_SPEC)  # every controller pass does this
+    assert len(kernel.applied) == applied
+    svc.plug_vip(replace(VIP_SPEC, flow_timeout=VIP_SPEC.flow_timeout + 1))  # a change is applied
+    assert len(kernel.applied) == applied + 1
 
 
 def test_the_heartbeat_says_how_long_a_member_has_been_down(tmp_path: Path) -> None:

@@ -255,9 +255,6 @@ class DistributorService:
         with self._lock:
             ifname = self.dataplane.find_interface(spec.mac_address)
             old = self.state.vips.get(spec.lb_id)
-            if old is not None:
-                kept = {spec.vip_address, spec.address} if old.interface == ifname else set()
-                self._release_addresses(old, kept)
             vip = VipState(
                 lb_id=spec.lb_id,
                 vip_address=spec.vip_address,
@@ -276,6 +273,17 @@ class DistributorService:
                 members=old.members if old else {},
             )
             old_vrrp = self.state.vrrp.get(spec.mac_address)
+            if old == vip and (spec.vrrp is None or spec.vrrp == old_vrrp):
+                # Every pass of the controller plugs the VIP again: as it stands, there is nothing to
+                # redo (re-rendering and re-checking keepalived's configuration and re-applying every
+                # table cost a failover's pass about a second under load); kernel drift is the
+                # converger's, a dead keepalived is started again.
+                if not self.keepalived.running():
+                    self._sync_vrrp()
+                return ifname
+            if old is not None:
+                kept = {spec.vip_address, spec.address} if old.interface == ifname else set()
+                self._release_addresses(old, kept)
             self.state.vips[spec.lb_id] = vip
             if spec.vrrp is not None:
                 self.state.vrrp[spec.mac_address] = spec.vrrp
