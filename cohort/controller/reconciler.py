@@ -272,27 +272,31 @@ class Reconciler:
             self.fabric.announce(lb, vip, ids, leaving)
             clock.mark("announce")
         elif lb.topology.name == "ACTIVE_ACTIVE":
-            self._distribute(lb, vip, ids)
-            clock.mark("distribute")
+            self._distribute(lb, vip, ids, clock)
         lease.check()
         self.amphorae.retire(lb_id, ids)
         clock.mark("retire")
         # Where a pass spends its time (a failover's replacement is waited for on this pass).
         log.info("load balancer %s: generation %d applied in %s", lb_id, generation, clock)
 
-    def _distribute(self, lb: Any, vip: Any, ids: list[str]) -> None:
+    def _distribute(self, lb: Any, vip: Any, ids: list[str], clock: Phases) -> None:
         """Register the serving amphorae; amphorae leaving by scale-in drain before they go. Every
         amphora knows its cluster peers (the second chance) before the table changes."""
         refs = self.cluster.ensure_pair(lb.topology.distributor_type)
+        clock.mark("distributor pair")
         self.cluster.plug_vip(refs, lb, vip)
+        clock.mark("plug VIP")
         with self.sessions() as session:
             leaving = self.cluster.leaving_by_scale_in(session, lb.id)
         self.cluster.share_peers(lb.id, vip.address, ids, leaving)
+        clock.mark("cluster peers")
         self.cluster.register(refs, lb.id, active=ids, draining=leaving)
+        clock.mark("register")
         if leaving:
             self.cluster.drain(lb.id, leaving)
             self.cluster.register(refs, lb.id, active=ids, draining=[])
             self.cluster.share_peers(lb.id, vip.address, ids, [])  # drained: they own no flow any more
+            clock.mark("drain")
 
     def _delete(self, lb_id: str, lease: Lease) -> None:
         lease.check()
