@@ -124,7 +124,11 @@ class FailoverWatcher:
         if amphora_id not in self._bgp_was_up or not routers_up & set(sessions):
             self._bgp_down_since.pop(amphora_id, None)
             return None
-        return now - self._bgp_down_since.setdefault(amphora_id, now)
+        # Down since the last of its sessions went down, as its speaker said in that heartbeat (the
+        # speaker's status is up to two seconds old when it is sent); else since this scan saw it.
+        said = _down_for(health)
+        went_down = min(now, health.last_update - min(said.values())) if said and set(said) >= set(sessions) else now
+        return now - self._bgp_down_since.setdefault(amphora_id, went_down)
 
     def dead_distributors(self, session: Session) -> list[tuple[str, str]]:
         """Distributors whose instance failed, or that heartbeated and then went silent: silence is failure."""
@@ -213,6 +217,17 @@ def _in_service(session: Session, amphora: m.Amphora) -> bool:
     lb = session.get(m.LoadBalancer, amphora.load_balancer_id)
     registration = session.get(m.AmphoraRegistration, (amphora.load_balancer_id, amphora.id))
     return lb is not None and lb.admin_state_up and registration is not None and registration.state == "ACTIVE"
+
+
+def _down_for(health: m.AmphoraHealth) -> dict[str, float]:
+    """How long each of an L3 amphora's sessions had been down when its last heartbeat was sent."""
+    try:
+        said = json.loads(health.bgp or "{}").get("down_for") or {}
+    except (ValueError, AttributeError):
+        return {}
+    if not isinstance(said, dict):
+        return {}
+    return {str(peer): float(v) for peer, v in said.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def _sessions(health: m.AmphoraHealth) -> dict[str, str]:

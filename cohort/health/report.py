@@ -28,15 +28,21 @@ class PoolReport:
     members: dict[str, str] = field(default_factory=dict)
 
 
+# A speaker's word on how long a session has been down is believed this far back at most.
+MAX_DOWN_FOR = 60.0
+
+
 @dataclass(frozen=True)
 class BgpReport:
     """An L3 amphora's speaker: each peer's session state and the VIPs it announces."""
 
     sessions: dict[str, str]
     announced: tuple[str, ...]
+    # Seconds each session that is not Established has been down, as the speaker says.
+    down_for: dict[str, float] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        return {"sessions": self.sessions, "announced": list(self.announced)}
+        return {"sessions": self.sessions, "announced": list(self.announced), "down_for": self.down_for}
 
 
 @dataclass(frozen=True)
@@ -80,10 +86,14 @@ def _bgp(section: object) -> BgpReport | None:
         return None
     sessions = section.get("sessions")
     announced = section.get("announced")
+    down_for = section.get("down_for")
     return BgpReport(
         {k[:64]: v[:32] for k, v in sessions.items() if isinstance(k, str) and isinstance(v, str)}
         if isinstance(sessions, dict) else {},
         tuple(v[:64] for v in announced if isinstance(v, str))[:64] if isinstance(announced, list) else (),
+        {k[:64]: min(float(v), MAX_DOWN_FOR) for k, v in down_for.items()
+         if isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < float("inf")}
+        if isinstance(down_for, dict) else {},
     )
 
 

@@ -17,8 +17,9 @@ __all__ = ["cluster"]  # the fixture: an L2 ACTIVE_ACTIVE cluster of three ampho
 ROUTER = "203.0.113.1"
 
 
-def report(sessions: Any, states: dict[str, str], at: float) -> None:
-    """Each amphora's heartbeat at ``at``: its one session with the router in ``states[id]``."""
+def report(sessions: Any, states: dict[str, str], at: float, down_for: float | None = None) -> None:
+    """Each amphora's heartbeat at ``at``: its one session with the router in ``states[id]`` (down
+    for ``down_for`` seconds, as the speaker says, when it is not Established)."""
     with sessions() as session, session.begin():
         for amphora_id, state in states.items():
             row = session.get(m.AmphoraHealth, amphora_id)
@@ -26,7 +27,8 @@ def report(sessions: Any, states: dict[str, str], at: float) -> None:
                 row = m.AmphoraHealth(amphora_id=amphora_id, last_update=at, busy=False)
                 session.add(row)
             row.last_update = at
-            row.bgp = json.dumps({"sessions": {ROUTER: state}, "announced": []})
+            said = {ROUTER: down_for} if down_for is not None and state != "Established" else {}
+            row.bgp = json.dumps({"sessions": {ROUTER: state}, "announced": [], "down_for": said})
 
 
 def dead_ids(watcher: FailoverWatcher, sessions: Any) -> list[str]:
@@ -47,6 +49,23 @@ def test_an_amphora_that_lost_the_router_others_reach_is_replaced(cluster: tuple
     with sessions() as session:
         found = [(a.id, reason) for a, reason in watcher.dead(session)]
     assert [a for a, _ in found] == [ids[0]] and "BGP sessions have been down for 3." in found[0][1]
+
+
+def test_the_time_down_counts_from_when_the_speaker_lost_its_session(cluster: tuple[Settings, Any, Any, str]) -> None:
+    # Its status was cached 2 s when the heartbeat left: counting from the heartbeat would add that.
+    settings, sessions, drivers, lb_id = cluster
+    ids = [a.id for a in amphorae(sessions, lb_id)]
+    watcher = FailoverWatcher(settings, sessions, drivers, on_change=lambda: None)
+    now = time.time()
+    report(sessions, dict.fromkeys(ids, "Established"), now)
+    assert dead_ids(watcher, sessions) == []
+    report(sessions, {**dict.fromkeys(ids, "Established"), ids[0]: "Active"}, now, down_for=3.2)
+    with sessions() as session:
+        found = [(a.id, reason) for a, reason in watcher.dead(session)]
+    assert [a for a, _ in found] == [ids[0]] and "BGP sessions have been down for 3." in found[0][1]
+    # A speaker that says nothing of it: counted from this scan, as before.
+    report(sessions, {**dict.fromkeys(ids, "Established"), ids[1]: "Active"}, now)
+    assert ids[1] not in dead_ids(watcher, sessions)
 
 
 def test_a_router_nobody_reaches_gets_no_amphora_replaced(cluster: tuple[Settings, Any, Any, str]) -> None:

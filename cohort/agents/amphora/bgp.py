@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -317,23 +318,27 @@ class BgpManager:
             applied = dict(self._applied or {})
             wanted = sorted(vip for vip, rec in self._vips.items() if rec.get("announce"))
         result: dict[str, Any] = {"configured": speaker is not None, "running": self.running(), "sessions": {},
-                                  "announced": [], "wanted": wanted}
+                                  "announced": [], "wanted": wanted, "checked_at": time.monotonic()}
         if speaker is None or not result["running"]:
             return result
         try:
             protocols = bird_command(self.ctl, "show protocols")
         except OSError:
             return result
-        states: dict[str, tuple[str, str]] = {}
+        states: dict[str, tuple[str, str, float | None]] = {}
         for _code, text in protocols:
             fields = text.split()
             if len(fields) >= 5 and fields[1] in ("BGP", "Static"):
-                # "Since" is a time today, or a date and a time before that.
+                # "Since" is a date and a time (``timeformat protocol iso long ms``), or a time today.
                 info_at = 6 if "-" in fields[4] and len(fields) > 5 and ":" in fields[5] else 5
-                states[fields[0]] = (fields[3], " ".join(fields[info_at:]))
+                states[fields[0]] = (fields[3], " ".join(fields[info_at:]), _since(fields[4:info_at]))
+        now = time.time()
         for peer in speaker.peers:
-            state, info = states.get(peer.protocol, ("down", ""))
-            result["sessions"][peer.peer_ip] = {"state": info.split()[0] if info else state, "info": info}
+            state, info, since = states.get(peer.protocol, ("down", "", None))
+            session: dict[str, Any] = {"state": info.split()[0] if info else state, "info": info}
+            if session["state"] != "Established" and since is not None:
+                session["down_for"] = round(max(0.0, now - since), 3)
+            result["sessions"][peer.peer_ip] = session
         established = any(s["state"] == "Established" for s in result["sessions"].values())
         if established and self._macs_missing:
             self.wake()  # a router has just been resolved: the second chance needs its MAC now
@@ -344,6 +349,14 @@ class BgpManager:
         if pid is not None:
             result["rss_kb"] = _rss_kb(pid)
         return result
+
+
+def _since(fields: list[str]) -> float | None:
+    """BIRD's "Since" column (its local time, to the millisecond) as a Unix time; None if unreadable."""
+    try:
+        return datetime.strptime(" ".join(fields), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    except ValueError:
+        return None
 
 
 def router_macs(addresses: list[str], arp_table: str = "/proc/net/arp") -> list[str]:

@@ -123,6 +123,8 @@ def render(speaker: Speaker, vips: dict[str, bool], log_path: str) -> str:
         "# The amphora's BGP speaker; rendered by the cohort amphora agent, do not edit.",
         f'log "{log_path}" {{ info, warning, error, fatal }};',
         f"router id {validation.canonical_ip(speaker.router_id, 'router_id')};",
+        # Since when each session is down, to the millisecond: the controller counts from then.
+        "timeformat protocol iso long ms;",
         "protocol device { scan time 10; }",
     ]
     bfd = next((peer.bfd for peer in speaker.peers if peer.bfd is not None), None)

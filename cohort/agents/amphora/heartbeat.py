@@ -8,6 +8,7 @@ itself restarts).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from cohort.agents.amphora import stats
@@ -55,6 +56,12 @@ class HeartbeatBody:
         if self.bgp is not None:
             status = self.bgp.status(max_age=STATUS_MAX_AGE)
             if status["configured"]:
-                body["bgp"] = {"sessions": {peer: s["state"] for peer, s in status["sessions"].items()},
-                               "announced": status["announced"]}
+                sessions = status["sessions"]
+                # How long each session that is not up has been down, as of now (the status is up to
+                # STATUS_MAX_AGE old): the controller counts from when it went down.
+                age = max(0.0, time.monotonic() - status.get("checked_at", time.monotonic()))
+                body["bgp"] = {"sessions": {peer: s["state"] for peer, s in sessions.items()},
+                               "announced": status["announced"],
+                               "down_for": {peer: round(s["down_for"] + age, 3)
+                                            for peer, s in sessions.items() if "down_for" in s}}
         return body
