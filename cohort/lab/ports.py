@@ -142,11 +142,16 @@ class LabPorts:
                     "outer": f"p{port_id.replace('-', '')[:10]}",
                 }
                 ports[port_id] = rec
+            elif rec.get("plugged") and netns.link_exists(rec["inner"], compute_id):
+                # Plugged before (every controller pass plugs a distributor's VIP port again): the
+                # veth pair lives and dies as one, so its inner end says it is all still there.
+                return self._port(port_id, rec)
             # Isolation first, so the port never forwards a frame before its project is known.
             netns.nft_apply(lab.sw_ns, isolation_ruleset(ports))
             netns.add_veth(rec["inner"], compute_id, rec["outer"], lab.sw_ns, mac=rec["mac"])
             netns.set_link(rec["outer"], lab.sw_ns, master=net.bridge)
             netns.set_link(rec["inner"], compute_id)
+            rec["plugged"] = True
             return self._port(port_id, rec)
 
     def _port(self, port_id: str, rec: dict[str, Any]) -> LabPort:

@@ -172,10 +172,20 @@ def test_vip_allocation(lab: Lab, network: LabNetworkDriver) -> None:
     assert network.allocate_vip("lb6", public.id, None).address == "203.0.113.100"
 
 
-def test_plug_unplug(lab: Lab, compute: LabComputeDriver, network: LabNetworkDriver) -> None:
+def test_plug_unplug(lab: Lab, compute: LabComputeDriver, network: LabNetworkDriver,
+                    monkeypatch: pytest.MonkeyPatch) -> None:
     inst = compute.build(str(uuid.uuid4()), "amphora", {})
     port = network.plug_port(inst.compute_id, "public-subnet", "p1")
+    # Plugged again (each controller pass does it for a distributor): nothing is redone...
+    rulesets: list[str] = []
+    real_nft_apply = netns.nft_apply
+    monkeypatch.setattr(netns, "nft_apply", lambda ns, ruleset: (rulesets.append(ruleset), real_nft_apply(ns, ruleset)))
     assert network.plug_port(inst.compute_id, "public-subnet", "p1") == port
+    assert rulesets == []
+    # ...unless the link is gone: then it is made again.
+    netns.del_link("fe0", inst.compute_id)
+    assert network.plug_port(inst.compute_id, "public-subnet", "p1") == port
+    assert len(rulesets) == 1 and netns.link_mac("fe0", inst.compute_id) == port.mac_address
     assert port.gateway == "203.0.113.1" and port.subnet_cidr == "203.0.113.0/24"
     assert 2 <= int(port.address.rsplit(".", 1)[1]) <= 99
     assert netns.link_mac("fe0", inst.compute_id) == port.mac_address
