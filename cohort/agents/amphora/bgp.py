@@ -48,6 +48,8 @@ CAPABILITIES = ("net_admin",)
 # looks again for MACs that changed. At 1 s its work was most of what an L3 agent costs beyond an L2
 # one (0.002 of a 0.05-CPU amphora's CPU, measured in the active-active benchmark).
 RECHECK_INTERVAL = 5.0
+# How often the watchdog looks for routers' MACs while one is unknown (seconds after a start).
+MAC_POLL = 0.2
 # Heartbeats reuse a status this young: asking BIRD twice a second cost a capped amphora more than
 # BFD itself. Any change the controller makes, and every exit the watchdog sees, drops it at once.
 STATUS_MAX_AGE = 2.0
@@ -106,7 +108,8 @@ class BgpManager:
         self._applied: dict[str, bool] | None = None
         self.second_chance = second_chance if second_chance is not None else SecondChance()
         self._macs_checked = 0.0
-        self._macs_missing = True  # some router's MAC is not resolved yet: look at every wake-up
+        self._macs_missing = True  # some router's MAC is not resolved yet: look every MAC_POLL
+        self._router_macs: tuple[str, ...] = ()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._load()
@@ -171,7 +174,12 @@ class BgpManager:
 
     # -- BIRD -------------------------------------------------------------------------------------
     def _effective(self) -> dict[str, bool]:
-        return {vip: bool(rec.get("announce")) and self._serving(str(rec.get("lb_id", "")))
+        # Not before a router's MAC is known: flows a router moves here when the route appears would
+        # otherwise meet no second chance (nothing tells its packets from a peer's) and be reset. In
+        # the chaos benchmark a replacement announced before it had looked, and 4 connections held by
+        # other amphorae broke.
+        ready = bool(self._router_macs)
+        return {vip: ready and bool(rec.get("announce")) and self._serving(str(rec.get("lb_id", "")))
                 for vip, rec in self._vips.items()}
 
     def pid(self) -> int | None:
@@ -188,13 +196,14 @@ class BgpManager:
         """Render what should be announced now; reconfigure BIRD when that changed."""
         if self._speaker_body is None:
             return
+        speaker = bird_config.parse_speaker(self._speaker_body)
+        # Routers' MACs appear once their sessions resolve them: looked for until every one is known,
+        # then now and then. The second chance needs them before the VIP is announced (_effective).
+        if self._macs_missing or time.monotonic() - self._macs_checked > RECHECK_INTERVAL:
+            self._apply_second_chance(speaker)
         effective = self._effective()
         if not force and effective == self._applied and self.running():
-            # Routers' MACs appear once their sessions resolve them: look again now and then.
-            if self._macs_missing or time.monotonic() - self._macs_checked > RECHECK_INTERVAL:
-                self._apply_second_chance(bird_config.parse_speaker(self._speaker_body))
             return
-        speaker = bird_config.parse_speaker(self._speaker_body)
         text = bird_config.render(speaker, effective, f"{self.inner_dir}/bird.log")
         candidate = self.dir / "bird.conf.new"
         candidate.write_text(text)
@@ -218,6 +227,7 @@ class BgpManager:
         macs = tuple(router_macs([peer.peer_ip for peer in speaker.peers]))
         self._macs_checked = time.monotonic()
         self._macs_missing = len(macs) < len(speaker.peers)
+        self._router_macs = macs
         self.second_chance.set_routed({
             vip: Cluster(peers=tuple(rec.get("peers") or ()), interface=speaker.interface, routers=macs)
             for vip, rec in self._vips.items()})
@@ -292,7 +302,8 @@ class BgpManager:
                     watched = self._watched_pids()
             except Exception:  # noqa: BLE001 - the watchdog must outlive any one failure
                 LOG.exception("BGP watchdog")
-            if self._exits.wait(watched, RECHECK_INTERVAL):
+            interval = MAC_POLL if self._macs_missing and self._speaker_body is not None else RECHECK_INTERVAL
+            if self._exits.wait(watched, interval):
                 self._status = None
         self._exits.close()
 
