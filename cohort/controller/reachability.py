@@ -22,14 +22,13 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from cohort.health.report import MAX_DOWN_FOR  # how far back an agent's "down for" is believed
+
 # lb_id -> amphora_id -> when it was first reported down, continuously since (None: reported up).
 Probes = dict[str, dict[str, float | None]]
 # lb_id -> amphora_id -> seconds the distributor has found it down (None: up), as one heartbeat reports it.
 Report = dict[str, dict[str, float | None]]
 
-# A distributor's word on how long a member has been down is believed this far back at most (its
-# verdicts reach the controller up to two heartbeat intervals late: it says how old they are).
-MAX_DOWN_FOR = 60.0
 
 
 def parse_report(vips: object) -> Report | None:
