@@ -13,7 +13,8 @@ or it holds its associations open until told to close them (long-lived ones, as 
 ``python -m cohort.lab.sctp_peer send ADDR:PORT --count N`` prints the answers as a JSON list
 (an error's class name in place of an answer that did not come); with ``--close hold`` it prints
 them, keeps the associations open until its standard input closes, shuts them down and prints how
-each ended.
+each ended. ``--first-port`` fixes the source port of the first association (the next ones follow),
+for clients that run side by side.
 """
 
 from __future__ import annotations
@@ -252,9 +253,32 @@ class _Opened:
         return w.Packet(self.ports[0], self.ports[1], self.tags[1], chunks)
 
 
-def _associate(sock: RawSctp, remote: str, port: int, message: bytes, deadline: float) -> tuple[_Opened, bytes]:
-    """Open an association to ``remote``:``port``, send ``message`` and acknowledge the answer."""
-    local_port = random.SystemRandom().randrange(49152, 65536)
+EPHEMERAL = range(49152, 65536)
+
+
+class LocalPorts:
+    """The client's source ports: one after another from ``first`` (a random one by default), never one twice.
+
+    A kernel never gives a port in use to a second socket; this client has no kernel stack to ask,
+    and the amphora's conntrack keeps a closed association's entry 10 s: an INIT from a port drawn
+    again would continue that entry (not counted as new, sent to its old member). Clients that run
+    side by side are given first ports apart.
+    """
+
+    def __init__(self, first: int | None = None) -> None:
+        if first is not None and first not in EPHEMERAL:
+            raise ValueError(f"first port {first} is not in {EPHEMERAL.start}-{EPHEMERAL.stop - 1}")
+        self._next = first if first is not None else random.SystemRandom().choice(EPHEMERAL)
+
+    def take(self) -> int:
+        port = self._next
+        self._next = port + 1 if port + 1 < EPHEMERAL.stop else EPHEMERAL.start
+        return port
+
+
+def _associate(sock: RawSctp, remote: str, port: int, message: bytes, deadline: float,
+               local_port: int) -> tuple[_Opened, bytes]:
+    """Open an association from ``local_port`` to ``remote``:``port``, send ``message``, acknowledge the answer."""
     ports = (local_port, port)
     local_tag, local_tsn = _tag(), _tag()
     init = w.Packet(local_port, port, 0, (w.Init(local_tag, RWND, 1, 1, local_tsn),))
@@ -282,23 +306,24 @@ def _close(sock: RawSctp, opened: _Opened, close: str, deadline: float) -> None:
 
 
 def request(remote: str, port: int, message: bytes, timeout: float = 3.0, close: str = "shutdown",
-            local: str | None = None) -> bytes:
+            local: str | None = None, local_ports: LocalPorts | None = None) -> bytes:
     """Open an association to ``remote``:``port``, send ``message``, return the answer, then close.
 
     ``close`` is ``shutdown`` (the graceful 3-way) or ``abort``. Raises SctpError (Refused on ABORT).
+    A caller opening several passes one ``local_ports``, so that none reuses another's source port.
     """
     if close not in ("shutdown", "abort"):
         raise ValueError("close must be shutdown or abort")
     remote = validation.ip_address(remote, "remote address").compressed
     deadline = time.monotonic() + timeout
     with RawSctp(family_of(remote), local) as sock:
-        opened, answer = _associate(sock, remote, port, message, deadline)
+        opened, answer = _associate(sock, remote, port, message, deadline, (local_ports or LocalPorts()).take())
         _close(sock, opened, close, deadline)
     return answer
 
 
 def hold(remote: str, port: int, message: bytes, count: int, until: Callable[[float], bool],
-         timeout: float = 3.0) -> Iterator[list[str]]:
+         timeout: float = 3.0, local_ports: LocalPorts | None = None) -> Iterator[list[str]]:
     """Open ``count`` associations and keep them open: long-lived ones, as a Diameter or SIGTRAN peer keeps.
 
     Yields the answers (an error's class name in place of one that did not come), then holds every
@@ -308,12 +333,13 @@ def hold(remote: str, port: int, message: bytes, count: int, until: Callable[[fl
     last chunk, longer than a test holds one.
     """
     remote = validation.ip_address(remote, "remote address").compressed
+    ports = local_ports or LocalPorts()
     with RawSctp(family_of(remote)) as sock:
         opened: list[_Opened | None] = []
         answers: list[str] = []
         for _ in range(max(0, count)):
             try:
-                assoc, answer = _associate(sock, remote, port, message, time.monotonic() + timeout)
+                assoc, answer = _associate(sock, remote, port, message, time.monotonic() + timeout, ports.take())
                 opened.append(assoc)
                 answers.append(answer.decode(errors="replace"))
             except OSError as exc:
@@ -363,25 +389,32 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--count", type=int, default=1)
     cli.add_argument("--pause", type=float, default=0.0)
     cli.add_argument("--timeout", type=float, default=3.0)
+    cli.add_argument("--first-port", type=int, default=None,
+                     help=f"source port of the first association, then the next ones ({EPHEMERAL.start}-"
+                          f"{EPHEMERAL.stop - 1}; default: a random one)")
     cli.add_argument("--close", choices=("shutdown", "abort", "hold"), default="shutdown",
                      help="hold: open them all, print the answers, keep them open until stdin closes, then "
                           "shut them down and print how each ended")
     args = parser.parse_args(argv)
+    if args.command == "send" and args.first_port is not None and args.first_port not in EPHEMERAL:
+        parser.error(f"--first-port must be in {EPHEMERAL.start}-{EPHEMERAL.stop - 1}")
     if args.command == "serve":
         serve(args.name, *args.bind)
         return 0
     if args.close == "hold":
         host, port = args.to
-        for result in hold(host, port, args.message.encode(), args.count, _stdin_closed, args.timeout):
+        for result in hold(host, port, args.message.encode(), args.count, _stdin_closed, args.timeout,
+                           LocalPorts(args.first_port)):
             print(json.dumps(result), flush=True)
         return 0
     answers: list[str] = []
+    local_ports = LocalPorts(args.first_port)
     for i in range(max(0, args.count)):
         if i and args.pause:
             time.sleep(args.pause)
         try:
             host, port = args.to
-            answer = request(host, port, args.message.encode(), args.timeout, args.close)
+            answer = request(host, port, args.message.encode(), args.timeout, args.close, local_ports=local_ports)
             answers.append(answer.decode(errors="replace"))
         except OSError as exc:
             answers.append(type(exc).__name__)

@@ -58,10 +58,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 
 def send(lab: Lab, vip: str, count: int, close: str = "shutdown", timeout: float = 2.0,
-         pause: float = 0.0) -> list[str]:
+         pause: float = 0.0, first_port: int | None = None) -> list[str]:
     """One association per message; each answer's member name (or the error's class name)."""
+    ports = ["--first-port", str(first_port)] if first_port is not None else []
     result = lab.sctp_client(vip, PORT, ["--count", str(count), "--close", close, "--timeout", str(timeout),
-                                         "--pause", str(pause)])
+                                         "--pause", str(pause), *ports])
     assert result.returncode == 0, result.stderr
     return [a.split(":", 1)[0] if a.endswith(": ping") else a for a in json.loads(result.stdout)]
 
@@ -175,9 +176,10 @@ def test_sctp_source_ip_persistence_keeps_a_client_on_one_member(env: Env) -> No
 class Holder:
     """A client process holding ``count`` associations open (long-lived ones) until ``close``."""
 
-    def __init__(self, lab: Lab, vip: str, count: int) -> None:
+    def __init__(self, lab: Lab, vip: str, count: int, first_port: int | None = None) -> None:
         sctp_setup.quiet_icmp(lab.client_ns)
-        command = sctp_setup.send_command(vip, PORT, ["--count", str(count), "--close", "hold"])
+        ports = ["--first-port", str(first_port)] if first_port is not None else []
+        command = sctp_setup.send_command(vip, PORT, ["--count", str(count), "--close", "hold", *ports])
         self.proc = subprocess.Popen(netns.in_ns(lab.client_ns, command), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
@@ -214,8 +216,9 @@ def test_sctp_least_connections_sends_new_associations_to_the_member_with_fewer_
         lb, vip = _lb(api, [first], {"lb_algorithm": "LEAST_CONNECTIONS"})
         [ns] = env.amphorae(lb["id"]).values()
         wait_for(lambda: "c1" in send(lab, vip, 1) or None, timeout=20)
-        # 20 long-lived associations on c1, held open by one client, then c2 joins.
-        holder = Holder(lab, vip, 20)
+        # 20 long-lived associations on c1, held open by one client, then c2 joins. The clients' source
+        # ports are apart: one drawn again would continue the held (or a just closed) association's entry.
+        holder = Holder(lab, vip, 20, first_port=50000)
         assert Counter(holder.answers) == {"c1": 20}, holder.answers
         # Two quiet refills: the agent expects few new associations, as after any lull (were the 21 just opened
         # still expected, the water-filling would rightly give c1 a slot: 21 new ones would bring c2 past it).
@@ -233,7 +236,7 @@ def test_sctp_least_connections_sends_new_associations_to_the_member_with_fewer_
         # Every new association goes to c2, which has fewer open ones (round robin would split them), over
         # several refills: those c2 served and closed do not count, though conntrack keeps them 10 s.
         started = time.monotonic()
-        answers = Counter(send(lab, vip, 40, pause=0.1))
+        answers = Counter(send(lab, vip, 40, pause=0.1, first_port=51000))
         print(f"40 paced associations in {time.monotonic() - started:.1f}s beside 20 held on c1: {dict(answers)}")
         assert answers == {"c2": 40}, answers
         open_now = {address: n for address, (n, _) in flows(ns, PORT, "sctp").items()}
@@ -249,7 +252,7 @@ def test_sctp_least_connections_sends_new_associations_to_the_member_with_fewer_
         reaction = time.monotonic() - ended
         print(f"least-connections table shared again {reaction:.2f}s after the 20 held associations ended")
         assert reaction < 2.0  # one refill interval (1 s) plus reading conntrack and loading the table
-        answers = Counter(send(lab, vip, 20))
+        answers = Counter(send(lab, vip, 20, first_port=52000))
         print(f"then 20 associations: {dict(answers)}")
         assert set(answers) == {"c1", "c2"} and min(answers.values()) >= 5, answers
         _delete(api, lb)
@@ -270,11 +273,12 @@ def _program(ns: str, lb_id: str) -> str:
 # prints "<wall time> <member or ->" for each.
 PROBE = r"""
 import signal, sys, time
-from cohort.lab.sctp_peer import request
+from cohort.lab.sctp_peer import LocalPorts, request
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+ports = LocalPorts()
 while True:
     try:
-        answer = request(sys.argv[1], int(sys.argv[2]), b"ping", 0.5).decode().split(":", 1)[0]
+        answer = request(sys.argv[1], int(sys.argv[2]), b"ping", 0.5, local_ports=ports).decode().split(":", 1)[0]
     except OSError:
         answer = "-"
     print(f"{time.time():.3f} {answer}", flush=True)

@@ -208,3 +208,29 @@ def test_the_client_gives_up_at_its_deadline_and_reports_an_abort(monkeypatch: p
     monkeypatch.setattr(Loopback.server, "handle", forgetful)
     with pytest.raises(sctp_peer.Refused):
         sctp_peer.request(PEER, PORT, b"hi", timeout=0.5)
+
+
+def test_a_client_never_reuses_a_source_port_and_starts_where_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cohort.lab import sctp_peer
+    monkeypatch.setattr(sctp_peer, "RawSctp", Loopback)
+    monkeypatch.setattr(sctp_peer, "RTO", 0.01)
+    Loopback.lose, Loopback.sent = set(), []
+    Loopback.server.associations.clear()
+    ports = sctp_peer.LocalPorts(65534)
+    for _ in range(3):
+        sctp_peer.request(PEER, PORT, b"hi", timeout=2.0, local_ports=ports)
+    held = sctp_peer.hold(PEER, PORT, b"hi", 2, lambda _: True, timeout=2.0, local_ports=ports)
+    assert next(held) == ["m9: hi"] * 2 and next(held) == ["closed"] * 2
+    inits = [p.src_port for p in Loopback.sent if isinstance(p.chunks[0], w.Init)]
+    assert inits == [65534, 65535, 49152, 49153, 49154]  # one after another, wrapping inside the ephemeral range
+    drawn = sctp_peer.LocalPorts()
+    assert len({drawn.take() for _ in range(16384)}) == 16384  # a whole cycle before any port comes again
+    with pytest.raises(ValueError, match="not in 49152-65535"):
+        sctp_peer.LocalPorts(1024)
+
+
+def test_the_send_command_refuses_a_first_port_outside_the_ephemeral_range(capsys: pytest.CaptureFixture[str]) -> None:
+    from cohort.lab import sctp_peer
+    with pytest.raises(SystemExit):
+        sctp_peer.main(["send", "192.0.2.1:3868", "--first-port", "80"])
+    assert "--first-port must be in 49152-65535" in capsys.readouterr().err
