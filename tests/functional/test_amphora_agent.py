@@ -450,6 +450,23 @@ def test_loopback_vip_never_answers_arp(serving: Env, driver: Any) -> None:
     assert serving.traffic(count=2)["ok"] == 2  # the interface VIP still answers ARP
 
 
+def test_a_plugged_port_announces_its_address(serving: Env, driver: Any) -> None:
+    # The member network's neighbour still holds the address for another MAC, as a router holds a
+    # replaced amphora's (the lab hands a freed address out again): plugging announces the new owner.
+    stale = "02:00:5e:00:53:99"
+    sh(*ns_exec(serving.member_ns, "ip", "neigh", "replace", serving.be_port.address, "lladdr", stale,
+                "dev", "m0", "nud", "stale"))
+
+    def owner() -> str:
+        entries = json.loads(sh(*ns_exec(serving.member_ns, "ip", "-j", "neigh", "show", serving.be_port.address,
+                                         "dev", "m0")))
+        return str(entries[0].get("lladdr", "")) if entries else ""
+
+    assert owner() == stale
+    driver.post_network_plug(serving.amphora, serving.be_port)
+    wait_for(lambda: owner() == serving.be_port.mac_address or None, timeout=2)
+
+
 # Capability bits (linux/capability.h) keepalived keeps for VRRP: setgid, net_admin, net_raw.
 KEEPALIVED_CAPS = {6, 12, 13}
 

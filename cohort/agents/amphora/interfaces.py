@@ -57,6 +57,10 @@ def _configure_port(spec: PortSpec) -> str:
     ifname = find_interface(spec.mac_address)
     run(["ip", "link", "set", "dev", ifname, "up"])
     run(["ip", "addr", "replace", f"{addr}/{prefix}", "dev", ifname])
+    if addr.version == 4:
+        # A port's address may have been another port's a moment ago (a replaced amphora's): the
+        # router and the cluster peers would send to the old MAC until their entry ages out.
+        gratuitous_arp(ifname, str(addr))
     return ifname
 
 
