@@ -177,6 +177,20 @@ class AmphoraManager:
                        if (row := session.get(m.Amphora, amp.id)) is None or row.applied_generation < generation]
         fanout.each(pending, update, "configure")
 
+    def failed_instances(self, lb_id: str) -> list[tuple[str, str]]:
+        """(amphora id, compute id) of the amphorae being replaced whose instance failed."""
+        with self.sessions() as session:
+            replaced = [(row.id, row.compute_id) for row in self.live_amphorae(session, lb_id)
+                        if row.status == "PENDING_DELETE" and row.compute_id]
+        return [(a, c) for a, c in replaced if self.drivers.compute.status(c) in ("ERROR", "DELETED")]
+
+    def retire_failed(self, failed: list[tuple[str, str]]) -> None:
+        """Destroy now, not once the replacement serves, amphorae whose instance failed: nothing of
+        theirs serves any more, and what outlived the rest must not go on. In the chaos benchmark a
+        dying agent had started its BGP speaker again; it announced the VIP for the dead HAProxy
+        until the amphora was retired (95 and 260 connections refused over 1.3 and 3.9 s)."""
+        fanout.each(failed, lambda amphora: self.destroy(*amphora), "retire-failed")
+
     def retire(self, lb_id: str, keep: list[str]) -> None:
         """Delete amphorae no longer wanted (replaced or scaled in); the survivors already serve."""
         with self.sessions() as session:

@@ -257,10 +257,16 @@ class Reconciler:
             lb = desired.load_balancer(session, self.settings, lb_row)
             certificates = self.certificates(session, lb_id)
         ids = self.amphorae.plan(lb_id, lb.topology)
+        failed = self.amphorae.failed_instances(lb_id)
         clock.mark("plan")
-        for amphora_id in ids:
-            lease.check()
-            self.amphorae.build(amphora_id, lb, vip)
+        # Failed instances go while the replacements are built (see retire_failed).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="retire-failed") as pool:
+            retiring = pool.submit(self.amphorae.retire_failed, failed) if failed else None
+            for amphora_id in ids:
+                lease.check()
+                self.amphorae.build(amphora_id, lb, vip)
+            if retiring is not None:
+                retiring.result()
         clock.mark("build")
         lease.check()
         self.amphorae.configure(lb, ids, generation, certificates)

@@ -14,8 +14,8 @@ objects (``tests.api_fuzz.seeds``). Then:
 
 Each create is also sent once as a client would send it (``tests.api_fuzz.known_good``), before
 the generated requests. Bounded: a fixed number of examples per operation and project,
-derandomized, no shrinking, and a time budget (``COHORT_FUZZ_BUDGET``, 70 s) past which later
-operations get fewer examples; the whole module takes about a minute and a half.
+derandomized, no shrinking, and a time budget (``COHORT_FUZZ_BUDGET``, 50 s) past which later
+operations get fewer examples; the whole module takes about a minute.
 ``COHORT_FUZZ_EXAMPLES`` and ``COHORT_FUZZ_BODY_EXAMPLES`` raise the numbers for a longer hunt;
 ``COHORT_FUZZ_REPORT=<file>`` writes every status and error seen per operation there.
 """
@@ -55,7 +55,7 @@ EXAMPLES = int(os.environ.get("COHORT_FUZZ_EXAMPLES", "6"))
 BODY_EXAMPLES = int(os.environ.get("COHORT_FUZZ_BODY_EXAMPLES", str(EXAMPLES * 8 // 3)))
 # Seconds the generated requests may take: on a slow or busy machine later operations get fewer
 # examples (never fewer than MIN_EXAMPLES), so the run stays bounded and still covers them all.
-BUDGET = float(os.environ.get("COHORT_FUZZ_BUDGET", "70"))
+BUDGET = float(os.environ.get("COHORT_FUZZ_BUDGET", "50"))
 MIN_EXAMPLES = 2
 FAULT_KEYS = {"faultcode", "faultstring", "debuginfo"}
 MUTATING = ("POST", "PUT", "DELETE")
