@@ -30,3 +30,14 @@ def test_a_dead_haproxy_is_withdrawn_before_it_is_started_again(tmp_path: Path,
         assert events == ["withdraw lb-1", "start lb-1"]
     finally:
         manager.metrics.stop_all()
+
+
+def test_the_supervisor_waits_on_the_masters_last_found_alive(tmp_path: Path) -> None:
+    uid = 2_000_000_125 if os.geteuid() == 0 else os.geteuid()
+    manager = HaproxyManager(Jail(tmp_path / "jail", uid, uid))
+    try:
+        manager._wanted |= {"lb-1", "lb-2", "lb-3"}
+        manager._alive.update({"lb-1": (101, 0.0), "lb-2": (None, 0.0), "lb-gone": (103, 0.0)})
+        assert manager.known_masters() == [101]  # lb-2 has none, lb-3 not looked at, lb-gone not wanted
+    finally:
+        manager.metrics.stop_all()

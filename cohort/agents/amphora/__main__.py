@@ -19,6 +19,7 @@ from cohort.agents.amphora.second_chance import SecondChance
 from cohort.agents.common import cli
 from cohort.agents.common.jail import Jail, uid_for
 from cohort.agents.common.net import set_sysctl
+from cohort.agents.common.proc import ExitWatch
 from cohort.statedir import PRIVATE_UMASK
 
 NOFILE = 100_000
@@ -80,13 +81,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def supervise(haproxy: HaproxyManager, bgp: BgpManager, done: threading.Event) -> None:
     """Start again a HAProxy that died (a crash, an OOM kill): nothing else would, since the agent
-    lives on and heartbeats. An L3 amphora withdrew its VIP at the death and announces it again."""
-    while not done.wait(SUPERVISE_INTERVAL):
-        try:
-            if haproxy.supervise(before_restart=lambda _lb_id: bgp.recheck()):
-                bgp.wake()
-        except Exception:  # noqa: BLE001 - the supervisor must outlive any one failure
-            LOG.exception("haproxy supervisor")
+    lives on and heartbeats. An L3 amphora withdrew its VIP at the death and announces it again.
+    Woken by a master's exit, else every ``SUPERVISE_INTERVAL`` (a master not yet known, a stop)."""
+    watch = ExitWatch()
+    try:
+        while not done.is_set():
+            watch.wait(haproxy.known_masters(), SUPERVISE_INTERVAL)
+            if done.is_set():
+                return
+            try:
+                if haproxy.supervise(before_restart=lambda _lb_id: bgp.recheck()):
+                    bgp.wake()
+            except Exception:  # noqa: BLE001 - the supervisor must outlive any one failure
+                LOG.exception("haproxy supervisor")
+    finally:
+        watch.close()
 
 
 if __name__ == "__main__":

@@ -218,6 +218,10 @@ class HaproxyManager:
     def running(self, lb_id: str) -> bool:
         return self.master_pid(lb_id) is not None
 
+    def known_masters(self) -> list[int]:
+        """The masters ``alive`` last found for the wanted load balancers: what a supervisor waits on."""
+        return [pid for lb_id in sorted(self._wanted) if (pid := self._alive.get(lb_id, (None, 0.0))[0]) is not None]
+
     def alive(self, lb_id: str) -> bool:
         """``running``, cheap enough to ask ten times a second from inside a capped amphora: the
         known master's state is read from /proc (a killed one is a zombie until it is reaped, which a
