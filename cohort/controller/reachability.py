@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from cohort.health.report import MAX_DOWN_FOR  # how far back an agent's "down for" is believed
+from cohort.health.report import seconds_down
 
 # lb_id -> amphora_id -> when it was first reported down, continuously since (None: reported up).
 Probes = dict[str, dict[str, float | None]]
@@ -54,9 +54,7 @@ def parse_report(vips: object) -> Report | None:
 
 def _down_for(value: object) -> float:
     """Seconds down, as reported; 0 when missing or not a sane number (an older agent says nothing)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
-        return 0.0
-    return min(float(value), MAX_DOWN_FOR)
+    return seconds_down(value) or 0.0
 
 
 def load(text: str | None) -> Probes:

@@ -81,6 +81,13 @@ def _pool(report: Mapping[str, Any]) -> PoolReport:
     return PoolReport(_status(report.get("status")), statuses)
 
 
+def seconds_down(value: object) -> float | None:
+    """An agent's "down for" in seconds, at most ``MAX_DOWN_FOR``; None when it is not a sane number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+        return None
+    return min(float(value), MAX_DOWN_FOR)
+
+
 def _bgp(section: object) -> BgpReport | None:
     if not isinstance(section, dict):
         return None
@@ -91,8 +98,8 @@ def _bgp(section: object) -> BgpReport | None:
         {k[:64]: v[:32] for k, v in sessions.items() if isinstance(k, str) and isinstance(v, str)}
         if isinstance(sessions, dict) else {},
         tuple(v[:64] for v in announced if isinstance(v, str))[:64] if isinstance(announced, list) else (),
-        {k[:64]: min(float(v), MAX_DOWN_FOR) for k, v in down_for.items()
-         if isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < float("inf")}
+        {k[:64]: seconds for k, v in down_for.items()
+         if isinstance(k, str) and (seconds := seconds_down(v)) is not None}
         if isinstance(down_for, dict) else {},
     )
 

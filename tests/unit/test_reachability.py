@@ -20,6 +20,7 @@ from cohort.controller.reconciler import Reconciler
 from cohort.controller.wiring import make_drivers
 from cohort.db import models as m
 from cohort.db.session import make_engine, make_sessionmaker, upgrade
+from cohort.health.report import MAX_DOWN_FOR
 from tests.unit.test_reconciler import add_lb, amphorae
 
 # --- the pure parts ---------------------------------------------------------------------------
@@ -49,7 +50,7 @@ def test_a_member_is_down_since_the_distributor_found_it_down_not_since_its_hear
     vips = {"lb": {"members": {"b": {"healthy": False, "down_for": 1.5}, "c": {"healthy": False, "down_for": 1e9},
                                "d": {"healthy": False, "down_for": -3}, "e": {"healthy": False, "down_for": True},
                                "f": {"healthy": True, "down_for": 4}}}}
-    assert r.parse_report(vips) == {"lb": {"b": 1.5, "c": r.MAX_DOWN_FOR, "d": 0.0, "e": 0.0, "f": None}}
+    assert r.parse_report(vips) == {"lb": {"b": 1.5, "c": MAX_DOWN_FOR, "d": 0.0, "e": 0.0, "f": None}}
 
 
 def test_reports_are_read_defensively_and_drained_members_are_left_out() -> None:
