@@ -182,14 +182,16 @@ class AmphoraManager:
         with self.sessions() as session:
             replaced = [(row.id, row.compute_id) for row in self.live_amphorae(session, lb_id)
                         if row.status == "PENDING_DELETE" and row.compute_id]
-        return [(a, c) for a, c in replaced if self.drivers.compute.status(c) in ("ERROR", "DELETED")]
+        return [(a, c) for a, c in replaced if self.drivers.compute.status(c) == "ERROR"]
 
-    def retire_failed(self, failed: list[tuple[str, str]]) -> None:
-        """Destroy now, not once the replacement serves, amphorae whose instance failed: nothing of
-        theirs serves any more, and what outlived the rest must not go on. In the chaos benchmark a
-        dying agent had started its BGP speaker again; it announced the VIP for the dead HAProxy
-        until the amphora was retired (95 and 260 connections refused over 1.3 and 3.9 s)."""
-        fanout.each(failed, lambda amphora: self.destroy(*amphora), "retire-failed")
+    def stop_failed(self, failed: list[tuple[str, str]]) -> None:
+        """Delete now, not once the replacement serves, the instances that failed: nothing of theirs
+        serves any more, and what outlived the rest must not go on. In the chaos benchmark a dying
+        agent had started its BGP speaker again; it announced the VIP for the dead HAProxy until the
+        amphora was retired (95 and 260 connections refused over 1.3 and 3.9 s). Their ports stay
+        until ``retire``: a distributor still lists the amphora until this pass registers the
+        survivors, and a spare given its freed address would answer its probes."""
+        fanout.each(failed, lambda amphora: self.drivers.compute.delete(amphora[1]), "stop-failed")
 
     def retire(self, lb_id: str, keep: list[str]) -> None:
         """Delete amphorae no longer wanted (replaced or scaled in); the survivors already serve."""

@@ -259,14 +259,14 @@ class Reconciler:
         ids = self.amphorae.plan(lb_id, lb.topology)
         failed = self.amphorae.failed_instances(lb_id)
         clock.mark("plan")
-        # Failed instances go while the replacements are built (see retire_failed).
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="retire-failed") as pool:
-            retiring = pool.submit(self.amphorae.retire_failed, failed) if failed else None
+        # Failed instances stop while the replacements are built (see stop_failed).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stop-failed") as pool:
+            stopping = pool.submit(self.amphorae.stop_failed, failed) if failed else None
             for amphora_id in ids:
                 lease.check()
                 self.amphorae.build(amphora_id, lb, vip)
-            if retiring is not None:
-                retiring.result()
+            if stopping is not None:
+                stopping.result()
         clock.mark("build")
         lease.check()
         self.amphorae.configure(lb, ids, generation, certificates)
