@@ -259,26 +259,27 @@ class Reconciler:
         ids = self.amphorae.plan(lb_id, lb.topology)
         failed = self.amphorae.failed_instances(lb_id)
         clock.mark("plan")
-        # Failed instances stop while the replacements are built (see stop_failed).
+        # Failed instances stop while the replacement is built and serves (see stop_failed): off
+        # the pass's path, for deleting an instance under load took as long as building one.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stop-failed") as pool:
             stopping = pool.submit(self.amphorae.stop_failed, failed) if failed else None
             for amphora_id in ids:
                 lease.check()
                 self.amphorae.build(amphora_id, lb, vip)
+            clock.mark("build")
+            lease.check()
+            self.amphorae.configure(lb, ids, generation, certificates)
+            clock.mark("configure")
+            lease.check()
+            if lb.topology.name == "ACTIVE_ACTIVE" and lb.topology.distributor_type == "L3_BGP":
+                with self.sessions() as session:
+                    leaving = self.cluster.leaving_by_scale_in(session, lb.id)
+                self.fabric.announce(lb, vip, ids, leaving)
+                clock.mark("announce")
+            elif lb.topology.name == "ACTIVE_ACTIVE":
+                self._distribute(lb, vip, ids, clock)
             if stopping is not None:
                 stopping.result()
-        clock.mark("build")
-        lease.check()
-        self.amphorae.configure(lb, ids, generation, certificates)
-        clock.mark("configure")
-        lease.check()
-        if lb.topology.name == "ACTIVE_ACTIVE" and lb.topology.distributor_type == "L3_BGP":
-            with self.sessions() as session:
-                leaving = self.cluster.leaving_by_scale_in(session, lb.id)
-            self.fabric.announce(lb, vip, ids, leaving)
-            clock.mark("announce")
-        elif lb.topology.name == "ACTIVE_ACTIVE":
-            self._distribute(lb, vip, ids, clock)
         lease.check()
         self.amphorae.retire(lb_id, ids)
         clock.mark("retire")
