@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,10 @@ from cohort.db import models as m
 from cohort.db.locks import LoadBalancerBusy, lock_load_balancer
 
 log = logging.getLogger(__name__)
+
+# How many times ``distributor_stale_after`` both members of a pair may be silent before both are
+# failed over (one silent beside a heartbeating peer is failed over after ``distributor_stale_after``).
+PAIR_SILENCE_FACTOR = 3.0
 
 
 class FailoverWatcher:
@@ -131,17 +136,32 @@ class FailoverWatcher:
         return now - self._bgp_down_since.setdefault(amphora_id, went_down)
 
     def dead_distributors(self, session: Session) -> list[tuple[str, str]]:
-        """Distributors whose instance failed, or that heartbeated and then went silent: silence is failure."""
+        """Distributors whose instance failed, or that heartbeated and then went silent: silence is failure.
+
+        Silence is believed at once only while the other member of the pair heartbeats: when neither
+        does, the path of their heartbeats to the controllers is more likely broken than both members
+        (in the chaos benchmark a survivor's heartbeats once came 3.2 s apart just as its peer died,
+        and destroying it took every VIP of its kind down). Both are failed over once the silence has
+        lasted ``PAIR_SILENCE_FACTOR`` times ``distributor_stale_after``."""
         now = time.time()
-        found = []
-        for row in session.scalars(select(m.Distributor).where(m.Distributor.status == "ACTIVE")):
-            if row.compute_id and self.drivers.compute.status(row.compute_id) in ("ERROR", "DELETED"):
-                found.append((row.id, "its compute instance failed"))
-                continue
+        stale_after = self.settings.distributor_stale_after
+        rows = list(session.scalars(select(m.Distributor).where(m.Distributor.status == "ACTIVE")))
+        failed = {row.id for row in rows
+                  if row.compute_id and self.drivers.compute.status(row.compute_id) in ("ERROR", "DELETED")}
+        silent_for: dict[str, float] = {}
+        for row in rows:
             health = session.get(m.DistributorHealth, row.id)
-            stale_after = self.settings.distributor_stale_after
-            if health is not None and not health.busy and now - health.last_update > stale_after:
-                found.append((row.id, f"no heartbeat for {now - health.last_update:.1f}s"))
+            if health is not None and not health.busy:
+                silent_for[row.id] = now - health.last_update
+        found = [(row.id, "its compute instance failed") for row in rows if row.id in failed]
+        for row in rows:
+            silence = silent_for.get(row.id, 0.0)
+            if row.id in failed or silence <= stale_after:
+                continue
+            peers = [peer.id for peer in rows if peer.distributor_type == row.distributor_type and peer.id != row.id]
+            peer_heartbeats = any(p not in failed and silent_for.get(p, math.inf) <= stale_after for p in peers)
+            if peer_heartbeats or silence > stale_after * PAIR_SILENCE_FACTOR:
+                found.append((row.id, f"no heartbeat for {silence:.1f}s"))
         return found
 
     def scan(self) -> int:
