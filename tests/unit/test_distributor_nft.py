@@ -631,6 +631,34 @@ def test_the_heartbeat_says_how_long_a_member_has_been_down(tmp_path: Path) -> N
     assert "down_for" not in svc.heartbeat_body()["vips"]["lb-a"]["members"]["y"]
 
 
+def test_a_heartbeat_does_not_wait_behind_a_slow_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cohort.agents.distributor import service as service_module
+    monkeypatch.setattr(service_module, "HEARTBEAT_LOCK_WAIT", 0.05)
+    svc = service(tmp_path, RecordingKernel())
+    svc.plug_vip(VIP_SPEC)
+    svc.set_members("lb-a", specs("x", "y"))
+    before = svc.heartbeat_body()
+    holding, release = threading.Event(), threading.Event()
+
+    def slow_change() -> None:
+        with svc._lock:  # as a change that waits on nft or keepalived under load
+            holding.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=slow_change)
+    worker.start()
+    try:
+        assert holding.wait(5)
+        started = time.monotonic()
+        assert svc.heartbeat_body() == before  # the last body again, at once
+        assert time.monotonic() - started < 1.0
+    finally:
+        release.set()
+        worker.join(10)
+    svc.on_health({("lb-a", "y"): False})
+    assert "down_for" in svc.heartbeat_body()["vips"]["lb-a"]["members"]["y"]  # fresh once it is free
+
+
 def test_unplugging_keeps_addresses_another_vip_still_uses(tmp_path: Path) -> None:
     kernel = RecordingKernel()
     svc = service(tmp_path, kernel)

@@ -40,6 +40,7 @@ HEARTBEAT_FLOWS_MAX_AGE = math.inf
 # CONVERGE_SETTLE seconds (a burst of events is one check), and every CONVERGE_PERIOD seconds.
 CONVERGE_SETTLE = 0.05
 CONVERGE_PERIOD = 2.0
+HEARTBEAT_LOCK_WAIT = 0.5  # seconds a heartbeat waits for the state before it repeats the last one
 HEARTBEAT_BUDGET = 60_000  # bytes of JSON body; a heartbeat datagram must stay under 65000
 
 
@@ -162,6 +163,7 @@ class DistributorService:
         self._flows: tuple[float, dict[str, dict[int, int]]] = (float("-inf"), {})
         self.monotonic: Callable[[], float] = time.monotonic  # the counters' ages (replaced in tests)
         self._heartbeat_offset = 0
+        self._last_heartbeat: dict[str, Any] | None = None
         self._drift_wake = threading.Event()
         self._drift_failed = ""  # the last failure to re-apply, said once
         self._stubborn: list[str] = []  # a drift re-applying did not cure: not re-applied again
@@ -597,6 +599,22 @@ class DistributorService:
         slice of VIPs (``"partial": true``, ``"vips_total"``), so every VIP is reported in turn
         and a distributor with many load balancers never falls silent.
         """
+        # Liveness must not wait behind a slow change (an nft or keepalived step under load): the
+        # controllers fail a distributor over after distributor_stale_after (3 s) of silence. When
+        # the state is busy, the last body goes again; its verdicts were true a moment ago.
+        if not self._lock.acquire(timeout=HEARTBEAT_LOCK_WAIT):
+            if self._last_heartbeat is not None:
+                LOG.warning("state busy for %.1fs: the heartbeat repeats the last one", HEARTBEAT_LOCK_WAIT)
+                return self._last_heartbeat
+            self._lock.acquire()
+        try:
+            body = self._heartbeat_body(budget)
+        finally:
+            self._lock.release()
+        self._last_heartbeat = body
+        return body
+
+    def _heartbeat_body(self, budget: int) -> dict[str, Any]:
         vips = self.status(flows_max_age=HEARTBEAT_FLOWS_MAX_AGE)["vips"]
         slim = {
             lb_id: {
