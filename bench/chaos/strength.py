@@ -160,8 +160,10 @@ class Observer:
             if row["status"] == "ACTIVE" and row.get("lb_network_ip"):
                 try:
                     # A member whose links are down must not hold the observations up (5 s connects).
+                    # No flow count: listing every pin twice a second would load what is measured.
                     status = self.env.cohort.drivers.distributor.status(
-                        DistributorRef(str(row["id"]), str(row["lb_network_ip"])), timeout=STATUS_TIMEOUT)
+                        DistributorRef(str(row["id"]), str(row["lb_network_ip"])), timeout=STATUS_TIMEOUT,
+                        count_flows=False)
                     role = status.get("vrrp", {}).get("role")
                     vip = status.get("vips", {}).get(self.lb_id)
                     has_vip = vip is not None

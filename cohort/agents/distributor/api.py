@@ -1,8 +1,10 @@
 """The distributor agent's ``/1.0`` API: request validation mapped onto ``DistributorService``.
 
 Routes: ``GET /1.0/info``, ``POST``/``DELETE /1.0/vips/{lb_id}`` (a VIP, with the pair's VRRP
-settings on its port), ``PUT /1.0/vips/{lb_id}/amphorae`` (the whole membership) and ``GET
-/1.0/status`` (with the member's VRRP role). Bad input is
+settings on its port), ``PUT /1.0/vips/{lb_id}/amphorae`` (the whole membership), ``GET
+/1.0/status`` (with the member's VRRP role, every pinned flow counted afresh) and ``GET
+/1.0/health`` (the same, with the flow counts of the last status, as heartbeats carry them: for
+observers that ask often, since counting lists every pin). Bad input is
 400, an unknown VIP or a port whose interface has not appeared yet 404 (the controller
 retries), a failing kernel command 500.
 """
@@ -10,6 +12,7 @@ retries), a failing kernel command 500.
 from __future__ import annotations
 
 import ipaddress
+import math
 import socket
 from typing import Any
 
@@ -154,6 +157,7 @@ class DistributorApi:
         routes: list[Route] = [
             ("GET", "/1.0/info", self.info),
             ("GET", "/1.0/status", self.status),
+            ("GET", "/1.0/health", self.health),
             ("POST", "/1.0/vips/{lb_id}", self.plug_vip),
             ("DELETE", "/1.0/vips/{lb_id}", self.unplug_vip),
             ("PUT", "/1.0/vips/{lb_id}/amphorae", self.set_amphorae),
@@ -175,6 +179,9 @@ class DistributorApi:
 
     def status(self, req: Request) -> Response:
         return Response(200, self.service.status(max_age=0))
+
+    def health(self, req: Request) -> Response:
+        return Response(200, self.service.status(max_age=0, flows_max_age=math.inf))
 
     def plug_vip(self, req: Request) -> Response:
         ifname = self.service.plug_vip(parse_vip(req.params["lb_id"], req.json()))

@@ -12,14 +12,13 @@ import dataclasses
 import json
 import logging
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
 from cohort import validation
 from cohort.agents.common.net import find_interface, ip_json, set_sysctl
 from cohort.agents.common.proc import CommandFailed, run
-from cohort.distributor import nft, nft_listing
+from cohort.distributor import nft
 
 LOG = logging.getLogger(__name__)
 
@@ -172,23 +171,20 @@ class DataPlane:
         """One listing of the whole table when every VIP's flows are wanted, else the named counters
         and only the wanted flow maps: their elements are what makes a listing expensive."""
         if flows_of is None:
-            return self._listing(["list", "table", nft.FAMILY, nft.TABLE], elements=True)
+            return self._listing(["list", "table", nft.FAMILY, nft.TABLE])
         found = self._listing(["list", "counters", "table", nft.FAMILY, nft.TABLE])
         for key in flows_of:
             flows: dict[int, int] = {}
             for prefix in ("flows_", *nft.L4_PIN_MAPS):  # TCP's pins, then UDP's and SCTP's
-                pinned = self._listing(["list", "map", nft.FAMILY, nft.TABLE, f"{prefix}{key}"], elements=True).get(key)
+                pinned = self._listing(["list", "map", nft.FAMILY, nft.TABLE, f"{prefix}{key}"]).get(key)
                 for mark, count in (pinned.flows if pinned is not None else {}).items():
                     flows[mark] = flows.get(mark, 0) + count
             found[key] = dataclasses.replace(found.get(key, nft.VipCounters()), flows=flows)
         return found
 
     @staticmethod
-    def _listing(command: list[str], elements: bool = False) -> dict[str, nft.VipCounters]:
-        """``elements``: the listing holds flow pins, read in a child process (``nft_listing``)."""
+    def _listing(command: list[str]) -> dict[str, nft.VipCounters]:
         try:
-            if elements:
-                return nft_listing.decode(run([sys.executable, "-m", "cohort.distributor.nft_listing", *command]))
             return nft.parse_table(json.loads(run(["nft", "-j", *command])))
         except CommandFailed:
             return {}

@@ -67,7 +67,9 @@ class DistributorDriver(Protocol):
         """Make ``members`` the VIP's whole membership; absent amphorae are unregistered."""
         ...
 
-    def status(self, distributor: DistributorRef, timeout: float | None = None) -> dict[str, Any]:
+    def status(self, distributor: DistributorRef, timeout: float | None = None,
+               count_flows: bool = True) -> dict[str, Any]:
         """Per VIP: members with probe health, open flows and counters; ``vrrp``: the member's role.
-        ``timeout``: seconds for the whole call (None: the driver's own)."""
+        ``timeout``: seconds for the whole call (None: the driver's own). ``count_flows=False``:
+        the flow counts of the last count, for callers that ask often (counting lists every pin)."""
         ...

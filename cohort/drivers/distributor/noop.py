@@ -52,7 +52,8 @@ class NoopDistributorDriver:
         with self._lock:
             return list(self.members.get((distributor_id, lb_id), []))
 
-    def status(self, distributor: DistributorRef, timeout: float | None = None) -> dict[str, Any]:
+    def status(self, distributor: DistributorRef, timeout: float | None = None,
+               count_flows: bool = True) -> dict[str, Any]:
         with self._lock:
             self._record("status", distributor)
             vips = {}

@@ -75,5 +75,7 @@ class RestDistributorDriver:
     def set_amphorae(self, distributor: DistributorRef, lb_id: str, members: list[ClusterMember]) -> None:
         self._agent.request_json("PUT", distributor, f"/1.0/vips/{lb_id}/amphorae", json=members_body(members))
 
-    def status(self, distributor: DistributorRef, timeout: float | None = None) -> dict[str, Any]:
-        return self._agent.request_json("GET", distributor, "/1.0/status", timeout=timeout)
+    def status(self, distributor: DistributorRef, timeout: float | None = None,
+               count_flows: bool = True) -> dict[str, Any]:
+        path = "/1.0/status" if count_flows else "/1.0/health"
+        return self._agent.request_json("GET", distributor, path, timeout=timeout)
