@@ -1,4 +1,4 @@
-"""``ExitWatch`` wakes a supervisor when a watched process exits, not at its next poll."""
+"""``ExitWatch`` as the HAProxy supervisor uses it: woken by an exit, not at its next poll."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cohort.agents.common.proc import ExitWatch
+from cohort.agents.common.exitwatch import ExitWatch
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def test_the_wait_ends_when_a_watched_process_exits(sleepers: list[subprocess.Po
     watch = ExitWatch()
     try:
         first, second = sleepers
-        pids = [first.pid, second.pid]
+        pids = {first.pid, second.pid}
         started = time.monotonic()
         assert watch.wait(pids, 0.2) == set()  # both live: the whole timeout
         assert time.monotonic() - started >= 0.19
@@ -39,7 +39,7 @@ def test_the_wait_ends_when_a_watched_process_exits(sleepers: list[subprocess.Po
         first.wait(5)
         second.kill()
         second.wait(5)  # reaped before the watch was asked: gone, reported without waiting
-        assert watch.wait([second.pid], 10.0) == {second.pid}
+        assert watch.wait({second.pid}, 10.0) == {second.pid}
     finally:
         watch.close()
 
@@ -47,5 +47,5 @@ def test_the_wait_ends_when_a_watched_process_exits(sleepers: list[subprocess.Po
 def test_nothing_to_watch_waits_the_timeout() -> None:
     watch = ExitWatch()
     started = time.monotonic()
-    assert watch.wait([], 0.1) == set()
+    assert watch.wait(set(), 0.1) == set()
     assert time.monotonic() - started >= 0.09

@@ -17,9 +17,9 @@ from cohort.agents.amphora.keepalived import KeepalivedManager
 from cohort.agents.amphora.l4 import L4Manager
 from cohort.agents.amphora.second_chance import SecondChance
 from cohort.agents.common import cli
+from cohort.agents.common.exitwatch import ExitWatch
 from cohort.agents.common.jail import Jail, uid_for
 from cohort.agents.common.net import set_sysctl
-from cohort.agents.common.proc import ExitWatch
 from cohort.statedir import PRIVATE_UMASK
 
 NOFILE = 100_000
@@ -86,7 +86,7 @@ def supervise(haproxy: HaproxyManager, bgp: BgpManager, done: threading.Event) -
     watch = ExitWatch()
     try:
         while not done.is_set():
-            watch.wait(haproxy.known_masters(), SUPERVISE_INTERVAL)
+            watch.wait(set(haproxy.known_masters()), SUPERVISE_INTERVAL)
             if done.is_set():
                 return
             try:
