@@ -396,19 +396,19 @@ def main(argv: list[str] | None = None) -> int:
                      help="hold: open them all, print the answers, keep them open until stdin closes, then "
                           "shut them down and print how each ended")
     args = parser.parse_args(argv)
-    if args.command == "send" and args.first_port is not None and args.first_port not in EPHEMERAL:
-        parser.error(f"--first-port must be in {EPHEMERAL.start}-{EPHEMERAL.stop - 1}")
     if args.command == "serve":
         serve(args.name, *args.bind)
         return 0
+    try:
+        local_ports = LocalPorts(args.first_port)
+    except ValueError:
+        parser.error(f"--first-port must be in {EPHEMERAL.start}-{EPHEMERAL.stop - 1}")
     if args.close == "hold":
         host, port = args.to
-        for result in hold(host, port, args.message.encode(), args.count, _stdin_closed, args.timeout,
-                           LocalPorts(args.first_port)):
+        for result in hold(host, port, args.message.encode(), args.count, _stdin_closed, args.timeout, local_ports):
             print(json.dumps(result), flush=True)
         return 0
     answers: list[str] = []
-    local_ports = LocalPorts(args.first_port)
     for i in range(max(0, args.count)):
         if i and args.pause:
             time.sleep(args.pause)
