@@ -108,6 +108,9 @@ class Settings(BaseModel):
     # instead of booting, when it asks for the spares' compute flavor.
     spare_amphora_pool_size: int = Field(default=0, ge=0, le=100)
     spare_amphora_compute_flavor: dict[str, Any] = Field(default_factory=dict)
+    # A distributor booted ahead of need for each type with a pair: a failed member is replaced by it
+    # at once instead of by a new build (cohort.controller.distributor_spares).
+    distributor_spare: bool = False
     drain_timeout: float = 30.0
     lab_prefix: str = "cohort"
     # The BGP speaker (id) of L3_BGP flavors that name none; empty: such a flavor is refused.

@@ -17,6 +17,7 @@ from cohort.api.app import create_app
 from cohort.api.deps import AppState
 from cohort.api.response_cache import with_response_cache
 from cohort.config import Settings
+from cohort.controller.distributor_spares import DistributorSpares
 from cohort.controller.failover import FailoverWatcher
 from cohort.controller.health import HealthManager
 from cohort.controller.heartbeat_queue import LatestPerSender
@@ -44,6 +45,7 @@ class Cohort:
     failover: FailoverWatcher
     app: FastAPI
     spares: SparePool
+    distributor_spares: DistributorSpares
     receiver: Any = None  # the heartbeat receiver while the controller runs (its counters)
 
 
@@ -61,7 +63,7 @@ def build(settings: Settings) -> Cohort:
                               read_sessions=readers))
     failover = FailoverWatcher(settings, sessions, drivers, on_change=reconciler.wake)
     return Cohort(settings, engine, sessions, drivers, reconciler, HealthManager(sessions), failover, app,
-                  SparePool(settings, sessions, drivers))
+                  SparePool(settings, sessions, drivers), DistributorSpares(settings, sessions, drivers))
 
 
 async def _heartbeats(cohort: Cohort) -> tuple[Any, LatestPerSender]:
@@ -97,6 +99,9 @@ async def serve(cohort: Cohort, api: bool = True, controller: bool = True,
                    threading.Thread(target=cohort.failover.run, name="failover", daemon=True)]
         if cohort.settings.spare_amphora_pool_size:
             workers.append(threading.Thread(target=cohort.spares.run, name="spares", daemon=True))
+        if cohort.settings.distributor_spare:
+            workers.append(threading.Thread(target=cohort.distributor_spares.run, name="distributor-spares",
+                                            daemon=True))
         for worker in workers:
             worker.start()
         if cohort.drivers.heartbeat_target:
@@ -125,6 +130,7 @@ async def serve(cohort: Cohort, api: bool = True, controller: bool = True,
         cohort.reconciler.stop()
         cohort.failover.stop()
         cohort.spares.stop()
+        cohort.distributor_spares.stop()
         if receiver is not None:
             receiver.close()
         if heartbeats is not None:

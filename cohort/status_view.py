@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from cohort.config import Settings
 from cohort.db import models as m
-from cohort.db.infra import distributor_operating_status
+from cohort.db.infra import distributor_operating_status, serves_vips
 from cohort.db.session import make_engine, make_sessionmaker
 
 COLOURS = {"ACTIVE": "green", "ONLINE": "green", "ALLOCATED": "green", "ERROR": "red", "DEGRADED": "yellow",
@@ -67,7 +67,7 @@ def render_status(settings: Settings, console: Console) -> None:
         for dist in session.scalars(select(m.Distributor).where(m.Distributor.status != "DELETED")
                                     .order_by(m.Distributor.name)):
             served = session.scalars(select(m.AmphoraCluster.load_balancer_id).where(
-                m.AmphoraCluster.cluster_type == dist.distributor_type)).all() if dist.status != "ERROR" else []
+                m.AmphoraCluster.cluster_type == dist.distributor_type)).all() if serves_vips(dist) else []
             health = distributor_operating_status(dist.status, session.get(m.DistributorHealth, dist.id),
                                                   settings.distributor_stale_after, now)
             distributors.add_row(dist.id[:8], dist.name, dist.distributor_type, _c(dist.status),

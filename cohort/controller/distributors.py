@@ -2,10 +2,13 @@
 
 Every L2 VIP is served by two distributors, ``distributor-<type>-0`` and ``-1``; keepalived in
 each (VRRP, see ``cohort.distributor.vrrp``) decides which one holds the VIPs. A member that
-fails (its instance died, or it went silent: ``FailoverWatcher``) is marked ERROR, destroyed,
-and replaced by a new row under the same name, so the replacement has an id, a heartbeat key
-and an instance of its own: a replaced member that turns out to be alive after all can be told
-from its successor, and is destroyed again whenever it heartbeats (``put_down_revenants``).
+fails (its instance died, or it went silent: ``FailoverWatcher``) is marked ERROR and replaced
+under the same name by the type's ready spare (``cohort.controller.distributor_spares``) or by a
+new row, so the replacement has an id, a heartbeat key and an instance of its own: a replaced
+member that turns out to be alive after all can be told from its successor, and is destroyed
+again whenever it heartbeats (``put_down_revenants``). The failover watcher destroys a failed
+member while its replacement is brought in, not before: that took a second of the time a
+distributor failure leaves the pair one member short.
 
 Controllers sharing a database may race to create a member: the unique index on live names
 (migrations 0006, 0008) lets one insert win, and the others use its row; instance builds are
@@ -22,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
+from cohort.db.infra import spare_distributor_name
 from cohort.db.session import transaction
 from cohort.drivers.distributor.base import DistributorRef
 from cohort.drivers.errors import DriverError
@@ -37,6 +41,20 @@ def member_names(distributor_type: str) -> list[str]:
     return [f"distributor-{distributor_type.lower()}-{slot}" for slot in range(PAIR_SIZE)]
 
 
+def promote_spare(session: Session, distributor_type: str, name: str) -> bool:
+    """Make the type's READY spare the member ``name`` (in the caller's transaction); False without one.
+
+    A compare-and-set on the spare's row: of controllers racing to replace one member, one promotes
+    it; the unique index on live names refuses a second member of that name (IntegrityError)."""
+    promoted = session.execute(update(m.Distributor).where(
+        m.Distributor.name == spare_distributor_name(distributor_type),
+        m.Distributor.distributor_type == distributor_type, m.Distributor.status == "READY",
+    ).values(name=name, status="ACTIVE", status_reason=None)).rowcount  # type: ignore[attr-defined]
+    if promoted:
+        log.info("the %s spare distributor replaces %s", distributor_type, name)
+    return bool(promoted)
+
+
 class DistributorPair:
     def __init__(self, sessions: sessionmaker[Session], drivers: Drivers) -> None:
         self.sessions = sessions
@@ -45,13 +63,13 @@ class DistributorPair:
     def live(self, session: Session, distributor_type: str) -> list[m.Distributor]:
         """The live members, oldest first: the one that holds the VIPs longest is told of changes first."""
         return list(session.scalars(select(m.Distributor).where(
-            m.Distributor.distributor_type == distributor_type, m.Distributor.status.in_(LIVE))
+            m.Distributor.distributor_type == distributor_type, m.Distributor.status.in_(LIVE),
+            m.Distributor.name.in_(member_names(distributor_type)))
             .order_by(m.Distributor.created_at, m.Distributor.name)))
 
     def ensure(self, distributor_type: str) -> list[DistributorRef]:
-        """Both members of the pair, built if missing, oldest first."""
+        """Both members of the pair, a missing one taken from the spare or built, oldest first."""
         self._fail_dead_instances(distributor_type)
-        self.destroy_failed(distributor_type)
         self._create_rows(distributor_type)
         with self.sessions() as session:
             rows = [(r.id, r.compute_id, r.lb_network_ip, r.status) for r in self.live(session, distributor_type)]
@@ -82,13 +100,15 @@ class DistributorPair:
                 with transaction(self.sessions) as session:
                     taken = {row.name for row in self.live(session, distributor_type)}
                     for name in member_names(distributor_type):
-                        if name not in taken:
+                        if name in taken:
+                            continue
+                        if not promote_spare(session, distributor_type, name):
                             session.add(m.Distributor(name=name, distributor_type=distributor_type,
                                                       status="PENDING_CREATE"))
-                            session.flush()
+                        session.flush()
                 return
             except IntegrityError:
-                continue  # another controller created that member first: use it
+                continue  # another controller created or promoted that member first: use it
         raise DriverError(f"could not create or find the {distributor_type} distributor pair")
 
     def _fail_dead_instances(self, distributor_type: str) -> None:
@@ -111,6 +131,20 @@ class DistributorPair:
             return False
         log.warning("distributor %s failed: %s", distributor_id, reason)
         return True
+
+    def fail_spare(self, distributor_id: str, reason: str) -> bool:
+        """Mark a spare (built or building) failed; False if it was promoted or failed meanwhile."""
+        with transaction(self.sessions) as session:
+            row = session.get(m.Distributor, distributor_id)
+            if row is None:
+                return False
+            claimed = session.execute(update(m.Distributor).where(
+                m.Distributor.id == distributor_id, m.Distributor.name == spare_distributor_name(row.distributor_type),
+                m.Distributor.status.in_((*LIVE, "READY")),
+            ).values(status="ERROR", status_reason=reason, role=None)).rowcount  # type: ignore[attr-defined]
+        if claimed:
+            log.warning("spare distributor %s failed: %s", distributor_id, reason)
+        return bool(claimed)
 
     def destroy_failed(self, distributor_type: str | None = None) -> int:
         with self.sessions() as session:

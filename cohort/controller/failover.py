@@ -168,9 +168,10 @@ class FailoverWatcher:
         return self.scan_amphorae() + self.scan_distributors()
 
     def scan_distributors(self) -> int:
-        """A failed member of a distributor pair is destroyed at once (it must not hold a VIP beside
-        its replacement) and every load balancer of its type is reconciled, which builds the
-        replacement and gives it every VIP and registration; the surviving member kept serving."""
+        """Every load balancer of a failed member's type is reconciled, which brings in its replacement
+        (the spare, or a new build) and gives it every VIP and registration; the surviving member kept
+        serving. The failed member is destroyed meanwhile, as soon as the passes are started: it must
+        not hold a VIP beside its replacement for long, but destroying it first cost the pair a second."""
         started = 0
         with self.sessions() as session:
             failed = [(ident, reason) for ident, reason in self.dead_distributors(session)]
@@ -180,7 +181,6 @@ class FailoverWatcher:
                 distributor_type = row.distributor_type if row is not None else ""
             if not self.pair.fail(distributor_id, reason):
                 continue  # another controller saw it first
-            self.pair.destroy(distributor_id)
             with self.sessions() as session:
                 served = session.scalars(select(m.AmphoraCluster.load_balancer_id).where(
                     m.AmphoraCluster.cluster_type == distributor_type)).all()
@@ -193,10 +193,10 @@ class FailoverWatcher:
             log.warning("distributor %s failed (%s); replacing it for %d load balancers", distributor_id, reason,
                         len(served))
             started += 1
-        self.pair.put_down_revenants()
-        self.pair.destroy_failed()
         if started:
             self.on_change()
+        self.pair.destroy_failed()
+        self.pair.put_down_revenants()
         return started
 
     def scan_amphorae(self) -> int:

@@ -107,6 +107,17 @@ class Distributor(IdMixin, TimestampMixin, Base):
     role: Mapped[str | None] = mapped_column(String(16))
 
 
+def spare_distributor_name(distributor_type: str) -> str:
+    """The name of a type's one spare distributor (``cohort.controller.distributor_spares``); the unique
+    index on live names keeps it one, however many controllers build it."""
+    return f"distributor-{distributor_type.lower()}-spare"
+
+
+def serves_vips(row: Distributor) -> bool:
+    """A live member of a pair: not failed, deleted, or a spare (which serves nothing until it replaces one)."""
+    return row.status not in ("ERROR", "DELETED") and row.name != spare_distributor_name(row.distributor_type)
+
+
 class DistributorHealth(Base):
     __tablename__ = "distributor_health"
 

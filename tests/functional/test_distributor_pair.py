@@ -24,6 +24,8 @@ from tests.support import Api, local_cohort, wait_for
 
 pytestmark = pytest.mark.root
 
+SPARE = "distributor-l2-spare"
+
 # New connections in four staggered loops (0.1 s timeout each) and keep-alive connections, for
 # ``seconds``; prints the wall-clock start of every failed new connection and the keep-alive outcome.
 LOAD = r"""
@@ -69,7 +71,8 @@ print(json.dumps({"ok": ok[0], "failures": sorted(failures), "broken": broken[0]
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Api, Any, str, str]]:
-    with local_cohort(tmp_path_factory.mktemp("cohort-pair")) as (cohort, base, lab):
+    # A spare distributor is kept: each replacement below is the spare taking the failed member's place.
+    with local_cohort(tmp_path_factory.mktemp("cohort-pair"), distributor_spare=True) as (cohort, base, lab):
         api = Api(base)
         address = lab.add_member("pair1", workers=2)
         # SOURCE_IP_PORT: the client's connections spread over the amphorae (and the table's buckets).
@@ -94,9 +97,17 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Api, An
 def pair(api: Api) -> dict[str, dict[str, Any]]:
     """The live members by role, once there is one MASTER and one BACKUP (else {})."""
     rows = [d for d in api.get("/v2/octavia/distributors")[1]["distributors"]
-            if d["status"] not in ("DELETED", "ERROR")]
+            if d["status"] not in ("DELETED", "ERROR") and d["name"] != SPARE]
     by_role = {d["role"]: d for d in rows}
     return by_role if len(rows) == 2 and set(by_role) == {"MASTER", "BACKUP"} else {}
+
+
+def ready_spare(api: Api, not_id: str = "") -> dict[str, Any]:
+    """The spare distributor once it is READY (and is not ``not_id``)."""
+    def ready() -> dict[str, Any] | None:
+        rows = api.get("/v2/octavia/distributors")[1]["distributors"]
+        return next((d for d in rows if d["name"] == SPARE and d["status"] == "READY" and d["id"] != not_id), None)
+    return dict(wait_for(ready, timeout=60, interval=0.2))
 
 
 def namespace(lab: Any, distributor: dict[str, Any]) -> str:
@@ -140,6 +151,7 @@ def test_the_master_goes_dark_under_load_the_backup_takes_over_and_a_new_backup_
     _cohort, api, lab, lb_id, vip = env
     roles = wait_for(lambda: pair(api), timeout=30)
     master, backup = roles["MASTER"], roles["BACKUP"]
+    spare = ready_spare(api)
     # The MACs the gateway learns for the VIP, in order: once the BACKUP's (the takeover), only the BACKUP's;
     # a joining member never takes the VIP (it may reuse the failed member's address and MAC).
     learnt = subprocess.Popen(["ip", "-n", lab.gw_ns, "monitor", "neigh"], stdout=subprocess.PIPE, text=True)
@@ -170,6 +182,8 @@ def test_the_master_goes_dark_under_load_the_backup_takes_over_and_a_new_backup_
                           check=False).returncode != 0  # its namespace is gone
     assert api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[1]["loadbalancer"]["provisioning_status"] == "ACTIVE"
     assert now["BACKUP"]["operating_status"] == "ONLINE"
+    assert now["BACKUP"]["id"] == spare["id"]  # the spare took the failed member's place, no build waited for
+    assert ready_spare(api, not_id=spare["id"])["id"] not in (master["id"], backup["id"])  # and the next is ready
 
     # Only the MASTER answers ARP for the VIP: not the new BACKUP, and not the replaced one.
     assert arp_answers(lab, vip) == {mac_of(lab, namespace(lab, now["MASTER"]))}
@@ -180,6 +194,7 @@ def test_the_standby_is_killed_traffic_notices_nothing_and_a_new_standby_joins(
     _cohort, api, lab, _lb_id, vip = env
     roles = wait_for(lambda: pair(api), timeout=30)
     master, backup = roles["MASTER"], roles["BACKUP"]
+    spare = ready_spare(api)
     runner = load(lab, vip, 12.0)
     time.sleep(2.0)
     killed = time.time()
@@ -192,6 +207,7 @@ def test_the_standby_is_killed_traffic_notices_nothing_and_a_new_standby_joins(
     print(f"\nstandby killed: {len(figures['failures'])} failed of {figures['ok'] + len(figures['failures'])} "
           f"new connections; keep-alive broken {figures['broken']}; new standby after {new_standby:.1f}s")
     assert figures["failures"] == [] and figures["broken"] == 0 and figures["alive"] == 10, figures
+    assert now["BACKUP"]["id"] == spare["id"]
     assert arp_answers(lab, vip) == {mac_of(lab, namespace(lab, now["MASTER"]))}
 
 

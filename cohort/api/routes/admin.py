@@ -22,7 +22,7 @@ from cohort.api.routing import JSONRoute
 from cohort.api.schemas import admin as a
 from cohort.api.schemas.common import given, unwrap
 from cohort.db import models as m
-from cohort.db.infra import distributor_operating_status
+from cohort.db.infra import distributor_operating_status, serves_vips
 
 router = APIRouter(prefix="/octavia", route_class=JSONRoute)
 
@@ -155,8 +155,8 @@ def update_cluster(raw: RawBody, ident: str, request: Request, session: DB, ctx:
 # Distributors -----------------------------------------------------------------------------------
 
 def _distributor_view(session: Session, row: m.Distributor, stale_after: float) -> dict[str, Any]:
-    # Both members of a pair serve every cluster of their type; a failed or deleted one serves none.
-    registrations = [] if row.status in ("ERROR", "DELETED") else session.scalars(
+    # Both members of a pair serve every cluster of their type; a failed, deleted or spare one serves none.
+    registrations = [] if not serves_vips(row) else session.scalars(
         select(m.AmphoraRegistration).join(
             m.AmphoraCluster, m.AmphoraCluster.load_balancer_id == m.AmphoraRegistration.load_balancer_id)
         .where(m.AmphoraCluster.cluster_type == row.distributor_type)).all()
