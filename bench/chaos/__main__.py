@@ -47,7 +47,8 @@ def line(run: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace, report: dict[str, Any], started: float) -> None:
     compute = {"cpu": args.cap} if args.cap else {}
-    overrides = {"spare_amphora_pool_size": args.spares, "spare_amphora_compute_flavor": compute}
+    overrides = {"spare_amphora_pool_size": args.spares, "spare_amphora_compute_flavor": compute,
+                 "distributor_spare": args.distributor_spare}
     faults = args.fault or list(FAULTS)
     with chaos_env("ch", args.controllers, overrides) as (env, plane):
         report["control_plane"] = {
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace, report: dict[str, Any], started: float) -> Non
             "note": "API and controllers are processes of their own (cohort api / cohort controller, one TOML)"}
         report["members"] = prepare_lab(env, args.members, args.member_workers, False)["members"]
         names = member_names(args.members)
-        console.print(f"lab {env.lab.prefix} up; {args.controllers} controller(s), {args.spares} spares "
+        console.print(f"lab {env.lab.prefix} up; {args.controllers} controller(s), {args.spares} spares, "
+                      f"{'a' if args.distributor_spare else 'no'} spare distributor "
                       f"{compute or '(not capped)'}; logs {plane.logs}")
         targets_ = build_targets(env, report["members"]["addresses"], set(names), args.size, compute, args.l3,
                                  args.no_spare_row, args.bfd_ms)

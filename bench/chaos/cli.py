@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=3, help="amphorae of each ACTIVE_ACTIVE cluster")
     parser.add_argument("--cap", type=float, default=0.0, help="CPU quota of every amphora (0: not capped)")
     parser.add_argument("--spares", type=int, default=2, help="spare amphora pool size (spare_amphora_pool_size)")
+    parser.add_argument("--distributor-spare", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep a spare distributor ready (distributor_spare)")
     parser.add_argument("--controllers", type=int, choices=(1, 2), default=2,
                         help="cohort controller processes on the one SQLite database")
     parser.add_argument("--l3", action=argparse.BooleanOptionalAction, default=True)

@@ -51,12 +51,19 @@ def ready_spares(env: BenchEnv) -> set[str]:
             if r.get("loadbalancer_id") is None and r["status"] == "READY"}
 
 
-def settle(env: BenchEnv, target: Target, pool: int, timeout: float, spare_wait: float) -> tuple[list[str], int]:
+def ready_distributor_spare(env: BenchEnv) -> bool:
+    return any(str(r["name"]).endswith("-spare") and r["status"] == "READY"
+               for r in env.admin_list("distributors", "distributors"))
+
+
+def settle(env: BenchEnv, target: Target, pool: int, timeout: float, spare_wait: float,
+           distributor_spare: bool = False) -> tuple[list[str], int]:
     """Until the load balancer is whole (no load yet, so not the serving check): what is still missing
-    after ``timeout`` (empty: settled); then at most ``spare_wait`` more until ``pool`` spares are
-    READY. Returns (missing, READY spares). A spare left building by a killed controller holds its
-    place in the pool until its builder's lease lapses (``reconcile_lease``) and another controller
-    rebuilds it; the episode goes on with fewer spares rather than waiting for that, and says so."""
+    after ``timeout`` (empty: settled); then at most ``spare_wait`` more until ``pool`` spares (and,
+    with ``distributor_spare``, the spare distributor) are READY. Returns (missing, READY spares).
+    A spare left building by a killed controller holds its place in the pool until its builder's
+    lease lapses (``reconcile_lease``) and another controller rebuilds it; the episode goes on with
+    fewer spares rather than waiting for that, and says so."""
     observer, exp = target.observer(env), Expectation(target.kind, target.cfg.size)
     deadline = time.monotonic() + timeout
     while (missing := shortfalls(None, observer.observe(), exp, serving=False)) and time.monotonic() < deadline:
@@ -67,7 +74,8 @@ def settle(env: BenchEnv, target: Target, pool: int, timeout: float, spare_wait:
         except BenchError as exc:
             missing.append(str(exc))
     deadline = time.monotonic() + spare_wait
-    while (spares := len(ready_spares(env)) if pool else 0) < pool and time.monotonic() < deadline:
+    while (((spares := len(ready_spares(env)) if pool else 0) < pool
+            or (distributor_spare and not ready_distributor_spare(env))) and time.monotonic() < deadline):
         time.sleep(0.5)
     return missing, spares
 
@@ -129,12 +137,15 @@ class Watch:
 def run_episode(env: BenchEnv, plane: ControlPlane, target: Target, fault: str, rep: int,
                 args: argparse.Namespace) -> dict[str, Any]:
     """One fault on ``target`` under load; the record ``measure.row`` reads."""
-    missing, ready = settle(env, target, args.spares if target.spares else 0, args.settle_timeout, args.spare_wait)
+    missing, ready = settle(env, target, args.spares if target.spares else 0, args.settle_timeout, args.spare_wait,
+                            args.distributor_spare and target.kind == "l2")
     if missing:
         raise BenchError(f"{target.label} not settled before {fault}: {missing}")
     observer = target.observer(env)
     spares = ready_spares(env)
     out: dict[str, Any] = {"fault": fault, "target": target.label, "repeat": rep, "spares_ready": ready}
+    if target.kind == "l2":
+        out["distributor_spare_ready"] = ready_distributor_spare(env)
     keep = KeepAlive(env, target.cfg.vip, args.keepalive, args.keepalive_interval)
     arrivals: Arrivals | None = None
     injected = faults.Injected()
