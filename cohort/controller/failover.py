@@ -1,12 +1,13 @@
 """Notice dead amphorae and distributors and have them replaced (Octavia's health-manager failover, N+1).
 
 An amphora is dead when its compute instance reports ERROR (a process crashed), when it has
-heartbeated before and then stayed silent longer than ``heartbeat_stale_after``, when an L3
-amphora has had no BGP session that long with routers other amphorae still reach, or when every
-live distributor has found an L2 amphora's front end unreachable for ``frontend_unreachable_after``
-(``cohort.controller.reachability``: its link is down while its agent still heartbeats over
-management). Its load
-balancer is taken with the same lock the API uses, so a failover never races a tenant change;
+heartbeated before and then stayed silent longer than ``heartbeat_stale_after`` (and its agent no
+longer answers over management, or the silence has lasted ``ANSWERING_SILENCE_FACTOR`` times
+that), when an L3 amphora has had no BGP session that long with routers other amphorae still
+reach, or when every live distributor has found an L2 amphora's front end unreachable for
+``frontend_unreachable_after`` (``cohort.controller.reachability``: its link is down while its
+agent still heartbeats over management). A distributor's silence is judged the same way
+(``dead_distributors``). Its load balancer is taken with the same lock the API uses, so a failover never races a tenant change;
 a load balancer that is busy is simply looked at again on the next scan.
 
 Every controller runs this watcher. Each failure is acted on once: the load balancer lock and the
@@ -28,17 +29,26 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cohort.config import Settings
-from cohort.controller import reachability
+from cohort.controller import desired, reachability
 from cohort.controller.distributors import DistributorPair
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
 from cohort.db.locks import LoadBalancerBusy, lock_load_balancer
+from cohort.drivers.distributor.base import DistributorRef
 
 log = logging.getLogger(__name__)
 
 # How many times ``distributor_stale_after`` both members of a pair may be silent before both are
 # failed over (one silent beside a heartbeating peer is failed over after ``distributor_stale_after``).
 PAIR_SILENCE_FACTOR = 3.0
+# A silent agent that still answers over management is failed over only once its silence has lasted
+# this many times its timeout: until then its heartbeats' path is slow, not the agent dead. In the
+# chaos benchmark both members of the distributor pair were replaced, one after the other, while their
+# agents answered every request (their heartbeats were recorded more than 3 s apart on the busy
+# machine); the pair was split for 10 s.
+ANSWERING_SILENCE_FACTOR = 3.0
+# Seconds an agent has to answer that check (GET /1.0/info locks nothing in it).
+ANSWER_TIMEOUT = 1.0
 
 
 class FailoverWatcher:
@@ -55,6 +65,7 @@ class FailoverWatcher:
         # L3 amphorae whose BGP sessions were up once, and since when they have all been down.
         self._bgp_was_up: set[str] = set()
         self._bgp_down_since: dict[str, float] = {}
+        self._answering_logged: dict[str, int] = {}  # silent agents that answer: the second last logged
 
     def stop(self) -> None:
         self._stop.set()
@@ -79,8 +90,12 @@ class FailoverWatcher:
             health = session.get(m.AmphoraHealth, amphora.id)
             stale_after = self.settings.heartbeat_stale_after
             if health is not None and not health.busy and now - health.last_update > stale_after:
-                found.append((amphora, f"no heartbeat for {now - health.last_update:.1f}s"))
-                continue
+                silence = now - health.last_update
+                if silence > stale_after * ANSWERING_SILENCE_FACTOR or not self.drivers.amphora.answers(
+                        desired.amphora(amphora), ANSWER_TIMEOUT):
+                    found.append((amphora, f"no heartbeat for {silence:.1f}s"))
+                    continue
+                self._note_answering("amphora", amphora.id, silence)
             # Its data path is lost while it heartbeats, as when the distributors cannot reach an L2 one.
             down = self._bgp_down_for(amphora.id, health, now, routers_up)
             if down is not None and down > self.settings.frontend_unreachable_after:
@@ -160,9 +175,23 @@ class FailoverWatcher:
                 continue
             peers = [peer.id for peer in rows if peer.distributor_type == row.distributor_type and peer.id != row.id]
             peer_heartbeats = any(p not in failed and silent_for.get(p, math.inf) <= stale_after for p in peers)
-            if peer_heartbeats or silence > stale_after * PAIR_SILENCE_FACTOR:
-                found.append((row.id, f"no heartbeat for {silence:.1f}s"))
+            if not peer_heartbeats and silence <= stale_after * PAIR_SILENCE_FACTOR:
+                continue
+            if silence <= stale_after * ANSWERING_SILENCE_FACTOR and row.lb_network_ip and \
+                    self.drivers.distributor.answers(DistributorRef(row.id, row.lb_network_ip), ANSWER_TIMEOUT):
+                self._note_answering("distributor", row.id, silence)
+                continue
+            found.append((row.id, f"no heartbeat for {silence:.1f}s"))
         return found
+
+    def _note_answering(self, kind: str, ident: str, silence: float) -> None:
+        """Log once per second of silence at most: the watcher scans twice a second."""
+        if int(silence) != self._answering_logged.get(ident):
+            if len(self._answering_logged) > 1000:
+                self._answering_logged.clear()
+            self._answering_logged[ident] = int(silence)
+            log.warning("%s %s: no heartbeat for %.1fs, but its agent answers; not failed over yet", kind, ident,
+                        silence)
 
     def scan(self) -> int:
         return self.scan_amphorae() + self.scan_distributors()

@@ -103,6 +103,14 @@ class AgentClient:
             raise DriverError(f"{self.kind} {agent.id}: {method} {path}: unexpected {body!r}")
         return body
 
+    def answers(self, agent: AgentRef, timeout: float) -> bool:
+        """Whether the agent answers ``GET /1.0/info`` (no state of its own is locked) within ``timeout``."""
+        try:
+            self.request("GET", agent, "/1.0/info", timeout=timeout)
+        except DriverError:
+            return False
+        return True
+
     def wait_ready(
         self, agent: AgentRef, timeout: float, info: Callable[[float], dict[str, Any]]
     ) -> dict[str, Any]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from sqlalchemy import select
+
 from cohort.config import Settings
-from cohort.controller.failover import PAIR_SILENCE_FACTOR, FailoverWatcher
+from cohort.controller.failover import ANSWERING_SILENCE_FACTOR, PAIR_SILENCE_FACTOR, FailoverWatcher
 from cohort.db import models as m
 from tests.unit.test_reachability import cluster, pair
 
@@ -35,6 +37,7 @@ def test_a_pair_silent_together_is_failed_over_only_after_a_long_silence(
         with sessions() as session:
             return dict(watcher.dead_distributors(session))
 
+    drivers.distributor.unreachable.update({first, second})  # their agents do not answer either
     silent(sessions, {first: stale + 1, second: 0.0})
     assert list(dead()) == [first]  # its peer heartbeats: silence is failure
     # Neither heartbeats (their path to the controllers is more likely broken than both): not yet.
@@ -55,3 +58,56 @@ def _compute_id(sessions: Any, distributor_id: str) -> str:
         row = session.get(m.Distributor, distributor_id)
         assert row is not None and row.compute_id is not None
         return row.compute_id
+
+
+def test_a_silent_member_whose_agent_answers_is_failed_over_only_after_a_long_silence(
+        cluster: tuple[Settings, Any, Any, str]) -> None:
+    """Its heartbeats' path is slow, not the agent dead: in the chaos benchmark both members of the pair
+    were replaced one after the other while their agents answered every request."""
+    settings, sessions, drivers, _lb_id = cluster
+    watcher = FailoverWatcher(settings, sessions, drivers, on_change=lambda: None)
+    first, second = pair(sessions)
+    stale = settings.distributor_stale_after
+
+    def dead() -> dict[str, str]:
+        with sessions() as session:
+            return dict(watcher.dead_distributors(session))
+
+    silent(sessions, {first: stale + 1, second: 0.0})
+    assert dead() == {}  # it answers over management
+    assert ("answers", first) in drivers.distributor.calls
+    drivers.distributor.unreachable.add(first)
+    assert list(dead()) == [first]  # now it does not
+    drivers.distributor.unreachable.clear()
+    silent(sessions, {first: stale * ANSWERING_SILENCE_FACTOR + 1, second: 0.0})
+    assert list(dead()) == [first]  # silence is failure in the end, whatever the agent answers
+
+
+def test_a_silent_amphora_whose_agent_answers_is_failed_over_only_after_a_long_silence(
+        cluster: tuple[Settings, Any, Any, str]) -> None:
+    settings, sessions, drivers, lb_id = cluster
+    watcher = FailoverWatcher(settings, sessions, drivers, on_change=lambda: None)
+    with sessions() as session:
+        victim = session.scalars(select(m.Amphora.id).where(m.Amphora.load_balancer_id == lb_id)).first()
+    assert victim is not None
+    stale = settings.heartbeat_stale_after
+
+    def quiet(seconds: float) -> None:
+        with sessions() as session, session.begin():
+            health = session.get(m.AmphoraHealth, victim)
+            if health is None:
+                session.add(m.AmphoraHealth(amphora_id=victim, last_update=time.time() - seconds, busy=False))
+            else:
+                health.last_update = time.time() - seconds
+
+    def dead() -> dict[str, str]:
+        with sessions() as session:
+            return {amphora.id: reason for amphora, reason in watcher.dead(session)}
+
+    quiet(stale + 1)
+    assert dead() == {}
+    drivers.amphora.unreachable.add(victim)
+    assert list(dead()) == [victim] and dead()[victim].startswith("no heartbeat for")
+    drivers.amphora.unreachable.clear()
+    quiet(stale * ANSWERING_SILENCE_FACTOR + 1)
+    assert list(dead()) == [victim]

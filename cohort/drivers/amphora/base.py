@@ -14,6 +14,10 @@ class AmphoraDriver(Protocol):
         """Wait until the agent answers; return its info (version, haproxy version...)."""
         ...
 
+    def answers(self, amphora: Amphora, timeout: float) -> bool:
+        """Whether the agent answers over management within ``timeout``: alive, whatever its heartbeats say."""
+        ...
+
     def post_vip_plug(self, amphora: Amphora, port: PluggedPort, vip: str, vip_mode: str) -> None:
         """Configure the front-end port and the VIP inside the amphora.
 

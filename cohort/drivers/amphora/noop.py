@@ -23,6 +23,7 @@ class NoopAmphoraDriver:
         self.speakers: dict[str, BgpSpeaker] = {}
         self.announced: dict[str, set[str]] = {}
         self.cluster_peers: dict[tuple[str, str], list[str]] = {}  # (amphora, VIP) -> its peers' ids
+        self.unreachable: set[str] = set()  # amphora ids whose agent does not answer (tests)
         self._lock = threading.Lock()
 
     def _record(self, verb: str, amphora: Amphora) -> None:
@@ -33,6 +34,10 @@ class NoopAmphoraDriver:
         self._record("wait_ready", amphora)
         time.sleep(self.delay)
         return {"hostname": amphora.id, "api_version": "1.0", "haproxy_version": "noop"}
+
+    def answers(self, amphora: Amphora, timeout: float) -> bool:
+        self._record("answers", amphora)
+        return amphora.id not in self.unreachable
 
     def post_vip_plug(self, amphora: Amphora, port: PluggedPort, vip: str, vip_mode: str) -> None:
         self._record("post_vip_plug", amphora)

@@ -49,6 +49,9 @@ class RestAmphoraDriver:
     def wait_ready(self, amphora: Amphora, timeout: float) -> dict[str, Any]:
         return self._agent.wait_ready(amphora, timeout, lambda t: self._info(amphora, timeout=t))
 
+    def answers(self, amphora: Amphora, timeout: float) -> bool:
+        return self._agent.answers(amphora, timeout)
+
     def post_vip_plug(self, amphora: Amphora, port: PluggedPort, vip: str, vip_mode: str) -> None:
         body = {
             "mac_address": port.mac_address,

@@ -55,6 +55,10 @@ class DistributorDriver(Protocol):
     def wait_ready(self, distributor: DistributorRef, timeout: float) -> dict[str, Any]:
         ...
 
+    def answers(self, distributor: DistributorRef, timeout: float) -> bool:
+        """Whether the agent answers over management within ``timeout``: alive, whatever its heartbeats say."""
+        ...
+
     def add_vip(self, distributor: DistributorRef, vip: DistributorVip) -> None:
         """Plug the VIP on ``vip.port`` (held there while this member is the pair's VRRP MASTER) and
         prepare its (empty) table. Idempotent."""

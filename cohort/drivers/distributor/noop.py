@@ -18,6 +18,7 @@ class NoopDistributorDriver:
         self.calls: list[tuple[str, str]] = []
         self.vips: dict[tuple[str, str], DistributorVip] = {}
         self.members: dict[tuple[str, str], list[ClusterMember]] = {}
+        self.unreachable: set[str] = set()  # distributor ids whose agent does not answer (tests)
         self._lock = threading.Lock()
 
     def _record(self, verb: str, distributor: DistributorRef) -> None:
@@ -27,6 +28,11 @@ class NoopDistributorDriver:
         with self._lock:
             self._record("wait_ready", distributor)
         return {"distributor_id": distributor.id, "api_version": "1.0", "distributor_type": "noop"}
+
+    def answers(self, distributor: DistributorRef, timeout: float) -> bool:
+        with self._lock:
+            self._record("answers", distributor)
+        return distributor.id not in self.unreachable
 
     def add_vip(self, distributor: DistributorRef, vip: DistributorVip) -> None:
         with self._lock:

@@ -66,6 +66,9 @@ class RestDistributorDriver:
             distributor, timeout, lambda t: self._agent.request_json("GET", distributor, "/1.0/info", timeout=t)
         )
 
+    def answers(self, distributor: DistributorRef, timeout: float) -> bool:
+        return self._agent.answers(distributor, timeout)
+
     def add_vip(self, distributor: DistributorRef, vip: DistributorVip) -> None:
         self._agent.request_json("POST", distributor, f"/1.0/vips/{vip.lb_id}", json=vip_body(vip))
 
