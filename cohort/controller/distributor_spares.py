@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cohort.config import Settings
+from cohort.controller import spares as spares_mod
 from cohort.controller.distributors import LIVE, READY_TIMEOUT, DistributorPair
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
@@ -67,18 +68,20 @@ class DistributorSpares:
             m.Distributor.status == "ACTIVE"))))
 
     def replenish(self) -> None:
-        """Give up dead or abandoned spares, then build the one spare each type in use lacks."""
+        """Give up dead or abandoned spares, then build the one spare each type in use lacks (not while
+        an amphora or distributor is being brought in: ``spares.bringing_in``)."""
         with self.sessions() as session:
             kinds = self.types_in_use(session)
             spares = {row.distributor_type: row for row in session.scalars(select(m.Distributor).where(
                 m.Distributor.name.in_([spare_distributor_name(kind) for kind in kinds]),
                 m.Distributor.status.in_((*LIVE, "READY"))))}
             dead = [(row.id, reason) for row in spares.values() if (reason := self._dead(session, row))]
+            busy = spares_mod.bringing_in(session)
         for ident, reason in dead:
             if self.pair.fail_spare(ident, reason):
                 self.pair.destroy(ident)
         for kind in kinds:
-            if kind not in spares or spares[kind].id in {ident for ident, _ in dead}:
+            if not busy and (kind not in spares or spares[kind].id in {ident for ident, _ in dead}):
                 self.build(kind)
 
     def _dead(self, session: Session, row: m.Distributor) -> str | None:

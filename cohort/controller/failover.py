@@ -7,8 +7,9 @@ that), when an L3 amphora has had no BGP session that long with routers other am
 reach, or when every live distributor has found an L2 amphora's front end unreachable for
 ``frontend_unreachable_after`` (``cohort.controller.reachability``: its link is down while its
 agent still heartbeats over management). A distributor's silence is judged the same way
-(``dead_distributors``). Its load balancer is taken with the same lock the API uses, so a failover never races a tenant change;
-a load balancer that is busy is simply looked at again on the next scan.
+(``dead_distributors``). Its load balancer is taken with the same lock the API uses, so a
+failover never races a tenant change; a load balancer that is busy is simply looked at again on
+the next scan.
 
 Every controller runs this watcher. Each failure is acted on once: the load balancer lock and the
 amphora's move from ALLOCATED to PENDING_DELETE are both compare-and-sets in one transaction (a

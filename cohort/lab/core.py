@@ -169,6 +169,11 @@ class Lab:
     def snapshot(self) -> dict[str, Any]:
         return self._state.snapshot()
 
+    def peek(self) -> dict[str, Any]:
+        """The saved state without the lock: one whole version (the file is replaced atomically),
+        possibly just older than a change in progress. For frequent reads that tolerate that."""
+        return self._state.read()
+
     def reserve_address(self, network: str, owner: str, address: str | None = None,
                         first: int | None = None, last: int | None = None) -> str:
         """Reserve an address of lab network ``network`` (public, private, mgmt, client) for ``owner``."""

@@ -134,13 +134,15 @@ class LabInstances:
         )
 
     def status(self, compute_id: str) -> str:
-        with self.lab.transaction() as st:
-            found = self._find(st, compute_id)
-            if found is None:
-                # An unrecorded namespace of ours is debris of a crash: ERROR gets it deleted.
-                ours = self.lab.is_instance_ns(compute_id) and netns.netns_exists(compute_id)
-                return "ERROR" if ours else "DELETED"
-            return self._status(found[1])
+        # Without the lab's lock: every controller's failover watcher asks this of every instance twice
+        # a second, and behind a build or a delete holding the lock the watchers stalled. An instance's
+        # id is handed out only once its record is saved, so the state read always has it.
+        found = self._find(self.lab.peek(), compute_id)
+        if found is None:
+            # An unrecorded namespace of ours is debris of a crash: ERROR gets it deleted.
+            ours = self.lab.is_instance_ns(compute_id) and netns.netns_exists(compute_id)
+            return "ERROR" if ours else "DELETED"
+        return self._status(found[1])
 
     def agent_pid(self, compute_id: str) -> int | None:
         with self.lab.transaction() as st:
