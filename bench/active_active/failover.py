@@ -38,6 +38,9 @@ from bench.active_active.tools import start_tool
 from bench.common import BenchEnv, BenchError, haproxy_frontend_requests, median
 from cohort import netns
 
+# Rounds of SIGSTOP over an amphora's processes before they are killed (a stopped process forks nothing).
+STOP_ROUNDS = 20
+
 EPISODE_GAP = 0.5  # failures further apart than this are separate episodes
 
 
@@ -71,12 +74,25 @@ class Stream:
 
 
 def kill_amphora(env: BenchEnv, amphora_id: str) -> int:
-    """SIGKILL to every process in the amphora's namespace; how many there were."""
-    pids = netns.netns_pids(env.lab.instance_ns(amphora_id, "amphora"))
-    for pid in pids:
+    """The amphora dies as its VM would, all at once; how many processes it had.
+
+    Every process in its namespace is stopped first (SIGSTOP, again until no new one appears), then
+    killed: signalled one by one, its agent's supervisor restarted a killed HAProxy before the agent
+    itself was killed, and in one chaos run that HAProxy outlived the rest of the amphora."""
+    ns = env.lab.instance_ns(amphora_id, "amphora")
+    stopped: set[int] = set()
+    for _ in range(STOP_ROUNDS):
+        pids = set(netns.netns_pids(ns)) - stopped
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        stopped |= pids
+    for pid in stopped:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    return len(pids)
+    return len(stopped)
 
 
 def switch_port(env: BenchEnv, amphora_id: str, address: str) -> str:
