@@ -176,11 +176,13 @@ def test_the_master_goes_dark_under_load_the_backup_takes_over_and_a_new_backup_
     assert figures["broken"] == 0 and figures["alive"] == 10, figures
     survivor = mac_of(lab, namespace(lab, backup))
     assert survivor in vip_macs and set(vip_macs[vip_macs.index(survivor):]) == {survivor}, vip_macs
-    old = api.get(f"/v2/octavia/distributors/{master['id']}")[1]["distributor"]
-    assert old["status"] == "DELETED" and "no heartbeat" in (old["status_reason"] or ""), old
+    # The failed member is destroyed while its replacement comes in, and the pass then ends.
+    old = wait_for(lambda: (d := api.get(f"/v2/octavia/distributors/{master['id']}")[1]["distributor"])
+                   and d["status"] == "DELETED" and d, timeout=15)
+    assert "no heartbeat" in (old["status_reason"] or ""), old
     assert subprocess.run(["ip", "netns", "pids", namespace(lab, master)], capture_output=True,
                           check=False).returncode != 0  # its namespace is gone
-    assert api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[1]["loadbalancer"]["provisioning_status"] == "ACTIVE"
+    api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=30)
     assert now["BACKUP"]["operating_status"] == "ONLINE"
     assert now["BACKUP"]["id"] == spare["id"]  # the spare took the failed member's place, no build waited for
     assert ready_spare(api, not_id=spare["id"])["id"] not in (master["id"], backup["id"])  # and the next is ready

@@ -30,6 +30,7 @@ from tests.support import Api, local_cohort, wait_for
 pytestmark = pytest.mark.root
 
 PORT = 5353
+FIRST_SOURCE_PORT, LAST_SOURCE_PORT = 20000, 30000  # below the kernel's ephemeral range (32768-60999)
 ECHO = r"""
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -39,11 +40,11 @@ while True:
     s.sendto(sys.argv[1].encode(), peer)
 """
 # Sends ``count`` datagrams, each from a new source port (a new flow) unless ``same`` is 1, ``pause``
-# seconds apart; JSON answers.
+# seconds apart, the ports taken in order from ``first`` (0 or none: the kernel's); JSON answers.
 CLIENT = r"""
 import json, socket, sys, time
 vip, port, count, same = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
-pause = float(sys.argv[5])
+pause, first = float(sys.argv[5]), int(sys.argv[6]) if len(sys.argv) > 6 else 0
 answers = []
 sock = None
 for i in range(count):
@@ -51,6 +52,7 @@ for i in range(count):
         if sock is not None:
             sock.close()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("0.0.0.0", first + i if first else 0))
         sock.settimeout(1.0)
     try:
         sock.sendto(b"ping", (vip, port))
@@ -85,9 +87,19 @@ class Echoes:
             self.stop(name)
 
 
+# The client's source ports, handed out in order and never twice in a run: a port the kernel picked
+# again within conntrack's 30 s continued an earlier flow instead of starting one, and a least-connections
+# test counted 29 flows of 30.
+_SOURCE_PORTS = {"next": FIRST_SOURCE_PORT}
+
+
 def send(lab: Lab, vip: str, count: int, same: bool = False, pause: float = 0.0) -> list[str]:
+    first = _SOURCE_PORTS["next"]
+    if first + count > LAST_SOURCE_PORT:
+        first = FIRST_SOURCE_PORT
+    _SOURCE_PORTS["next"] = first + count
     result = lab.exec_client([sys.executable, "-c", CLIENT, vip, str(PORT), str(count), "1" if same else "0",
-                              str(pause)])
+                              str(pause), str(first)])
     assert result.returncode == 0, result.stderr
     return list(json.loads(result.stdout))
 
