@@ -26,6 +26,11 @@ def silent(sessions: Any, seconds: dict[str, float]) -> None:
                 health.last_update = time.time() - quiet
 
 
+def dead_distributors(watcher: FailoverWatcher, sessions: Any) -> dict[str, str]:
+    with sessions() as session:
+        return dict(watcher.dead_distributors(session))
+
+
 def test_a_pair_silent_together_is_failed_over_only_after_a_long_silence(
         cluster: tuple[Settings, Any, Any, str]) -> None:
     settings, sessions, drivers, _lb_id = cluster
@@ -34,8 +39,7 @@ def test_a_pair_silent_together_is_failed_over_only_after_a_long_silence(
     stale = settings.distributor_stale_after
 
     def dead() -> dict[str, str]:
-        with sessions() as session:
-            return dict(watcher.dead_distributors(session))
+        return dead_distributors(watcher, sessions)
 
     drivers.distributor.unreachable.update({first, second})  # their agents do not answer either
     silent(sessions, {first: stale + 1, second: 0.0})
@@ -70,8 +74,7 @@ def test_a_silent_member_whose_agent_answers_is_failed_over_only_after_a_long_si
     stale = settings.distributor_stale_after
 
     def dead() -> dict[str, str]:
-        with sessions() as session:
-            return dict(watcher.dead_distributors(session))
+        return dead_distributors(watcher, sessions)
 
     silent(sessions, {first: stale + 1, second: 0.0})
     assert dead() == {}  # it answers over management

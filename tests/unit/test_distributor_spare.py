@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from cohort.db import models as m
 from tests.support import Api, running_cohort, wait_for
+from tests.unit.test_distributor_pair import heartbeat
 
 
 @pytest.fixture
@@ -39,10 +40,6 @@ def distributors(api: Api) -> dict[str, dict[str, Any]]:
 def ready_spare(api: Api) -> dict[str, Any]:
     return wait_for(lambda: (s := distributors(api).get("distributor-l2-spare")) and s["status"] == "READY" and s,
                     timeout=10)
-
-
-def heartbeat(cohort: Any, distributor_id: str, role: str | None) -> None:
-    cohort.health.on_heartbeat({"id": distributor_id, "distributor": True, "seq": time.time_ns(), "role": role})
 
 
 def test_the_spare_serves_nothing_and_replaces_a_silent_member_under_its_name(
