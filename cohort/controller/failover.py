@@ -29,8 +29,9 @@ from collections.abc import Callable
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from cohort import datamodel as d
 from cohort.config import Settings
-from cohort.controller import desired, reachability
+from cohort.controller import desired, fanout, reachability
 from cohort.controller.distributors import DistributorPair
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
@@ -84,19 +85,23 @@ class FailoverWatcher:
         rows = session.scalars(select(m.Amphora).where(m.Amphora.status == "ALLOCATED")).all()
         unreachable = self.unreachable(session, now)
         routers_up = self.routers_up(session, now)
+        stale_after = self.settings.heartbeat_stale_after
+        healths = {amphora.id: session.get(m.AmphoraHealth, amphora.id) for amphora in rows}
+        silent = {ident: now - health.last_update for ident, health in healths.items()
+                  if health is not None and not health.busy and now - health.last_update > stale_after}
+        # Asked all at once: many amphorae silent together (a host's) must not take a second each.
+        answering = self._answering([amphora for amphora in rows
+                                     if silent.get(amphora.id, math.inf) <= stale_after * ANSWERING_SILENCE_FACTOR])
         for amphora in rows:
             if amphora.compute_id and self.drivers.compute.status(amphora.compute_id) in ("ERROR", "DELETED"):
                 found.append((amphora, "its compute instance failed"))
                 continue
-            health = session.get(m.AmphoraHealth, amphora.id)
-            stale_after = self.settings.heartbeat_stale_after
-            if health is not None and not health.busy and now - health.last_update > stale_after:
-                silence = now - health.last_update
-                if silence > stale_after * ANSWERING_SILENCE_FACTOR or not self.drivers.amphora.answers(
-                        desired.amphora(amphora), ANSWER_TIMEOUT):
-                    found.append((amphora, f"no heartbeat for {silence:.1f}s"))
+            health = healths[amphora.id]
+            if amphora.id in silent:
+                if amphora.id not in answering:
+                    found.append((amphora, f"no heartbeat for {silent[amphora.id]:.1f}s"))
                     continue
-                self._note_answering("amphora", amphora.id, silence)
+                self._note_answering("amphora", amphora.id, silent[amphora.id])
             # Its data path is lost while it heartbeats, as when the distributors cannot reach an L2 one.
             down = self._bgp_down_for(amphora.id, health, now, routers_up)
             if down is not None and down > self.settings.frontend_unreachable_after:
@@ -184,6 +189,17 @@ class FailoverWatcher:
                 continue
             found.append((row.id, f"no heartbeat for {silence:.1f}s"))
         return found
+
+    def _answering(self, amphorae: list[m.Amphora]) -> set[str]:
+        """The ids of those ``amphorae`` whose agent answers over management (``ANSWER_TIMEOUT``)."""
+        answering: set[str] = set()
+
+        def ask(amphora: d.Amphora) -> None:
+            if self.drivers.amphora.answers(amphora, ANSWER_TIMEOUT):
+                answering.add(amphora.id)
+
+        fanout.each([desired.amphora(row) for row in amphorae], ask, "answers")
+        return answering
 
     def _note_answering(self, kind: str, ident: str, silence: float) -> None:
         """Log once per second of silence at most: the watcher scans twice a second."""

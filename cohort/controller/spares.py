@@ -33,6 +33,7 @@ from cohort.config import Settings
 from cohort.controller import desired
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
+from cohort.db.infra import SPARE_DISTRIBUTOR_SUFFIX
 from cohort.db.session import transaction
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def bringing_in(session: Session) -> bool:
     amphora = session.scalar(select(m.Amphora.id).where(
         m.Amphora.load_balancer_id.is_not(None), m.Amphora.status.in_(BUILDING)).limit(1))
     distributor = session.scalar(select(m.Distributor.id).where(
-        m.Distributor.status.in_(BUILDING), m.Distributor.name.not_like("%-spare")).limit(1))
+        m.Distributor.status.in_(BUILDING), m.Distributor.name.not_like(f"%{SPARE_DISTRIBUTOR_SUFFIX}")).limit(1))
     return amphora is not None or distributor is not None
 
 

@@ -107,10 +107,13 @@ class Distributor(IdMixin, TimestampMixin, Base):
     role: Mapped[str | None] = mapped_column(String(16))
 
 
+SPARE_DISTRIBUTOR_SUFFIX = "-spare"
+
+
 def spare_distributor_name(distributor_type: str) -> str:
     """The name of a type's one spare distributor (``cohort.controller.distributor_spares``); the unique
     index on live names keeps it one, however many controllers build it."""
-    return f"distributor-{distributor_type.lower()}-spare"
+    return f"distributor-{distributor_type.lower()}{SPARE_DISTRIBUTOR_SUFFIX}"
 
 
 def serves_vips(row: Distributor) -> bool:
