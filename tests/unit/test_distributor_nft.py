@@ -659,6 +659,49 @@ def test_a_heartbeat_does_not_wait_behind_a_slow_change(tmp_path: Path, monkeypa
     assert "down_for" in svc.heartbeat_body()["vips"]["lb-a"]["members"]["y"]  # fresh once it is free
 
 
+class SlowReadingKernel(RecordingKernel):
+    """A kernel whose listings and address checks take as long as the test says (nft under load)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading, self.release = threading.Event(), threading.Event()
+        self.release.set()
+
+    def _slow(self) -> None:
+        self.reading.set()
+        assert self.release.wait(10)
+
+    def counters(self, flows_of: Iterable[str] | None = None) -> dict[str, nft.VipCounters]:
+        self._slow()
+        return super().counters(flows_of)
+
+    def addresses(self, ifname: str) -> set[str]:
+        self._slow()
+        return super().addresses(ifname)
+
+
+def test_a_probe_verdict_does_not_wait_behind_a_heartbeat_reading_the_kernel(tmp_path: Path) -> None:
+    kernel = SlowReadingKernel()
+    svc = service(tmp_path, kernel, keepalived=FakeKeepalived())
+    svc.plug_vip(VIP_SPEC)
+    svc.set_members("lb-a", specs("x", "y"))
+    kernel.reading.clear()
+    kernel.release.clear()
+    worker = threading.Thread(target=svc.heartbeat_body)
+    worker.start()
+    try:
+        assert kernel.reading.wait(5)  # the reader is inside a kernel listing now
+        started = time.monotonic()
+        svc.on_health({("lb-a", "y"): False})
+        assert time.monotonic() - started < 1.0
+        mark_y = svc.state.vips["lb-a"].members["y"].mark
+        assert kernel.bucket_updates and mark_y not in kernel.bucket_updates[-1].buckets
+    finally:
+        kernel.release.set()
+        worker.join(10)
+    assert not worker.is_alive()
+
+
 def test_unplugging_keeps_addresses_another_vip_still_uses(tmp_path: Path) -> None:
     kernel = RecordingKernel()
     svc = service(tmp_path, kernel)

@@ -411,11 +411,11 @@ class DistributorService:
                 LOG.warning("load balancer %s: amphora %s is %s", lb_id, amphora_id, "UP" if ok else "DOWN")
             if not touched:
                 return
-            self.store.save(self.state)
-            for lb_id in touched:
+            for lb_id in touched:  # traffic first: the durable write (an fsync) can wait
                 vip = self.state.vips[lb_id]
                 if vip.interface:
                     self.dataplane.apply_buckets(plan_of(vip))
+            self.store.save(self.state)
 
     def housekeeping(self) -> None:
         """Withdraw the routes of DRAINING members whose pinned flows are gone (or that timed out)."""
@@ -511,26 +511,29 @@ class DistributorService:
                 self._sync_vrrp()
 
     def vrrp_roles(self) -> dict[str, str]:
-        """Per interface: MASTER (it holds the VIPs), BACKUP, or FAULT (keepalived is not running)."""
+        """Per interface: MASTER (it holds the VIPs), BACKUP, or FAULT (keepalived is not running).
+
+        The state is held only to copy the groups: the kernel is asked without it, so a probe
+        verdict never waits behind a status or heartbeat reading addresses (``ip`` under load).
+        """
         with self._lock:
             groups = self._vrrp_groups()
-            if not groups:
-                return {}
-            if not self.keepalived.running():
-                return {g.interface: "FAULT" for g in groups}
-            roles = {}
-            for g in groups:
-                held = set(g.vips) & self.dataplane.addresses(g.interface)
-                roles[g.interface] = "MASTER" if held else "BACKUP"
-            return roles
+        return self._roles_of(groups)
+
+    def _roles_of(self, groups: list[vrrp.VrrpGroup]) -> dict[str, str]:
+        if not groups:
+            return {}
+        if not self.keepalived.running():
+            return {g.interface: "FAULT" for g in groups}
+        roles = {}
+        for g in groups:
+            held = set(g.vips) & self.dataplane.addresses(g.interface)
+            roles[g.interface] = "MASTER" if held else "BACKUP"
+        return roles
 
     def vrrp_role(self) -> str | None:
         """The member's role in the pair: MASTER if it holds VIPs anywhere; None without VIPs."""
-        roles = set(self.vrrp_roles().values())
-        for role in ("MASTER", "FAULT", "BACKUP"):
-            if role in roles:
-                return role
-        return None
+        return _pair_role(self.vrrp_roles())
 
     # --- reporting -----------------------------------------------------------------------------
 
@@ -549,6 +552,10 @@ class DistributorService:
 
     def status(self, max_age: float = COUNTERS_MAX_AGE, flows_max_age: float | None = None) -> dict[str, Any]:
         counters = self.counters(max_age, max_age if flows_max_age is None else flows_max_age)
+        return self._status(counters, self.vrrp_roles())
+
+    def _status(self, counters: dict[str, nft.VipCounters], roles: dict[str, str]) -> dict[str, Any]:
+        """The state with what the kernel was found to hold (read before, without the state's lock)."""
         with self._lock:
             vips = {}
             for vip in self.state.vips.values():
@@ -584,7 +591,7 @@ class DistributorService:
                     },
                 }
             return {"id": self.distributor_id, "vips": vips,
-                    "vrrp": {"role": self.vrrp_role(), "interfaces": self.vrrp_roles()}}
+                    "vrrp": {"role": _pair_role(roles), "interfaces": roles}}
 
     def _down_for(self, lb_id: str, amphora_id: str, healthy: bool) -> dict[str, float]:
         """``{"down_for": seconds}`` for a member the probes found down while this agent ran."""
@@ -602,20 +609,41 @@ class DistributorService:
         # Liveness must not wait behind a slow change (an nft or keepalived step under load): the
         # controllers fail a distributor over after distributor_stale_after (3 s) of silence. When
         # the state is busy, the last body goes again; its verdicts were true a moment ago.
-        if not self._lock.acquire(timeout=HEARTBEAT_LOCK_WAIT):
-            if self._last_heartbeat is not None:
-                LOG.warning("state busy for %.1fs: the heartbeat repeats the last one", HEARTBEAT_LOCK_WAIT)
-                return self._last_heartbeat
-            self._lock.acquire()
+        # The kernel is read first, without the lock: the probes' verdicts take it to rewrite bucket
+        # maps, and must not wait behind an nft listing or an address check of a busy machine.
+        if not self._hold_for_heartbeat():
+            return self._last_heartbeat_again()
         try:
-            body = self._heartbeat_body(budget)
+            groups = self._vrrp_groups()
+        finally:
+            self._lock.release()
+        counters = self.counters(COUNTERS_MAX_AGE, HEARTBEAT_FLOWS_MAX_AGE)
+        roles = self._roles_of(groups)
+        if not self._hold_for_heartbeat():
+            return self._last_heartbeat_again()
+        try:
+            body = self._heartbeat_body(budget, self._status(counters, roles))
         finally:
             self._lock.release()
         self._last_heartbeat = body
         return body
 
-    def _heartbeat_body(self, budget: int) -> dict[str, Any]:
-        vips = self.status(flows_max_age=HEARTBEAT_FLOWS_MAX_AGE)["vips"]
+    def _hold_for_heartbeat(self) -> bool:
+        """Take the state's lock, or give up after HEARTBEAT_LOCK_WAIT if a last body can go again."""
+        if self._lock.acquire(timeout=HEARTBEAT_LOCK_WAIT):
+            return True
+        if self._last_heartbeat is not None:
+            return False
+        self._lock.acquire()
+        return True
+
+    def _last_heartbeat_again(self) -> dict[str, Any]:
+        assert self._last_heartbeat is not None
+        LOG.warning("state busy for %.1fs: the heartbeat repeats the last one", HEARTBEAT_LOCK_WAIT)
+        return self._last_heartbeat
+
+    def _heartbeat_body(self, budget: int, status: dict[str, Any]) -> dict[str, Any]:
+        vips = status["vips"]
         slim = {
             lb_id: {
                 "members": {
@@ -626,7 +654,7 @@ class DistributorService:
             }
             for lb_id, v in vips.items()
         }
-        body: dict[str, Any] = {"ver": 1, "distributor": True, "role": self.vrrp_role(), "vips": slim}
+        body: dict[str, Any] = {"ver": 1, "distributor": True, "role": status["vrrp"]["role"], "vips": slim}
         if len(json.dumps(body)) <= budget:
             return body
         items = sorted(slim.items())
@@ -640,3 +668,11 @@ class DistributorService:
             chosen[lb_id] = v
         self._heartbeat_offset = start + len(chosen)
         return {**body, "vips": chosen, "partial": True, "vips_total": len(items)}
+
+
+def _pair_role(roles: dict[str, str]) -> str | None:
+    """One role for the member from its per-interface ones: MASTER if it holds VIPs anywhere."""
+    for role in ("MASTER", "FAULT", "BACKUP"):
+        if role in roles.values():
+            return role
+    return None
