@@ -53,6 +53,12 @@ ANSWERING_SILENCE_FACTOR = 3.0
 ANSWER_TIMEOUT = 1.0
 
 
+def _ask_after(stale_after: float) -> float:
+    """How long an agent is silent before it is asked whether it answers: the answer is then in by
+    the time the silence is failure, so an agent that is gone costs no ``ANSWER_TIMEOUT`` on top."""
+    return max(0.0, stale_after - ANSWER_TIMEOUT)
+
+
 class FailoverWatcher:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], drivers: Drivers,
                  on_change: Callable[[], None], interval: float = 0.5) -> None:
@@ -88,20 +94,22 @@ class FailoverWatcher:
         stale_after = self.settings.heartbeat_stale_after
         healths = {amphora.id: session.get(m.AmphoraHealth, amphora.id) for amphora in rows}
         silent = {ident: now - health.last_update for ident, health in healths.items()
-                  if health is not None and not health.busy and now - health.last_update > stale_after}
+                  if health is not None and not health.busy and now - health.last_update > _ask_after(stale_after)}
         # Asked all at once: many amphorae silent together (a host's) must not take a second each.
         answering = self._answering([amphora for amphora in rows
                                      if silent.get(amphora.id, math.inf) <= stale_after * ANSWERING_SILENCE_FACTOR])
+        asked = time.time() - now
         for amphora in rows:
             if amphora.compute_id and self.drivers.compute.status(amphora.compute_id) in ("ERROR", "DELETED"):
                 found.append((amphora, "its compute instance failed"))
                 continue
             health = healths[amphora.id]
-            if amphora.id in silent:
+            silence = silent.get(amphora.id, 0.0) + asked
+            if amphora.id in silent and silence > stale_after:
                 if amphora.id not in answering:
-                    found.append((amphora, f"no heartbeat for {silent[amphora.id]:.1f}s"))
+                    found.append((amphora, f"no heartbeat for {silence:.1f}s"))
                     continue
-                self._note_answering("amphora", amphora.id, silent[amphora.id])
+                self._note_answering("amphora", amphora.id, silence)
             # Its data path is lost while it heartbeats, as when the distributors cannot reach an L2 one.
             down = self._bgp_down_for(amphora.id, health, now, routers_up)
             if down is not None and down > self.settings.frontend_unreachable_after:
@@ -177,14 +185,18 @@ class FailoverWatcher:
         found = [(row.id, "its compute instance failed") for row in rows if row.id in failed]
         for row in rows:
             silence = silent_for.get(row.id, 0.0)
-            if row.id in failed or silence <= stale_after:
+            if row.id in failed or silence <= _ask_after(stale_after):
                 continue
             peers = [peer.id for peer in rows if peer.distributor_type == row.distributor_type and peer.id != row.id]
             peer_heartbeats = any(p not in failed and silent_for.get(p, math.inf) <= stale_after for p in peers)
             if not peer_heartbeats and silence <= stale_after * PAIR_SILENCE_FACTOR:
                 continue
-            if silence <= stale_after * ANSWERING_SILENCE_FACTOR and row.lb_network_ip and \
-                    self.drivers.distributor.answers(DistributorRef(row.id, row.lb_network_ip), ANSWER_TIMEOUT):
+            answers = bool(silence <= stale_after * ANSWERING_SILENCE_FACTOR and row.lb_network_ip and
+                           self.drivers.distributor.answers(DistributorRef(row.id, row.lb_network_ip), ANSWER_TIMEOUT))
+            silence += time.time() - now  # as long as it is once the question is settled
+            if silence <= stale_after:
+                continue
+            if answers:
                 self._note_answering("distributor", row.id, silence)
                 continue
             found.append((row.id, f"no heartbeat for {silence:.1f}s"))

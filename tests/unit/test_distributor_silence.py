@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 
 from cohort.config import Settings
-from cohort.controller.failover import ANSWERING_SILENCE_FACTOR, PAIR_SILENCE_FACTOR, FailoverWatcher
+from cohort.controller.failover import ANSWER_TIMEOUT, ANSWERING_SILENCE_FACTOR, PAIR_SILENCE_FACTOR, FailoverWatcher
 from cohort.db import models as m
 from tests.unit.test_reachability import cluster, pair
 
@@ -114,3 +114,40 @@ def test_a_silent_amphora_whose_agent_answers_is_failed_over_only_after_a_long_s
     drivers.amphora.unreachable.clear()
     quiet(stale * ANSWERING_SILENCE_FACTOR + 1)
     assert list(dead()) == [victim]
+
+
+def test_an_agent_is_asked_before_its_silence_is_failure_so_a_gone_one_costs_no_answer_timeout(
+        cluster: tuple[Settings, Any, Any, str], monkeypatch: Any) -> None:
+    """Asked once its silence is within ``ANSWER_TIMEOUT`` of failure: when the question times out, the
+    silence is failure in the same scan (before, a gone agent was failed over one timeout later)."""
+    settings, sessions, drivers, lb_id = cluster
+    watcher = FailoverWatcher(settings, sessions, drivers, on_change=lambda: None)
+    first, second = pair(sessions)
+    with sessions() as session:
+        victim = session.scalars(select(m.Amphora.id).where(m.Amphora.load_balancer_id == lb_id)).first()
+    assert victim is not None
+    for driver in (drivers.amphora, drivers.distributor):
+        asking = driver.answers
+
+        def slow(ref: Any, timeout: float, asking: Any = asking) -> bool:
+            answered = bool(asking(ref, timeout))
+            if not answered:
+                time.sleep(ANSWER_TIMEOUT * 0.6)  # as a question to a gone agent waits out its timeout
+            return answered
+
+        monkeypatch.setattr(driver, "answers", slow)
+    early = ANSWER_TIMEOUT * 0.5
+    with sessions() as session, session.begin():
+        session.add(m.AmphoraHealth(amphora_id=victim, last_update=time.time() - (settings.heartbeat_stale_after
+                                                                                  - early), busy=False))
+    silent(sessions, {first: settings.distributor_stale_after - early, second: 0.0})
+
+    def dead() -> tuple[set[str], set[str]]:
+        with sessions() as session:
+            return ({amphora.id for amphora, _ in watcher.dead(session)},
+                    {ident for ident, _ in watcher.dead_distributors(session)})
+
+    assert dead() == (set(), set())  # they answer: not yet silent long enough, and alive anyway
+    drivers.amphora.unreachable.add(victim)
+    drivers.distributor.unreachable.add(first)
+    assert dead() == ({victim}, {first})  # gone: failed over once the question timed out
