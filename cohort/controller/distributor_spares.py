@@ -13,7 +13,6 @@ again. A spare left half-built by a controller that died is given up after ``ABA
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -24,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cohort.config import Settings
 from cohort.controller import spares as spares_mod
 from cohort.controller.distributors import LIVE, READY_TIMEOUT, DistributorPair
+from cohort.controller.periodic import Periodic
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
 from cohort.db.infra import spare_distributor_name
@@ -41,26 +41,20 @@ ABANDONED_AFTER = timedelta(seconds=120)
 SILENCE_FACTOR = 3.0
 
 
-class DistributorSpares:
+class DistributorSpares(Periodic):
+    what = "spare distributor pass"
+
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], drivers: Drivers,
                  interval: float = 1.0) -> None:
+        super().__init__(interval)
         self.settings = settings
         self.sessions = sessions
         self.drivers = drivers
-        self.interval = interval
         self.pair = DistributorPair(sessions, drivers)
         self.built = 0
-        self._stop = threading.Event()
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    def run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.replenish()
-            except Exception:  # noqa: BLE001 - the keeper must outlive any one failure
-                log.exception("spare distributor pass failed")
+    def tick(self) -> None:
+        self.replenish()
 
     def types_in_use(self, session: Session) -> list[str]:
         """The distributor types with a pair member: a spare is kept only where a pair exists."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 
@@ -33,6 +32,7 @@ from cohort import datamodel as d
 from cohort.config import Settings
 from cohort.controller import desired, fanout, reachability
 from cohort.controller.distributors import DistributorPair
+from cohort.controller.periodic import Periodic
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
 from cohort.db.locks import LoadBalancerBusy, lock_load_balancer
@@ -59,31 +59,25 @@ def _ask_after(stale_after: float) -> float:
     return max(0.0, stale_after - ANSWER_TIMEOUT)
 
 
-class FailoverWatcher:
+class FailoverWatcher(Periodic):
+    what = "failover scan"
+
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], drivers: Drivers,
                  on_change: Callable[[], None], interval: float = 0.5) -> None:
+        super().__init__(interval)
         self.settings = settings
         self.sessions = sessions
         self.drivers = drivers
         self.on_change = on_change
-        self.interval = interval
         self.failovers = 0
         self.pair = DistributorPair(sessions, drivers)
-        self._stop = threading.Event()
         # L3 amphorae whose BGP sessions were up once, and since when they have all been down.
         self._bgp_was_up: set[str] = set()
         self._bgp_down_since: dict[str, float] = {}
         self._answering_logged: dict[str, int] = {}  # silent agents that answer: the second last logged
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    def run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.scan()
-            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad scan
-                log.exception("failover scan failed")
+    def tick(self) -> None:
+        self.scan()
 
     def dead(self, session: Session) -> list[tuple[m.Amphora, str]]:
         now = time.time()

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cohort.config import Settings
 from cohort.controller import desired
+from cohort.controller.periodic import Periodic
 from cohort.controller.wiring import Drivers
 from cohort.db import models as m
 from cohort.db.infra import SPARE_DISTRIBUTOR_SUFFIX
@@ -81,30 +82,24 @@ def claim(session: Session, compute_flavor: dict[str, Any], fields: dict[str, An
     return None
 
 
-class SparePool:
+class SparePool(Periodic):
+    what = "spare pool pass"
+
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], drivers: Drivers,
                  interval: float = 1.0, owner: str | None = None) -> None:
+        super().__init__(interval)
         # Imported here: the reconciler imports the amphora manager, which imports this module.
         from cohort.controller.reconciler import controller_id
 
         self.settings = settings
         self.sessions = sessions
         self.drivers = drivers
-        self.interval = interval
         self.owner = owner or controller_id()
         self.lease_seconds = settings.reconcile_lease
         self.built = 0
-        self._stop = threading.Event()
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    def run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.replenish()
-            except Exception:  # noqa: BLE001 - the pool keeper must outlive any one failure
-                log.exception("spare pool pass failed")
+    def tick(self) -> None:
+        self.replenish()
 
     def replenish(self) -> None:
         """Destroy failed, abandoned and surplus spares; build one more while the pool is short."""
