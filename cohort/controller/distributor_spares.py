@@ -52,6 +52,7 @@ class DistributorSpares(Periodic):
         self.drivers = drivers
         self.pair = DistributorPair(sessions, drivers)
         self.built = 0
+        self.deferral = spares_mod.Deferral()
 
     def tick(self) -> None:
         self.replenish()
@@ -71,12 +72,14 @@ class DistributorSpares(Periodic):
                 m.Distributor.status.in_((*LIVE, "READY"))))}
             dead = [(row.id, reason) for row in spares.values() if (reason := self._dead(session, row))]
             busy = spares_mod.bringing_in(session)
+        missing = [kind for kind in kinds
+                   if kind not in spares or spares[kind].id in {ident for ident, _ in dead}]
+        allowed = self.deferral.allows(bool(missing), busy)
         for ident, reason in dead:
             if self.pair.fail_spare(ident, reason):
                 self.pair.destroy(ident)
-        for kind in kinds:
-            if not busy and (kind not in spares or spares[kind].id in {ident for ident, _ in dead}):
-                self.build(kind)
+        for kind in missing if allowed else []:
+            self.build(kind)
 
     def _dead(self, session: Session, row: m.Distributor) -> str | None:
         if row.status in BUILDING:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -65,6 +65,33 @@ def bringing_in(session: Session) -> bool:
     return amphora is not None or distributor is not None
 
 
+# Spares wait for a quiet moment (``bringing_in``) at most this long: under a steady stream of creates
+# there may be none, and an empty pool would make the next failover build from nothing.
+MAX_DEFERRAL = 30.0
+
+
+class Deferral:
+    """Whether a wanted spare may be built now: not while something is brought in, unless it has
+    waited ``MAX_DEFERRAL`` seconds for that already."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._since: float | None = None
+
+    def allows(self, wanted: bool, busy: bool) -> bool:
+        if not wanted or not busy:
+            self._since = None
+            return wanted
+        now = self._clock()
+        if self._since is None:
+            self._since = now
+        if now - self._since < MAX_DEFERRAL:
+            return False
+        log.warning("a spare has waited %.0fs for nothing to be brought in: built beside it", now - self._since)
+        self._since = None
+        return True
+
+
 def claim(session: Session, compute_flavor: dict[str, Any], fields: dict[str, Any]) -> m.Amphora | None:
     """Take a READY spare built with ``compute_flavor`` for a load balancer (``fields`` set on it).
 
@@ -97,6 +124,7 @@ class SparePool(Periodic):
         self.owner = owner or controller_id()
         self.lease_seconds = settings.reconcile_lease
         self.built = 0
+        self.deferral = Deferral()
 
     def tick(self) -> None:
         self.replenish()
@@ -116,7 +144,7 @@ class SparePool(Periodic):
             busy = bringing_in(session)
         for amphora_id, compute_id in doomed:
             self._destroy(amphora_id, compute_id)
-        if kept < size and not busy:
+        if self.deferral.allows(kept < size, busy):
             self.build_one()
 
     def _failed(self, row: m.Amphora, now: datetime) -> bool:
