@@ -206,6 +206,11 @@ def test_l3_cluster_announces_spreads_fails_over_and_refuses_deletes(env: tuple[
     print(f"VIP withdrawn {time.monotonic() - started:.3f}s after its HAProxy died")
     assert time.monotonic() - started < 0.5
     assert any(state == "Established" for state in lab.router.neighbors().values())
+    # The agent's supervisor starts it again, and the VIP is announced again at once, not at the
+    # watchdog's slow tick (5 s).
+    wait_for(lambda: broken["vrrp_ip"] in lab.router.routes().get(vip, []), timeout=10, interval=0.01)
+    print(f"VIP announced again {time.monotonic() - started:.3f}s after its HAProxy died")
+    assert time.monotonic() - started < 3.0
 
     assert api.delete(f"/v2/lbaas/loadbalancers/{lb_id}?cascade=true")[0] == 204
     wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 404, timeout=60)

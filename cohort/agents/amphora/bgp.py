@@ -48,12 +48,26 @@ CAPABILITIES = ("net_admin",)
 # looks again for MACs that changed. At 1 s its work was most of what an L3 agent costs beyond an L2
 # one (0.002 of a 0.05-CPU amphora's CPU, measured in the active-active benchmark).
 RECHECK_INTERVAL = 5.0
-# How often the watchdog looks for routers' MACs while one is unknown (seconds after a start).
+# How often the watchdog looks while something it waits for has no event to wake it: routers' MACs
+# still unknown, or a VIP wanted while its HAProxy is not (yet) found serving. A HAProxy the supervisor
+# started again is not always found by the wake-up that follows (its master writes its pid file
+# after the launcher returns): in the chaos benchmark its VIP came back only at the slow tick, 5.1 s
+# after it was withdrawn.
 MAC_POLL = 0.2
 # Heartbeats reuse a status this young: asking BIRD twice a second cost a capped amphora more than
 # BFD itself. Any change the controller makes, and every exit the watchdog sees, drops it at once.
 STATUS_MAX_AGE = 2.0
 _REPLY_END = re.compile(r"^(\d{4}) ")
+
+
+def watch_interval(speaker: bool, macs_missing: bool, vips: dict[str, dict[str, Any]],
+                   applied: dict[str, bool] | None) -> float:
+    """The watchdog's sleep: MAC_POLL while it waits for something no event announces (a router's MAC,
+    a wanted VIP held back because its HAProxy is not found serving), else RECHECK_INTERVAL."""
+    if not speaker:
+        return RECHECK_INTERVAL
+    held_back = any(rec.get("announce") and not (applied or {}).get(vip) for vip, rec in vips.items())
+    return MAC_POLL if macs_missing or held_back else RECHECK_INTERVAL
 
 
 class BirdError(RuntimeError):
@@ -302,7 +316,7 @@ class BgpManager:
                     watched = self._watched_pids()
             except Exception:  # noqa: BLE001 - the watchdog must outlive any one failure
                 LOG.exception("BGP watchdog")
-            interval = MAC_POLL if self._macs_missing and self._speaker_body is not None else RECHECK_INTERVAL
+            interval = watch_interval(self._speaker_body is not None, self._macs_missing, self._vips, self._applied)
             if self._exits.wait(watched, interval):
                 self._status = None
         self._exits.close()
