@@ -93,11 +93,11 @@ class FakeKernel:
         self.flows: Counter[int] = Counter()
         self.new_flows = 0
 
-    def run(self, argv: list[str], stdin: str | None = None, **_: Any) -> str:
+    def nft(self, *args: str, stdin: str | None = None, **_: Any) -> str:
         if stdin is not None:
             self.scripts.append(stdin)
             return ""
-        if argv[:4] == ["nft", "-j", "list", "counters"]:
+        if list(args[:3]) == ["-j", "list", "counters"]:
             return json.dumps({"nftables": [{"counter": {"name": "l1_new", "packets": self.new_flows, "bytes": 0}}]})
         return json.dumps({"nftables": []})
 
@@ -112,7 +112,7 @@ class DownProber:
 
 def test_agent_refills_the_table_from_conntrack_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kernel = FakeKernel()
-    monkeypatch.setattr(l4, "run", kernel.run)
+    monkeypatch.setattr(l4, "run_nft", kernel.nft)
     monkeypatch.setattr(l4, "set_sysctl", lambda *_: None)
     monkeypatch.setattr(l4.conntrack, "marks", lambda: kernel.flows)
     monkeypatch.setattr(l4_least, "INTERVAL", 3600.0)  # rounds are driven by the test

@@ -28,7 +28,8 @@ from cohort.agents.amphora.l4_health import PoolProber
 from cohort.agents.amphora.l4_spec import Listener, Member, Spec, parse
 from cohort.agents.common.files import atomic_write
 from cohort.agents.common.net import set_sysctl
-from cohort.agents.common.proc import CommandFailed, run
+from cohort.agents.common.nftables import nft as run_nft
+from cohort.agents.common.proc import CommandFailed
 
 
 def _check_lb_id(lb_id: str) -> str:
@@ -121,7 +122,7 @@ class L4Manager:
             spec = self._specs.pop(lb_id, None)
             (self._dir / f"{lb_id}.json").unlink(missing_ok=True)
             table = l4_nft.table_name(lb_id)
-            run(["nft", "-f", "-"], stdin=f"add table inet {table}\ndelete table inet {table}\n")
+            run_nft("-f", "-", stdin=f"add table inet {table}\ndelete table inet {table}\n")
             for li in spec.listeners if spec is not None else ():
                 conntrack.delete_by_mark(self._slots["listeners"][li.id] << l4_nft.LISTENER_SHIFT, 0xFFFF0000)
             self._dispatched.pop(lb_id, None)
@@ -131,7 +132,7 @@ class L4Manager:
                 self._expected.pop(li.id, None)
             if not self._specs:
                 set_sysctl("net.ipv4.ip_forward", "0")
-                run(["nft", "-f", "-"], stdin=l4_nft.guard_script(False))
+                run_nft("-f", "-", stdin=l4_nft.guard_script(False))
 
     def close(self) -> None:
         self._stop.set()
@@ -166,7 +167,7 @@ class L4Manager:
     # -- kernel ------------------------------------------------------------------------------
     def _existing(self, table: str) -> list[tuple[str, str]]:
         try:
-            listing = json.loads(run(["nft", "-j", "list", "table", "inet", table]))
+            listing = json.loads(run_nft("-j", "list", "table", "inet", table))
         except CommandFailed:
             return []
         found = []
@@ -184,11 +185,11 @@ class L4Manager:
         least = self._least_tables(lb_id, spec, healthy, conntrack.marks()) if self._least_listeners(spec) else {}
         rendered = l4_nft.render(lb_id, spec, listener_slots, member_slots, healthy,
                                  self._existing(l4_nft.table_name(lb_id)), least)
-        run(["nft", "-f", "-"], stdin=l4_nft.guard_script(True))
+        run_nft("-f", "-", stdin=l4_nft.guard_script(True))
         set_sysctl("net.ipv4.ip_forward", "1")
         if any(li.version == 6 for li in spec.listeners):
             set_sysctl("net.ipv6.conf.all.forwarding", "1")
-        run(["nft", "-f", "-"], stdin=rendered.script)
+        run_nft("-f", "-", stdin=rendered.script)
         self._least[lb_id] = least
         dispatched: set[int] = set()
         for li in spec.listeners:
@@ -245,7 +246,7 @@ class L4Manager:
                     slot = self._slots["listeners"][listener_id]
                     own = self._slots["members"][listener_id]
                     marks = {m.id: l4_nft.mark(slot, own[m.id]) for m in table}
-                    run(["nft", "-f", "-"], stdin=l4_nft.least_script(lb_id, slot, table, marks))
+                    run_nft("-f", "-", stdin=l4_nft.least_script(lb_id, slot, table, marks))
                     self._least.setdefault(lb_id, {})[listener_id] = table
 
     def _refill_loop(self) -> None:
@@ -256,7 +257,7 @@ class L4Manager:
 
     def _counters(self, lb_id: str) -> dict[str, tuple[int, int]]:
         try:
-            listing = json.loads(run(["nft", "-j", "list", "counters", "table", "inet", l4_nft.table_name(lb_id)]))
+            listing = json.loads(run_nft("-j", "list", "counters", "table", "inet", l4_nft.table_name(lb_id)))
         except CommandFailed:
             return {}
         return {str(c["counter"]["name"]): (int(c["counter"]["packets"]), int(c["counter"]["bytes"]))

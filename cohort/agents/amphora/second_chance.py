@@ -61,7 +61,7 @@ from typing import Any
 from cohort import validation
 from cohort.agents.common.files import atomic_write
 from cohort.agents.common.net import set_sysctl
-from cohort.agents.common.proc import run
+from cohort.agents.common.nftables import nft as run_nft
 
 LOG = logging.getLogger(__name__)
 TABLE = "cohort_second_chance"
@@ -182,7 +182,7 @@ def load(text: str) -> None:
     """Load a rendered ruleset into this network namespace's kernel."""
     # A mid-flow packet of a connection this amphora never saw must be invalid, not adopted.
     set_sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")
-    run(["nft", "-f", "-"], stdin=text)
+    run_nft("-f", "-", stdin=text)
 
 
 class SecondChance:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from cohort import validation
 from cohort.agents.common.net import find_interface, ip_json, set_sysctl
+from cohort.agents.common.nftables import nft as run_nft
 from cohort.agents.common.proc import CommandFailed, run
 from cohort.distributor import nft
 
@@ -104,7 +105,7 @@ class DataPlane:
     def nft_keys(self) -> set[str]:
         """Load balancer keys of the objects in our table (terse: without map elements)."""
         try:
-            data = json.loads(run(["nft", "-t", "-j", "list", "table", nft.FAMILY, nft.TABLE]))
+            data = json.loads(run_nft("-t", "-j", "list", "table", nft.FAMILY, nft.TABLE))
         except CommandFailed as e:
             if "No such file or directory" in e.output:
                 return set()
@@ -128,7 +129,7 @@ class DataPlane:
         before, after = nft.render_ip_batch(plans, self.existing_routing(), managed_ifaces)
         if before:
             run(["ip", "-batch", "-"], stdin="\n".join(before) + "\n")
-        run(["nft", "-f", "-"], stdin=nft.render_nft(plans, stale_keys=stale, buckets_for=buckets_for))
+        run_nft("-f", "-", stdin=nft.render_nft(plans, stale_keys=stale, buckets_for=buckets_for))
         if after:
             run(["ip", "-batch", "-"], stdin="\n".join(after) + "\n")
 
@@ -165,7 +166,7 @@ class DataPlane:
             monitor.kill()
 
     def apply_buckets(self, plan: nft.VipPlan) -> None:
-        run(["nft", "-f", "-"], stdin=nft.render_buckets(plan))
+        run_nft("-f", "-", stdin=nft.render_buckets(plan))
 
     def counters(self, flows_of: Iterable[str] | None = None) -> dict[str, nft.VipCounters]:
         """One listing of the whole table when every VIP's flows are wanted, else the named counters
@@ -185,6 +186,6 @@ class DataPlane:
     @staticmethod
     def _listing(command: list[str]) -> dict[str, nft.VipCounters]:
         try:
-            return nft.parse_table(json.loads(run(["nft", "-j", *command])))
+            return nft.parse_table(json.loads(run_nft("-j", *command)))
         except CommandFailed:
             return {}
