@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from cohort.agents.amphora import stats
 from cohort.db import models as m
 from tests.support import Api, local_cohort, wait_for
 
@@ -105,6 +106,19 @@ def namespace_pids(namespace: str) -> list[int]:
     return [int(pid) for pid in result.stdout.split()]
 
 
+def health_frontend_sessions(cohort: Any, lab: Any, lb_id: str, amphora_id: str) -> int:
+    """Sessions HAProxy has accepted on the port the distributor probes (cohort-cluster-health)."""
+    suffix = lab.instance_ns(amphora_id, "amphora").rsplit("-", 1)[1]
+    sock = Path(cohort.settings.state_dir) / "i" / suffix / "jail" / "haproxy" / f"{lb_id}.sock"
+    rows = stats.query(str(sock), "show stat").splitlines()
+    fields = rows[0].lstrip("# ").split(",")
+    for row in rows[1:]:
+        values = dict(zip(fields, row.split(","), strict=False))
+        if values.get("pxname") == "cohort-cluster-health" and values.get("svname") == "FRONTEND":
+            return int(values["stot"])
+    raise AssertionError(f"no cohort-cluster-health frontend in {sock}")
+
+
 def test_cluster_of_three_serves_one_vip(env: tuple[Any, Api, Any]) -> None:
     cohort, api, lab = env
     address = lab.add_member("aa1", workers=2)
@@ -136,6 +150,9 @@ def test_cluster_of_three_serves_one_vip(env: tuple[Any, Api, Any]) -> None:
     after = wait_for(lambda: (now := {a["id"]: amphora_stats(base, a["id"]) for a in amphorae})
                      and all(now[i] > before[i] for i in now) and now, timeout=15)
     print(f"connections per amphora: {[after[i] - before[i] for i in after]}")
+    # The distributor probes every amphora ten times a second; HAProxy never accepts a probe.
+    probed = {a["id"]: health_frontend_sessions(cohort, lab, lb_id, a["id"]) for a in amphorae}
+    assert probed == {a["id"]: 0 for a in amphorae}, probed
     cluster = api.get(f"/v2/octavia/clusters?loadbalancer_id={lb_id}")[1]["clusters"][0]
     assert cluster["actual_size"] == 3 and cluster["distributor_id"]
     wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[1]["loadbalancer"]["operating_status"]

@@ -942,7 +942,7 @@ def test_cluster_amphora_answers_distributor_probes() -> None:
                       topology=Topology(name="ACTIVE_ACTIVE"))
     member_of_cluster = Amphora(id="a1", load_balancer_id="lb1", role="IN_CLUSTER", vrrp_ip="203.0.113.7")
     text = render_haproxy(lb, member_of_cluster, "/certs", "/state")
-    assert f"bind 203.0.113.7:{CLUSTER_HEALTH_PORT}" in text and "monitor-uri /healthz" in text
+    assert f"bind 203.0.113.7:{CLUSTER_HEALTH_PORT} defer-accept" in text and "monitor-uri /healthz" in text
     standalone = Amphora(id="a2", load_balancer_id="lb1", role="STANDALONE", vrrp_ip="203.0.113.8")
     assert "cohort-cluster-health" not in render_haproxy(lb, standalone, "/certs", "/state")
 
