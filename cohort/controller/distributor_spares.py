@@ -72,8 +72,8 @@ class DistributorSpares(Periodic):
                 m.Distributor.status.in_((*LIVE, "READY"))))}
             dead = [(row.id, reason) for row in spares.values() if (reason := self._dead(session, row))]
             busy = spares_mod.bringing_in(session)
-        missing = [kind for kind in kinds
-                   if kind not in spares or spares[kind].id in {ident for ident, _ in dead}]
+        dead_ids = {ident for ident, _ in dead}
+        missing = [kind for kind in kinds if kind not in spares or spares[kind].id in dead_ids]
         allowed = self.deferral.allows(bool(missing), busy)
         for ident, reason in dead:
             if self.pair.fail_spare(ident, reason):

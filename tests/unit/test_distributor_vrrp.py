@@ -96,7 +96,7 @@ def test_the_api_takes_the_pairs_settings_and_refuses_bad_ones() -> None:
 def test_keepalived_holds_the_vips_and_the_agent_reports_its_role(tmp_path: Path) -> None:
     kernel, keepalived = RecordingKernel(), FakeKeepalived()
     svc = service(tmp_path, kernel, keepalived=keepalived)
-    assert svc.vrrp_role() is None and svc.heartbeat_body()["role"] is None
+    assert svc.status()["vrrp"]["role"] is None and svc.heartbeat_body()["role"] is None
     svc.plug_vip(dataclasses.replace(VIP_SPEC, vrrp=VrrpSettings(peer="203.0.113.3")))
     # No amphora known yet: the VIP is not held (a MASTER would answer it itself, with resets).
     assert not keepalived.alive and kernel.introduced == []
@@ -107,9 +107,9 @@ def test_keepalived_holds_the_vips_and_the_agent_reports_its_role(tmp_path: Path
     assert kernel.addresses("fe0") == {"203.0.113.2"}
     assert keepalived.alive and keepalived.config is not None
     assert "203.0.113.100/32 dev fe0" in keepalived.config and "203.0.113.3" in keepalived.config
-    assert svc.vrrp_role() == "BACKUP"
+    assert svc.status()["vrrp"]["role"] == "BACKUP"
     kernel.addrs["fe0"].add("203.0.113.100")  # keepalived became MASTER
-    assert svc.vrrp_role() == "MASTER" and svc.heartbeat_body()["role"] == "MASTER"
+    assert svc.status()["vrrp"]["role"] == "MASTER" and svc.heartbeat_body()["role"] == "MASTER"
     assert svc.status()["vrrp"] == {"role": "MASTER", "interfaces": {"fe0": "MASTER"}}
 
     # An unchanged plug reloads nothing; a new peer (a replaced member) reloads, keeping the state.
@@ -129,10 +129,10 @@ def test_a_dead_keepalived_is_restarted_without_the_addresses_it_left(tmp_path: 
     svc.set_members("lb-a", specs("x"))
     kernel.addrs["fe0"].add("203.0.113.100")
     keepalived.alive = False  # killed: its address stays behind
-    assert svc.vrrp_role() == "FAULT"
+    assert svc.status()["vrrp"]["role"] == "FAULT"
     svc.watch_vrrp()
     assert ("fe0", ["203.0.113.100/32"]) in kernel.released and keepalived.alive
-    assert svc.vrrp_role() == "BACKUP"
+    assert svc.status()["vrrp"]["role"] == "BACKUP"
 
 
 def test_a_refused_value_changes_nothing(tmp_path: Path) -> None:
@@ -163,7 +163,7 @@ def test_a_vip_is_held_only_while_its_amphorae_are_known(tmp_path: Path) -> None
     svc = service(tmp_path, kernel, keepalived=keepalived)
     svc.plug_vip(dataclasses.replace(VIP_SPEC, vrrp=VrrpSettings(peer="203.0.113.3")))
     svc.plug_vip(dataclasses.replace(VIP_SPEC, lb_id="lb-b", vip_address="203.0.113.101"))
-    assert not keepalived.alive and svc.vrrp_role() is None
+    assert not keepalived.alive and svc.status()["vrrp"]["role"] is None
     svc.set_members("lb-a", specs("x"))
     assert keepalived.alive and keepalived.config is not None
     assert "203.0.113.100/32" in keepalived.config and "203.0.113.101" not in keepalived.config

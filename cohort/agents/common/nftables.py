@@ -75,13 +75,13 @@ def _load() -> _Library | None:
     return _library
 
 
-def nft(*args: str, stdin: str | None = None, use_library: bool = True) -> str:
+def nft(*args: str, stdin: str | None = None) -> str:
     """Run what ``nft *args`` (fed ``stdin``) would; its output, or CommandFailed with nft's message."""
     flags, rest = 0, list(args)
     while rest and rest[0] in _FLAGS:
         flags |= _FLAGS[rest.pop(0)]
     script = _script(rest, stdin)
-    library = _load() if use_library and script is not None else None
+    library = _load() if script is not None else None
     if library is None or script is None:
         return run(["nft", *args], stdin=stdin)
     code, out, err = library.run(flags, script)

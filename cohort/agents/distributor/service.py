@@ -531,10 +531,6 @@ class DistributorService:
             roles[g.interface] = "MASTER" if held else "BACKUP"
         return roles
 
-    def vrrp_role(self) -> str | None:
-        """The member's role in the pair: MASTER if it holds VIPs anywhere; None without VIPs."""
-        return _pair_role(self.vrrp_roles())
-
     # --- reporting -----------------------------------------------------------------------------
 
     def counters(self, max_age: float = COUNTERS_MAX_AGE,
