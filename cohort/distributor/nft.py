@@ -31,10 +31,11 @@ is flushed and refilled in the same transaction, which packets see atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from cohort import validation
 
@@ -435,32 +436,38 @@ class VipCounters:
 
 def parse_table(nft_json: Mapping[str, object]) -> dict[str, VipCounters]:
     """Counters and pinned flows per load balancer key from ``nft -j list table ip cohort_dist``."""
-    raw: dict[str, dict[str, Any]] = {}
+    named: dict[str, tuple[int, int]] = {}
+    flows: dict[str, dict[int, int]] = {}
     items = nft_json.get("nftables", [])
     for item in items if isinstance(items, list) else []:
         if "counter" in item:
             c = item["counter"]
-            name = str(c.get("name", ""))
-            for prefix, field_name in (("bytes_", "traffic"), ("syn_", "syn"), ("l4new_", "l4new")):
-                if name.startswith(prefix):
-                    raw.setdefault(name[len(prefix) :], {})[field_name] = c
+            named[str(c.get("name", ""))] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
         elif "map" in item:
             m = item["map"]
             name = str(m.get("name", ""))
             pin_map = next((p for p in ("flows_", *L4_PIN_MAPS) if name.startswith(p)), None)
             if pin_map is None:
                 continue
-            per_mark = raw.setdefault(name[len(pin_map) :], {}).setdefault("flows", {})
+            per_mark = flows.setdefault(name[len(pin_map) :], {})
             for elem in m.get("elem", []):
                 if isinstance(elem, list) and len(elem) == 2 and isinstance(elem[1], int):
                     per_mark[elem[1]] = per_mark.get(elem[1], 0) + 1
+    out = counters_by_key(named)
+    for key, per_mark in flows.items():
+        out[key] = dataclasses.replace(out.get(key, VipCounters()), flows=per_mark)
+    return out
+
+
+def counters_by_key(named: Mapping[str, tuple[int, int]]) -> dict[str, VipCounters]:
+    """Each load balancer's counters (no flows) from the table's named counters: name -> (packets, bytes)."""
+    raw: dict[str, dict[str, tuple[int, int]]] = {}
+    for name, values in named.items():
+        for prefix, field_name in (("bytes_", "traffic"), ("syn_", "syn"), ("l4new_", "l4new")):
+            if name.startswith(prefix):
+                raw.setdefault(name[len(prefix) :], {})[field_name] = values
     out = {}
     for key, parts in raw.items():
-        traffic, syn, l4new = parts.get("traffic", {}), parts.get("syn", {}), parts.get("l4new", {})
-        out[key] = VipCounters(
-            packets=int(traffic.get("packets", 0)),
-            bytes=int(traffic.get("bytes", 0)),
-            connections=int(syn.get("packets", 0)) + int(l4new.get("packets", 0)),
-            flows=parts.get("flows", {}),
-        )
+        traffic, syn, l4new = (parts.get(f, (0, 0)) for f in ("traffic", "syn", "l4new"))
+        out[key] = VipCounters(packets=traffic[0], bytes=traffic[1], connections=syn[0] + l4new[0], flows={})
     return out

@@ -11,6 +11,7 @@ import pytest
 
 from cohort.agents.amphora import l4, l4_least, l4_nft
 from cohort.agents.amphora.l4_spec import Member, parse
+from cohort.agents.common import nft_netlink
 from cohort.datamodel import Listener, LoadBalancer
 from cohort.drivers.amphora.l4_config import render_l4
 
@@ -97,9 +98,11 @@ class FakeKernel:
         if stdin is not None:
             self.scripts.append(stdin)
             return ""
-        if list(args[:3]) == ["-j", "list", "counters"]:
-            return json.dumps({"nftables": [{"counter": {"name": "l1_new", "packets": self.new_flows, "bytes": 0}}]})
         return json.dumps({"nftables": []})
+
+    def counters(self, family: str, table: str) -> dict[str, nft_netlink.Counter]:
+        assert (family, table) == ("inet", "cohort_l4_lb_1")
+        return {"l1_new": nft_netlink.Counter(packets=self.new_flows, bytes=0)}
 
 
 class DownProber:
@@ -113,6 +116,7 @@ class DownProber:
 def test_agent_refills_the_table_from_conntrack_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kernel = FakeKernel()
     monkeypatch.setattr(l4, "run_nft", kernel.nft)
+    monkeypatch.setattr(l4.nft_netlink, "counters", kernel.counters)
     monkeypatch.setattr(l4, "set_sysctl", lambda *_: None)
     monkeypatch.setattr(l4.conntrack, "marks", lambda: kernel.flows)
     monkeypatch.setattr(l4_least, "INTERVAL", 3600.0)  # rounds are driven by the test

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,13 @@ from typing import Any
 from cohort.agents.amphora import conntrack, l4_least, l4_nft
 from cohort.agents.amphora.l4_health import PoolProber
 from cohort.agents.amphora.l4_spec import Listener, Member, Spec, parse
+from cohort.agents.common import nft_netlink
 from cohort.agents.common.files import atomic_write
 from cohort.agents.common.net import set_sysctl
 from cohort.agents.common.nftables import nft as run_nft
 from cohort.agents.common.proc import CommandFailed
+
+LOG = logging.getLogger(__name__)
 
 
 def _check_lb_id(lb_id: str) -> str:
@@ -256,12 +260,12 @@ class L4Manager:
                 self._refill()
 
     def _counters(self, lb_id: str) -> dict[str, tuple[int, int]]:
-        try:
-            listing = json.loads(run_nft("-j", "list", "counters", "table", "inet", l4_nft.table_name(lb_id)))
-        except CommandFailed:
+        try:  # not ``nft list counters``: it reads every map's elements first (see nft_netlink)
+            named = nft_netlink.counters("inet", l4_nft.table_name(lb_id))
+        except OSError as exc:
+            LOG.warning("reading the counters of %s failed: %s", lb_id, exc)
             return {}
-        return {str(c["counter"]["name"]): (int(c["counter"]["packets"]), int(c["counter"]["bytes"]))
-                for c in listing.get("nftables", []) if "counter" in c}
+        return {name: (c.packets, c.bytes) for name, c in named.items()}
 
     def stats(self, lb_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """Heartbeat ``listeners`` and ``pools`` for ``lb_id``, as ``stats.summarize`` shapes HAProxy's."""

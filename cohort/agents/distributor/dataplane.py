@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 
 from cohort import validation
+from cohort.agents.common import nft_netlink
 from cohort.agents.common.net import find_interface, ip_json, set_sysctl
 from cohort.agents.common.nftables import nft as run_nft
 from cohort.agents.common.proc import CommandFailed, run
@@ -103,19 +104,11 @@ class DataPlane:
         )
 
     def nft_keys(self) -> set[str]:
-        """Load balancer keys of the objects in our table (terse: without map elements)."""
+        """Load balancer keys of the objects in our table (from their names: no map elements read)."""
         try:
-            data = json.loads(run_nft("-t", "-j", "list", "table", nft.FAMILY, nft.TABLE))
-        except CommandFailed as e:
-            if "No such file or directory" in e.output:
-                return set()
-            raise
-        names = []
-        for item in data.get("nftables", []):
-            for kind in ("chain", "map", "counter"):
-                if kind in item:
-                    names.append(str(item[kind].get("name", "")))
-        return nft.object_keys(names)
+            return nft.object_keys(nft_netlink.names(nft.FAMILY, nft.TABLE))
+        except OSError as exc:  # fails like the nft commands around it
+            raise CommandFailed(["nftables", "dump", nft.TABLE], exc.errno or 1, str(exc)) from exc
 
     def apply(
         self,
@@ -173,7 +166,13 @@ class DataPlane:
         and only the wanted flow maps: their elements are what makes a listing expensive."""
         if flows_of is None:
             return self._listing(["list", "table", nft.FAMILY, nft.TABLE])
-        found = self._listing(["list", "counters", "table", nft.FAMILY, nft.TABLE])
+        # Not ``nft list counters``: it reads every flow map's elements first (see nft_netlink).
+        try:
+            named = nft_netlink.counters(nft.FAMILY, nft.TABLE)
+        except OSError as exc:
+            LOG.warning("reading the counters failed: %s", exc)
+            named = {}
+        found = nft.counters_by_key({name: (c.packets, c.bytes) for name, c in named.items()})
         for key in flows_of:
             flows: dict[int, int] = {}
             for prefix in ("flows_", *nft.L4_PIN_MAPS):  # TCP's pins, then UDP's and SCTP's
