@@ -314,11 +314,43 @@ def client_nic_kthread(lab: Lab) -> str:
     the client's and the network's work, more so behind a distributor (one more hop). With GRO
     on the client's switch port, veth receives through NAPI, and threaded NAPI runs it in the
     kernel thread ``napi/<port>-N`` (with TSO off on the client's end, which veth requires for
-it): everything the client sends is processed there, in every
-    configuration alike, and an amphora is billed for HAProxy, its own sends and the path of its
-    answers to the client. Returns the port's name.
+    it): everything the client sends is processed there, in every configuration alike.
+    :func:`amphora_nic_kthreads` does the same for what the amphorae send. Returns the port's name.
     """
     return nic_kthread(lab, lab.client_ns, "eth0", "c-client")
+
+
+# An amphora's links that carry the tenant's traffic (mgmt0 carries the agent's).
+AMPHORA_DATA_LINKS = ("fe0", "be0")
+
+
+def amphora_nic_kthreads(lab: Lab, ns: str) -> list[str]:
+    """What amphora ``ns`` sends on its front-end and back-end links is processed in kernel threads
+    of their switch-side ports, as a virtual machine's NIC would; returns the ports.
+
+    Otherwise the receiver's whole stack runs inside HAProxy's ``sendto``: the client's TCP
+    receive and the wake-up of wrk for each answer, the member's for each forwarded request. On
+    this virtual machine a wake-up of a task on the other CPU costs an inter-processor interrupt
+    (``_raw_spin_unlock_irqrestore`` under ``sock_def_readable``: 12.6% of a capped SINGLE
+    HAProxy's ``perf`` samples, 15.9% of a cluster one's), and whether one is needed depends on
+    what the other CPU is doing: one configuration served 10,500 to 14,800 requests per HAProxy
+    CPU-second from run to run. With the ports threaded an amphora is billed for HAProxy and its
+    own stack (conntrack, nftables, routing) up to its NIC, in every configuration alike.
+    """
+    return [nic_kthread(lab, ns, dev, switch_port_of(lab, ns, dev)) for dev in AMPHORA_DATA_LINKS]
+
+
+def switch_port_of(lab: Lab, ns: str, dev: str) -> str:
+    """The switch-side end of veth ``dev`` of namespace ``ns``."""
+    shown = netns.run_in(ns, ["ip", "-o", "link", "show", "dev", dev]).stdout
+    peer = re.search(r"^\d+: [^@:]+@if(\d+):", shown)
+    if peer is None:
+        raise BenchError(f"{ns}: {dev} is not a veth with a peer: {shown.strip()!r}")
+    for line in netns.run_in(lab.sw_ns, ["ip", "-o", "link", "show"]).stdout.splitlines():
+        index, name = line.split(":", 2)[:2]
+        if index == peer.group(1):
+            return name.strip().split("@", 1)[0]
+    raise BenchError(f"{ns}: the switch has no port with index {peer.group(1)} for {dev}")
 
 
 def nic_kthread(lab: Lab, ns: str, dev: str, port: str) -> str:

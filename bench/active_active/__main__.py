@@ -64,6 +64,10 @@ def run(args: argparse.Namespace, report: dict[str, Any], started: float) -> Non
         by_name = {c.name: c for c in configs}
         if "throughput" not in args.skip:
             console.print("throughput:")
+            report["amphora_packets"] = (
+                "what the measured amphorae send is processed in kernel threads of their switch ports, as a "
+                "virtual machine's NIC would; see bench.common.amphora_nic_kthreads" if args.amphora_kthread
+                else "processed in the amphora's context (the receivers' work billed to the capped amphora)")
             runs, quiet = throughput(env, measured, args, [lab.member_ns(n) for n in names], dist,
                                      args.repetitions)
             report["throughput"] = summarise(runs, measured)

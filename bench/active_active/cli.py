@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet-threshold", type=float, default=0.25, help="CPUs of other processes deemed calm")
     parser.add_argument("--client-kthread", action=argparse.BooleanOptionalAction, default=True,
                         help="process the client's packets in a kernel thread (bench.common.client_nic_kthread)")
+    parser.add_argument("--amphora-kthread", action=argparse.BooleanOptionalAction, default=True,
+                        help="process what the measured amphorae send in kernel threads of their switch ports "
+                             "(bench.common.amphora_nic_kthreads), so each is billed for its own work only")
     parser.add_argument("--matched", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure N SINGLE load balancers loaded at once (the load-matched baselines)")
     parser.add_argument("--l3", action=argparse.BooleanOptionalAction, default=True,

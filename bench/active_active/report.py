@@ -117,6 +117,8 @@ def print_report(report: dict[str, Any]) -> None:
                       f"{o['runs']} runs")
     print_l3(report)
     mach, mem = report["machine"], report["members"]
+    if "amphora_packets" in report:
+        console.print(f"Packets: the client's {report['client_packets']}; the amphorae's {report['amphora_packets']}")
     console.print(f"Machine: {nproc} vCPUs ({mach['cpu_model']}), busy {mach['busy_cpu_before_run']:.2f} CPU before "
                   f"the run; members: {mem['count']} x {mem['workers']} workers")
     console.print(f"Reproduce (as root, in {REPO}): [bold]{COMMAND}[/bold]")

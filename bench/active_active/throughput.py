@@ -36,6 +36,7 @@ from bench.common import (
     BenchError,
     CpuWatch,
     WrkResult,
+    amphora_nic_kthreads,
     cgroup_throttling,
     command_pids,
     haproxy_frontend_requests,
@@ -148,6 +149,10 @@ def throughput(env: BenchEnv, configs: list[Measured], args: argparse.Namespace,
     def member_pids() -> set[int]:
         return set().union(*(netns.netns_pids(ns) for ns in member_ns))
 
+    if args.amphora_kthread:
+        for cfg in configs:
+            for ns in cfg.amphorae:
+                amphora_nic_kthreads(env.lab, ns)
     for cfg in configs:  # warm-up: ARP, HAProxy's connections to the members; not recorded
         for vip in cfg.vips:
             run_wrk(env.lab.client_ns, f"http://{vip}/", threads=args.threads, connections=args.connections,
