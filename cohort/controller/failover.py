@@ -89,12 +89,15 @@ class FailoverWatcher(Periodic):
         healths = {amphora.id: session.get(m.AmphoraHealth, amphora.id) for amphora in rows}
         silent = {ident: now - health.last_update for ident, health in healths.items()
                   if health is not None and not health.busy and now - health.last_update > _ask_after(stale_after)}
+        failed = {amphora.id for amphora in rows
+                  if amphora.compute_id and self.drivers.compute.status(amphora.compute_id) in ("ERROR", "DELETED")}
         # Asked all at once: many amphorae silent together (a host's) must not take a second each.
-        answering = self._answering([amphora for amphora in rows
-                                     if silent.get(amphora.id, math.inf) <= stale_after * ANSWERING_SILENCE_FACTOR])
+        # Never those whose instance failed: their verdict, and everyone's, would wait for the timeout.
+        answering = self._answering([amphora for amphora in rows if amphora.id not in failed
+                                     and silent.get(amphora.id, math.inf) <= stale_after * ANSWERING_SILENCE_FACTOR])
         asked = time.time() - now
         for amphora in rows:
-            if amphora.compute_id and self.drivers.compute.status(amphora.compute_id) in ("ERROR", "DELETED"):
+            if amphora.id in failed:
                 found.append((amphora, "its compute instance failed"))
                 continue
             health = healths[amphora.id]

@@ -151,3 +151,23 @@ def test_an_agent_is_asked_before_its_silence_is_failure_so_a_gone_one_costs_no_
     drivers.amphora.unreachable.add(victim)
     drivers.distributor.unreachable.add(first)
     assert dead() == ({victim}, {first})  # gone: failed over once the question timed out
+
+
+def test_an_amphora_whose_instance_failed_is_failed_over_without_asking_its_agent(
+        cluster: tuple[Settings, Any, Any, str]) -> None:
+    """Its agent cannot answer: the question would only hold up this verdict, and every other."""
+    settings, sessions, drivers, lb_id = cluster
+    watcher = FailoverWatcher(settings, sessions, drivers, on_change=lambda: None)
+    with sessions() as session:
+        victim, compute_id = session.execute(select(m.Amphora.id, m.Amphora.compute_id)
+                                             .where(m.Amphora.load_balancer_id == lb_id)).first() or (None, None)
+    assert victim is not None and compute_id
+    with sessions() as session, session.begin():
+        session.add(m.AmphoraHealth(amphora_id=victim, last_update=time.time() - settings.heartbeat_stale_after - 1,
+                                    busy=False))
+    drivers.compute.crash(compute_id)
+    drivers.amphora.calls.clear()
+    with sessions() as session:
+        assert {amphora.id: reason for amphora, reason in watcher.dead(session)} == {
+            victim: "its compute instance failed"}
+    assert ("answers", victim) not in drivers.amphora.calls
