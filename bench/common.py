@@ -337,20 +337,11 @@ def amphora_nic_kthreads(lab: Lab, ns: str) -> list[str]:
     CPU-second from run to run. With the ports threaded an amphora is billed for HAProxy and its
     own stack (conntrack, nftables, routing) up to its NIC, in every configuration alike.
     """
-    return [nic_kthread(lab, ns, dev, switch_port_of(lab, ns, dev)) for dev in AMPHORA_DATA_LINKS]
-
-
-def switch_port_of(lab: Lab, ns: str, dev: str) -> str:
-    """The switch-side end of veth ``dev`` of namespace ``ns``."""
-    shown = netns.run_in(ns, ["ip", "-o", "link", "show", "dev", dev]).stdout
-    peer = re.search(r"^\d+: [^@:]+@if(\d+):", shown)
-    if peer is None:
-        raise BenchError(f"{ns}: {dev} is not a veth with a peer: {shown.strip()!r}")
-    for line in netns.run_in(lab.sw_ns, ["ip", "-o", "link", "show"]).stdout.splitlines():
-        index, name = line.split(":", 2)[:2]
-        if index == peer.group(1):
-            return name.strip().split("@", 1)[0]
-    raise BenchError(f"{ns}: the switch has no port with index {peer.group(1)} for {dev}")
+    ports = lab.ports.switch_ports(ns)  # an amphora's namespace is its compute instance
+    missing = [dev for dev in AMPHORA_DATA_LINKS if dev not in ports]
+    if missing:
+        raise BenchError(f"{ns}: the lab has no port for {', '.join(missing)}")
+    return [nic_kthread(lab, ns, dev, ports[dev]) for dev in AMPHORA_DATA_LINKS]
 
 
 def nic_kthread(lab: Lab, ns: str, dev: str, port: str) -> str:

@@ -169,6 +169,11 @@ class LabPorts:
             if mine and netns.netns_exists(self.lab.sw_ns):
                 netns.nft_apply(self.lab.sw_ns, isolation_ruleset(ports))
 
+    def switch_ports(self, compute_id: str) -> dict[str, str]:
+        """The instance's links (``fe0``, ``be0``) -> the switch-side ends of their veth pairs."""
+        ports = self.lab.snapshot().get("ports", {})
+        return {rec["inner"]: rec["outer"] for rec in ports.values() if rec["compute_id"] == compute_id}
+
     def ports_of(self, compute_id: str) -> list[LabPort]:
         ports = self.lab.snapshot().get("ports", {})
         return [self._port(pid, rec) for pid, rec in ports.items() if rec["compute_id"] == compute_id]

@@ -195,6 +195,8 @@ def test_plug_unplug(lab: Lab, compute: LabComputeDriver, network: LabNetworkDri
     assert sorted(network.ports_of(inst.compute_id), key=lambda p: p.address) == sorted(
         [port, back], key=lambda p: p.address
     )
+    switch = lab.ports.switch_ports(inst.compute_id)  # the benchmark threads these ports
+    assert sorted(switch) == ["be0", "fe0"] and all(netns.link_exists(p, lab.sw_ns) for p in switch.values())
     with pytest.raises(PermanentDriverError):
         network.plug_port(inst.compute_id, "public-subnet", "p2")  # a port does not change project
     with pytest.raises(PermanentDriverError):

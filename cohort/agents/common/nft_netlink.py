@@ -67,9 +67,10 @@ class Counter:
 def counters(family: str, table: str) -> dict[str, Counter]:
     """The named counters of ``table``: name -> packets and bytes (empty without the table)."""
     found = {}
-    filters = _attr(TABLE_ATTR, _string(table)) + _attr(NFTA_OBJ_TYPE, struct.pack(">I", NFT_OBJECT_COUNTER))
+    counter_type = struct.pack(">I", NFT_OBJECT_COUNTER)
+    filters = _attr(TABLE_ATTR, _string(table)) + _attr(NFTA_OBJ_TYPE, counter_type)
     for attrs in _dump(NFT_MSG_GETOBJ, family, filters):
-        if _text(attrs.get(TABLE_ATTR)) != table or attrs.get(NFTA_OBJ_TYPE) != struct.pack(">I", NFT_OBJECT_COUNTER):
+        if _text(attrs.get(TABLE_ATTR)) != table or attrs.get(NFTA_OBJ_TYPE) != counter_type:
             continue
         data = parse_attributes(attrs.get(NFTA_OBJ_DATA, b""))
         found[_text(attrs.get(NAME_ATTR[NFT_MSG_GETOBJ]))] = Counter(
