@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -232,13 +233,27 @@ def _scale(api: Api, lab: Lab, lb_id: str, vip: str, size: int, client: str) -> 
     return result
 
 
-def _scaling_keeps_connections(api: Api, lab: Lab, name: str, member: str) -> None:
+def _detours(api: Api, lab: Lab, lb_id: str) -> int:
+    """Packets the cluster's amphorae copied to their peers (the second chance's counters)."""
+    total = 0
+    for amphora in _amphorae(api, lb_id):
+        listing = netns.run_in(lab.instance_ns(amphora["id"], "amphora"),
+                               ["nft", "list", "table", "ip", "cohort_second_chance"]).stdout
+        total += sum(int(n) for n in re.findall(r"counter packets (\d+) bytes \d+ dup to", listing))
+    return total
+
+
+def _scaling_keeps_connections(api: Api, lab: Lab, name: str, member: str, moves_flows: bool = True) -> None:
     speaker_id = _speaker(api, name, PASSWORD)
     lb_id = _create(api, name, api.flavor(name, _l3(speaker_id)), member)["id"]
     vip = api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=120)["vip_address"]
     wait_for(lambda: len(lab.router.routes().get(vip, [])) == 3, timeout=30, interval=0.2)
     # Scale-out: flows the router moves to the new amphora reach their owner through it.
     assert _scale(api, lab, lb_id, vip, 4, KEEPALIVE_CLIENT) == {"broken": 0, "alive": 40}
+    # ... and they did take that path when the router moved them (hash-threshold ECMP does).
+    detours = _detours(api, lab, lb_id)
+    print(f"packets copied to their owner after the scale-out: {detours}")
+    assert detours > 0 or not moves_flows
     # Scale-in: the leaving amphora withdraws, keeps serving what the router still sends it or
     # its peers copy to it, then soft-stops: idle keep-alive connections are closed cleanly and
     # clients reconnect, as HTTP clients do; no request fails.
