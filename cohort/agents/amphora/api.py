@@ -257,9 +257,8 @@ class AmphoraApi:
         return Response(200, self._second_chance().status())
 
     def put_cluster_vip(self, req: Request) -> Response:
-        """An L2 cluster's VIP and the other amphorae of the cluster (``second_chance``):
-        packets of the VIP from a distributor that belong to no connection here are copied to them;
-        the copies leave by the VIP's port."""
+        """An L2 cluster's VIP and the other amphorae of the cluster (``second_chance``): invalid
+        packets of the VIP from a distributor are copied to them; the copies leave by the VIP's port."""
         body = req.json()
         if not isinstance(body, dict) or set(body) != {"lb_id", "peers"}:
             raise HttpError(400, 'body must be {"lb_id": string, "peers": [{"address": ..., "mac_address": ...}]}')

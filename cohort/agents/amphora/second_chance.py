@@ -9,30 +9,15 @@ Some open flows of an ACTIVE_ACTIVE cluster reach an amphora that never saw them
   another amphora.
 
 The amphora that receives such a packet must not answer it with a reset. So, in each amphora of
-an ACTIVE_ACTIVE cluster, a VIP's TCP packet is told by the socket it would reach here, without
-conntrack:
+an ACTIVE_ACTIVE cluster:
 
-- a new flow's first packet (SYN without ACK) is served where it lands, and marked
-  (:data:`OWNED_MARK`); with ``net.ipv4.tcp_fwmark_accept = 1`` the connection HAProxy accepts
-  from it carries that mark, and its listener (HAProxy sets no mark: it has no right to) does not;
-- a later packet whose socket here carries the mark (``socket mark``) belongs to this amphora;
-  so does one that finds a handshake in progress or a connection in TIME-WAIT (no full socket:
-  the ``socket`` expression does not match, and the packet goes on);
-- a packet that finds only the listener belongs to no connection here: arriving from *upstream*,
-  it is copied (``dup``) to every other amphora of the cluster and dropped here; only the owner
-  has the connection, so only the owner accepts its copy and answers (straight to the router, as
-  it answers every packet);
-- a copy (it comes from a peer amphora) that finds only the listener here too is dropped, never
-  copied again, so nothing loops.
-
-SYN cookies are off in the amphora (``net.ipv4.tcp_syncookies = 0``): the ACK that completes a
-cookie handshake finds only the listener and would be taken for another amphora's flow. A SYN
-flood is met by the SYN backlog instead, as it was by the conntrack table before.
-
-This used conntrack before (``nf_conntrack_tcp_loose = 0``, ``ct state invalid``); tracking every
-connection through the VIP cost 6-7% of an amphora's CPU per new connection, and a conntrack table
-that fills refuses new flows. Now no TCP packet is tracked in a cluster amphora (``notrack``);
-UDP and SCTP are left tracked: their listeners' DNAT needs conntrack on both sides.
+- ``net.netfilter.nf_conntrack_tcp_loose = 0``: a mid-flow TCP packet of an unknown connection is
+  ``ct state invalid`` instead of being picked up as established;
+- such a packet for a VIP, arriving from *upstream*, is copied (``dup``) to every other amphora of
+  the cluster and dropped here; only the owner's conntrack knows the flow, so only the owner
+  accepts its copy and answers (straight to the router, as it answers every packet);
+- a copy (it comes from a peer amphora) that is invalid here too is dropped, never copied again,
+  so nothing loops.
 
 *Upstream* is told by the source MAC, in two ways:
 
@@ -47,14 +32,19 @@ UDP and SCTP are left tracked: their listeners' DNAT needs conntrack on both sid
   not be copied and those flows would hang. The peers' MACs change only with the cluster's
   membership, and the controller tells every amphora on each membership change (create, scale,
   replacement) before the distributors' table changes. The cost: any host on the front-end
-  network can have a VIP packet of no connection copied to the cluster's other amphorae (at most
-  one copy per peer, which they drop), as a router can in L3. A copy from a peer not yet known (a
+  network can have an invalid VIP packet copied to the cluster's other amphorae (at most one copy
+  per peer, which they drop), as a router can in L3. A copy from a peer not yet known (a
   newcomer, for the moment before this amphora is told) is copied once more to known peers only,
   and those know the copier: it goes no further.
 
-Nothing is copied in steady state. The ruleset is one table per IP family,
-``cohort_second_chance``, replaced atomically; the VIPs of both kinds are in it, and
-:class:`SecondChance` is its one owner in the agent.
+New flows (SYN) are ``ct state new`` and served where they land; nothing is copied in steady
+state. The ruleset is one table per IP family, ``cohort_second_chance``, replaced atomically; the
+VIPs of both kinds are in it, and :class:`SecondChance` is its one owner in the agent.
+
+Only the VIP's flows need conntrack for this. HAProxy's own TCP connections to members (and the
+agent's management traffic) are ``notrack``ed, so the amphora does not pay conntrack on every one of
+its back-end packets: that was a measurable part of an L3 amphora's CPU next to an L2 one's. UDP
+and SCTP are left tracked: their listeners' DNAT needs conntrack on both sides.
 """
 
 from __future__ import annotations
@@ -79,8 +69,6 @@ INTERFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
 MAX_PEERS = 64
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # as haproxy.check_id, newline refused
 _MAC = "0123456789abcdef:"
-# The mark of a VIP's new flow, hence of the connection accepted from it; nothing else sets it.
-OWNED_MARK = 0x40000000
 
 
 def _mac(value: str) -> str:
@@ -107,12 +95,8 @@ class Cluster:
     peer_macs: tuple[str, ...] | None = None
 
 
-# A full socket without the mark: the listener, so no connection of this amphora.
-_UNOWNED = f"meta l4proto tcp socket mark != {OWNED_MARK:#x}"
-
-
 def _copy_rule(family: str, vip: str, cluster: Cluster, others: list[str]) -> str | None:
-    """The rule copying ``vip``'s packets of no connection here from upstream to ``others``, or None (no copy)."""
+    """The rule copying invalid packets of ``vip`` from upstream to ``others``, or None (no copy)."""
     if not INTERFACE.match(cluster.interface):
         raise ValueError(f"interface {cluster.interface!r} is invalid")
     if cluster.peer_macs is not None:
@@ -132,33 +116,37 @@ def _copy_rule(family: str, vip: str, cluster: Cluster, others: list[str]) -> st
         return None
     copies = " ".join(f'dup to {peer} device "{cluster.interface}"' for peer in others)
     # The counter shows how many packets took the detour (``nft list table ip cohort_second_chance``).
-    return f"    {family} daddr {vip} {_UNOWNED} {source} counter {copies} drop"
+    return f"    {family} daddr {vip} ct state invalid {source} counter {copies} drop"
 
 
 def render(vips: Mapping[str, Cluster]) -> str:
     """The tables for ``vips`` (VIP -> its cluster), one per IP family; ValueError on a bad value."""
     rules: dict[str, list[str]] = {"ip": [], "ip6": []}
+    addresses: dict[str, set[str]] = {"ip": set(), "ip6": set()}
     for vip, cluster in sorted(vips.items()):
         address = validation.ip_address(vip, "VIP")
         family = "ip" if address.version == 4 else "ip6"
+        addresses[family].add(address.compressed)
         others = sorted({validation.canonical_ip(p, "peer address") for p in cluster.peers} - {address.compressed})
         others = [peer for peer in others if validation.ip_address(peer).version == address.version]
-        rules[family].append(f"    {family} daddr {address.compressed} tcp flags & (syn | ack) == syn"
-                             f" meta mark set {OWNED_MARK:#x} accept")
         copy = _copy_rule(family, address.compressed, cluster, others)
         if copy is not None:
             rules[family].append(copy)
-        rules[family].append(f"    {family} daddr {address.compressed} {_UNOWNED} drop")
+        rules[family].append(f"    {family} daddr {address.compressed} ct state invalid drop")
     lines: list[str] = []
     for family, family_rules in rules.items():
         lines += [f"add table {family} {TABLE}", f"delete table {family} {TABLE}"]
         if family_rules:
+            tracked = ", ".join(sorted(addresses[family]))
             lines += [f"table {family} {TABLE} {{",
-                      # Before conntrack (-200), so no TCP packet is ever tracked.
-                      "  chain prerouting {", "    type filter hook prerouting priority raw; policy accept;",
-                      "    meta l4proto tcp notrack", *family_rules, "  }",
-                      "  chain output {", "    type filter hook output priority raw; policy accept;",
-                      "    meta l4proto tcp notrack", "  }", "}"]
+                      # Before conntrack (-200): TCP that is not the VIP's is never tracked.
+                      "  chain untracked_in {", "    type filter hook prerouting priority raw; policy accept;",
+                      f"    meta l4proto tcp {family} daddr != {{ {tracked} }} notrack", "  }",
+                      "  chain untracked_out {", "    type filter hook output priority raw; policy accept;",
+                      f"    meta l4proto tcp {family} saddr != {{ {tracked} }} notrack", "  }",
+                      # After conntrack, which tells a flow this amphora owns from one it never saw.
+                      "  chain prerouting {",
+                      "    type filter hook prerouting priority filter; policy accept;", *family_rules, "  }", "}"]
     return "\n".join(lines) + "\n"
 
 
@@ -192,9 +180,8 @@ def switched_cluster(record: Mapping[str, Any]) -> Cluster:
 
 def load(text: str) -> None:
     """Load a rendered ruleset into this network namespace's kernel."""
-    # What tells an amphora's own connections from the others (see the module's docstring).
-    set_sysctl("net.ipv4.tcp_fwmark_accept", "1")
-    set_sysctl("net.ipv4.tcp_syncookies", "0")
+    # A mid-flow packet of a connection this amphora never saw must be invalid, not adopted.
+    set_sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")
     run_nft("-f", "-", stdin=text)
 
 
