@@ -577,6 +577,17 @@ def wrk_command(url: str, *, threads: int, connections: int, seconds: int, close
     return [*cmd, url]
 
 
+def kill_after(proc: subprocess.Popen[Any], seconds: float) -> threading.Timer:
+    """Kill ``proc`` if it still runs after ``seconds`` (cancel the timer when done with it).
+
+    A daemon thread: a benchmark stopped by a signal exits at once instead of waiting for it.
+    """
+    timer = threading.Timer(seconds, proc.kill)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def run_wrk(ns: str, url: str, *, threads: int, connections: int, seconds: int, close: bool) -> WrkResult:
     """One bounded wrk run inside namespace ``ns``; its output parsed, with the CPU it used."""
     host = httpx.URL(url).host
@@ -585,8 +596,7 @@ def run_wrk(ns: str, url: str, *, threads: int, connections: int, seconds: int, 
         raise BenchError(f"load runs only inside the benchmark's namespaces, not {ns!r}")
     cmd = netns.in_ns(ns, wrk_command(url, threads=threads, connections=connections, seconds=seconds, close=close))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    timer = threading.Timer(seconds + 20, proc.kill)
-    timer.start()
+    timer = kill_after(proc, seconds + 20)
     try:
         assert proc.stdout is not None
         output = proc.stdout.read()

@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +34,7 @@ from bench.active_active.cli import console
 from bench.active_active.l3 import front_ends
 from bench.active_active.setup import Config, Distributor
 from bench.active_active.tools import start_tool
-from bench.common import BenchEnv, BenchError, haproxy_frontend_requests, median
+from bench.common import BenchEnv, BenchError, haproxy_frontend_requests, kill_after, median
 from cohort import netns
 
 # Rounds of SIGSTOP over an amphora's processes before they are killed (a stopped process forks nothing).
@@ -50,8 +49,7 @@ class Stream:
     def __init__(self, env: BenchEnv, vip: str, args: argparse.Namespace) -> None:
         self.proc = start_tool(env.lab.client_ns, "stream", vip, "--short-workers", str(args.failover_workers),
                                "--short-pause", str(args.failover_pause), "--max-seconds", "200")
-        self.timer = threading.Timer(220, self.proc.kill)
-        self.timer.start()
+        self.timer = kill_after(self.proc, 220)
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != "ready":
             self.close()

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 import time
 from typing import Any
 
 from bench.active_active.cli import console
 from bench.active_active.setup import Config, Distributor
 from bench.active_active.tools import FIXED_PORT_FIRST, run_tool, start_tool
-from bench.common import BenchEnv, BenchError
+from bench.common import BenchEnv, BenchError, kill_after
 from cohort import netns
 from cohort.lab import CLIENT_IP
 
@@ -30,8 +29,7 @@ class LoadClient:
         self.proc = start_tool(env.lab.client_ns, "client", vip, "--connections", str(args.long_lived),
                                "--interval", str(args.long_lived_interval), "--short-workers", str(args.short_workers),
                                "--max-seconds", "150")
-        self.timer = threading.Timer(170, self.proc.kill)
-        self.timer.start()
+        self.timer = kill_after(self.proc, 170)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.startswith("ready "):

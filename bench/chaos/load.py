@@ -29,7 +29,7 @@ from typing import Any
 
 from bench.active_active.failover import Stream
 from bench.active_active.tools import CLOSE_REQUEST, NET_ERRORS, TOOL_ENV, exchange, start_tool
-from bench.common import REPO, BenchEnv, BenchError, check_lab_address
+from bench.common import REPO, BenchEnv, BenchError, check_lab_address, kill_after
 from cohort import netns
 from cohort.lab import CLIENT_IP
 
@@ -118,8 +118,7 @@ class Arrivals(Stream):
                                "--rate", str(rate), "--max-seconds", str(MAX_SECONDS)])
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      env=TOOL_ENV, cwd=REPO)
-        self.timer = threading.Timer(MAX_SECONDS + 20, self.proc.kill)
-        self.timer.start()
+        self.timer = kill_after(self.proc, MAX_SECONDS + 20)
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != "ready":
             self.close()
@@ -132,8 +131,7 @@ class KeepAlive:
     def __init__(self, env: BenchEnv, vip: str, count: int, interval: float) -> None:
         self.proc = start_tool(env.lab.client_ns, "client", vip, "--connections", str(count), "--interval",
                                str(interval), "--short-workers", "0", "--max-seconds", str(MAX_SECONDS))
-        self.timer = threading.Timer(MAX_SECONDS + 20, self.proc.kill)
-        self.timer.start()
+        self.timer = kill_after(self.proc, MAX_SECONDS + 20)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
         # The tool's clock starts right after it says ready: its break times are relative to it.

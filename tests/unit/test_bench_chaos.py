@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 from bench.active_active.failover import window
@@ -11,6 +12,7 @@ from bench.chaos.episode import Target, Watch
 from bench.chaos.load import parse_ss
 from bench.chaos.measure import breaks, row, targets
 from bench.chaos.strength import DistributorView, Expectation, Observation, shortfalls
+from bench.common import kill_after
 
 A, B, C, D = "aaaaaaaa-1", "bbbbbbbb-2", "cccccccc-3", "dddddddd-4"
 
@@ -151,3 +153,11 @@ def test_ss_lines_give_the_client_ports() -> None:
 def test_quick_is_bounded_and_keeps_given_options() -> None:
     args = parse_args(["--quick", "--repeats", "2"])
     assert args.repeats == 2 and args.link_hold == 4.0 and not args.no_spare_row
+
+
+def test_a_tool_outliving_its_time_is_killed_and_its_watchdog_never_holds_the_bench_at_exit() -> None:
+    proc = subprocess.Popen(["sleep", "30"])
+    timer = kill_after(proc, 0.1)
+    assert proc.wait(timeout=10) == -9
+    # A benchmark stopped by SIGTERM mid-episode exits at once, not when a 260 s watchdog fires.
+    assert timer.daemon
