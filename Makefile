@@ -7,10 +7,12 @@ STAMP := $(VENV)/.installed
 # dependencies of their own that clash with Cohort's: each lives in a virtualenv of its own.
 KEYSTONE_VENV := .venv-keystone
 KEYSTONE_STAMP := $(KEYSTONE_VENV)/.installed
+# BPF programs the agents load into their namespaces, built for this machine's kernel headers.
+BPF_OBJECTS := cohort/agents/amphora/second_chance.bpf.o
 
 .PHONY: install system-deps up down test test-unit test-tempest lint bench clean
 
-install: system-deps $(STAMP) $(KEYSTONE_STAMP)
+install: system-deps $(STAMP) $(KEYSTONE_STAMP) $(BPF_OBJECTS)
 
 system-deps:
 	@scripts/install-system-deps.sh
@@ -26,6 +28,9 @@ $(KEYSTONE_STAMP):
 	@$(KEYSTONE_VENV)/bin/pip install -q --upgrade pip >/dev/null
 	@$(KEYSTONE_VENV)/bin/pip install -q 'keystone>=26' 'gunicorn>=22'
 	@touch $(KEYSTONE_STAMP)
+
+%.bpf.o: %.bpf.c | system-deps
+	@clang -O2 -g -Wall -Werror -target bpf -I/usr/include/$$(clang -print-multiarch) -c $< -o $@
 
 up: install
 	@$(BIN)/cohort up --drivers local --demo --detach
@@ -63,4 +68,5 @@ bench: install
 	@$(BIN)/python -m bench.active_active
 
 clean:
+	rm -f $(BPF_OBJECTS)
 	rm -rf $(VENV) $(KEYSTONE_VENV) .venv-tempest .mypy_cache .ruff_cache

@@ -16,6 +16,7 @@ declare -A packages=(
   [initdb]=postgresql
   [bird]=bird2
   [vtysh]=frr
+  [clang]=clang
 )
 
 missing=()
@@ -27,6 +28,7 @@ for binary in "${!packages[@]}"; do
   fi
 done
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+[ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "system packages: all present"

@@ -232,7 +232,7 @@ def test_flows_pinned_before_a_scale_event_over_a_takeover(env: tuple[Any, Api, 
     assert len(fronts) == 3
     for amphora_id, front in fronts.items():
         copy = copy_rule(lab, amphora_id)
-        assert f"ip daddr {vip} ct state invalid ether saddr != {{" in copy, copy
+        assert f"ip daddr {vip} meta mark 0x40000000 ether saddr != {{" in copy, copy
         assert sorted(re.findall(r"dup to (\S+)", copy)) == sorted(set(fronts.values()) - {front}), copy
     for ifname in ("fe0", "mgmt0"):
         subprocess.run(["ip", "-n", namespace(lab, roles["MASTER"]), "link", "set", ifname, "down"], check=True)

@@ -5,8 +5,8 @@ A client reuses a source port; the amphora that served the earlier connection cl
 holds that four-tuple in TIME-WAIT for a minute. When a router then moves the new connection to it,
 that amphora must still hand the packets to their owner. A TIME-WAIT socket takes them as its own
 (it answers with its own ACK), so a second chance that asks only "is there a socket here?" loses
-them; conntrack's window check calls them invalid, and they are copied. This broke open connections
-on surviving amphorae in the chaos benchmark once (5 of 9 L3 episodes, 2-6 of 24 connections).
+them (nftables' ``socket`` expression: it broke open connections on surviving amphorae in the chaos
+benchmark, 5 of 9 L3 episodes, 2-6 of 24 connections). The BPF program reads the socket's state.
 
 One router namespace with a bridge, two amphora namespaces (``b`` and ``o``) with the VIP on ``lo``
 and the real ruleset (``second_chance.render`` and ``load``), and a client; the router's route to the
@@ -83,9 +83,10 @@ for line in sys.stdin:
 
 LOAD = """
 import sys
-from cohort.agents.amphora.second_chance import Cluster, load, render
+from cohort.agents.amphora.second_chance import Cluster, interfaces, load, render
 vip, peer, router_mac = sys.argv[1:4]
-load(render({vip: Cluster(peers=(peer,), interface="fe0", routers=(router_mac,))}))
+clusters = {vip: Cluster(peers=(peer,), interface="fe0", routers=(router_mac,))}
+load(render(clusters), interfaces(clusters), set())
 """
 
 

@@ -9,14 +9,16 @@ from typing import Any
 
 import pytest
 
+from cohort.agents.amphora import second_chance
 from cohort.agents.amphora.bgp import router_macs
-from cohort.agents.amphora.second_chance import Cluster, SecondChance, render, switched_record
+from cohort.agents.amphora.second_chance import Cluster, SecondChance, interfaces, render, switched_record
 from cohort.controller.cluster import peers_of
 from cohort.datamodel import Amphora
 
 ROUTER = "02:01:cb:00:71:01"
 PEER_B, PEER_C = "02:00:00:00:00:0b", "02:00:00:00:00:0c"
 VIP = "203.0.113.100"
+UNOWNED = "meta mark 0x40000000"  # what the BPF program marks: no connection here owns the packet
 
 
 def routed(peers: list[str], routers: list[str], interface: str = "fe0") -> Cluster:
@@ -30,34 +32,34 @@ def switched(peers: dict[str, str], interface: str = "fe0") -> Cluster:
 def test_copies_go_to_the_other_amphorae_and_only_for_router_packets() -> None:
     text = render({VIP: routed(["203.0.113.3", "203.0.113.2", VIP], [ROUTER])})
     copy = next(line for line in text.splitlines() if "dup to" in line)
-    assert "ct state invalid" in copy and f"ether saddr {{ {ROUTER} }}" in copy and copy.endswith("drop")
+    assert UNOWNED in copy and f"ether saddr {{ {ROUTER} }}" in copy and copy.endswith("drop")
     assert copy.count("dup to") == 2 and f"dup to {VIP}" not in copy
-    assert f"ip daddr {VIP} ct state invalid drop" in text  # a copy invalid here too stops here
+    assert f"ip daddr {VIP} {UNOWNED} drop" in text  # a copy invalid here too stops here
 
 
 def test_without_a_known_router_nothing_is_copied_but_resets_are_avoided() -> None:
     text = render({VIP: routed(["203.0.113.3"], [])})
-    assert "dup to" not in text and f"ip daddr {VIP} ct state invalid drop" in text
+    assert "dup to" not in text and f"ip daddr {VIP} {UNOWNED} drop" in text
 
 
 def test_l2_copies_what_does_not_come_from_a_peer() -> None:
     text = render({VIP: switched({"203.0.113.12": PEER_B.upper(), "203.0.113.13": PEER_C})})
     copy = next(line for line in text.splitlines() if "dup to" in line)
-    assert f"ip daddr {VIP} ct state invalid ether saddr != {{ {PEER_B}, {PEER_C} }}" in copy
+    assert f"ip daddr {VIP} {UNOWNED} ether saddr != {{ {PEER_B}, {PEER_C} }}" in copy
     assert 'counter dup to 203.0.113.12 device "fe0" dup to 203.0.113.13 device "fe0" drop' in copy
-    assert f"ip daddr {VIP} ct state invalid drop" in text  # a peer's copy invalid here too stops here
+    assert f"ip daddr {VIP} {UNOWNED} drop" in text  # a peer's copy invalid here too stops here
 
 
 def test_l2_alone_drops_invalid_packets_and_copies_nothing() -> None:
     text = render({VIP: switched({})})
-    assert "dup to" not in text and f"ip daddr {VIP} ct state invalid drop" in text
+    assert "dup to" not in text and f"ip daddr {VIP} {UNOWNED} drop" in text
 
 
 def test_l2_and_l3_vips_share_the_table() -> None:
     text = render({VIP: switched({"203.0.113.12": PEER_B}), "203.0.113.101": routed(["203.0.113.3"], [ROUTER])})
     assert text.count("add table ip cohort_second_chance") == 1
     assert f"ether saddr != {{ {PEER_B} }}" in text and f"ether saddr {{ {ROUTER} }}" in text
-    assert "ip daddr != { 203.0.113.100, 203.0.113.101 } notrack" in text
+    assert f"ip daddr {VIP} {UNOWNED} drop" in text and f"ip daddr 203.0.113.101 {UNOWNED} drop" in text
 
 
 @pytest.mark.parametrize("vips", [
@@ -85,12 +87,19 @@ def test_router_macs_come_from_complete_arp_entries(tmp_path: Path) -> None:
     assert router_macs(["203.0.113.1", "203.0.113.9"], str(arp)) == [ROUTER]
 
 
-def test_only_the_vips_tcp_flows_are_tracked() -> None:
-    text = render({VIP: routed(["203.0.113.3"], [ROUTER]), "2001:db8::100": routed([], [ROUTER])})
-    assert f"meta l4proto tcp ip daddr != {{ {VIP} }} notrack" in text
-    assert f"meta l4proto tcp ip saddr != {{ {VIP} }} notrack" in text
-    assert "meta l4proto tcp ip6 daddr != { 2001:db8::100 } notrack" in text
-    assert "priority raw" in text and "udp" not in text  # UDP and SCTP listeners' DNAT needs conntrack
+def test_no_tcp_is_tracked_and_only_the_programs_mark_decides() -> None:
+    text = render({VIP: routed(["203.0.113.3"], [ROUTER]), "2001:db8::100": routed([], [ROUTER], "fe1")})
+    for family in ("ip", "ip6"):
+        table = text.split(f"table {family} cohort_second_chance {{")[1].split("\n}")[0]
+        assert table.count("meta l4proto tcp notrack") == 2 and table.count("priority raw") == 2
+    assert "udp" not in text and "ct " not in text  # UDP and SCTP listeners' DNAT needs conntrack
+    assert f"ip6 daddr 2001:db8::100 {UNOWNED} drop" in text
+    assert interfaces({VIP: routed([], [ROUTER]), "2001:db8::100": routed([], [ROUTER], "fe1")}) == {"fe0", "fe1"}
+
+
+def test_the_programs_mark_is_the_one_the_rules_match() -> None:
+    source = (Path(second_chance.__file__).parent / "second_chance.bpf.c").read_text()
+    assert f"#define UNOWNED_MARK {second_chance.UNOWNED_MARK:#x}" in source
 
 
 # -- what the controller sends for an L2 VIP -------------------------------------------------------
@@ -130,12 +139,14 @@ def test_a_bad_switched_record_is_refused(vip: str, lb_id: str, interface: str, 
 class Loader:
     def __init__(self, fail: bool = False) -> None:
         self.loaded: list[str] = []
+        self.ports: list[tuple[set[str], set[str]]] = []
         self.fail = fail
 
-    def __call__(self, text: str) -> None:
+    def __call__(self, text: str, watched: set[str], unwatched: set[str]) -> None:
         if self.fail:
             raise OSError("nft failed")
         self.loaded.append(text)
+        self.ports.append((watched, unwatched))
 
 
 def test_l2_and_l3_vips_are_applied_together_and_only_on_change(tmp_path: Path) -> None:
@@ -148,8 +159,11 @@ def test_l2_and_l3_vips_are_applied_together_and_only_on_change(tmp_path: Path) 
     assert len(loader.loaded) == 2
     assert f"ether saddr != {{ {PEER_B} }}" in loader.loaded[-1] and ROUTER in loader.loaded[-1]
     owner.remove_lb("lb-1")
-    assert "!=" not in loader.loaded[-1].split("chain prerouting")[1] and ROUTER in loader.loaded[-1]
+    assert VIP not in loader.loaded[-1] and "ether saddr !=" not in loader.loaded[-1] and ROUTER in loader.loaded[-1]
     assert owner.status() == {"applied": True, "vips": {}}
+    owner.set_routed({})
+    # The program leaves the port with the last VIP.
+    assert loader.ports == [({"fe0"}, set()), ({"fe0"}, {"fe0"}), ({"fe0"}, {"fe0"}), (set(), {"fe0"})]
 
 
 def test_a_restarted_agent_applies_what_it_was_told(tmp_path: Path) -> None:

@@ -11,13 +11,24 @@ Some open flows of an ACTIVE_ACTIVE cluster reach an amphora that never saw them
 The amphora that receives such a packet must not answer it with a reset. So, in each amphora of
 an ACTIVE_ACTIVE cluster:
 
-- ``net.netfilter.nf_conntrack_tcp_loose = 0``: a mid-flow TCP packet of an unknown connection is
-  ``ct state invalid`` instead of being picked up as established;
+- a BPF program on the VIP's port (tc ingress, ``second_chance.bpf.c``, built by ``make install``)
+  looks up the socket each TCP packet would reach here and marks (:data:`UNOWNED_MARK`) one that no
+  connection of this amphora owns: it finds only the listener (and is no valid SYN-cookie ACK),
+  nothing, or a TIME-WAIT socket. A TIME-WAIT socket may belong to an earlier connection with the
+  same four-tuple (clients reuse ports within its minute): it would take the packet of the live
+  connection the router has just moved here, and the owner would never see it;
 - such a packet for a VIP, arriving from *upstream*, is copied (``dup``) to every other amphora of
-  the cluster and dropped here; only the owner's conntrack knows the flow, so only the owner
-  accepts its copy and answers (straight to the router, as it answers every packet);
-- a copy (it comes from a peer amphora) that is invalid here too is dropped, never copied again,
-  so nothing loops.
+  the cluster and dropped here; only the owner has the connection, so only the owner accepts its
+  copy and answers (straight to the router, as it answers every packet);
+- a copy (it comes from a peer amphora) that is not owned here either is dropped, never copied
+  again, so nothing loops.
+
+This used conntrack before (``nf_conntrack_tcp_loose = 0``, ``ct state invalid``), which cost 6-7%
+of a new connection's CPU in a small amphora; a socket lookup costs a hash lookup per packet. No
+TCP packet is tracked in a cluster amphora (``notrack``). UDP and SCTP are left tracked: their
+listeners' DNAT needs conntrack on both sides. nftables' own ``socket`` expression is not enough:
+it cannot tell a TIME-WAIT socket from a handshake in progress
+(``tests/functional/test_second_chance_time_wait.py`` sets that trap).
 
 *Upstream* is told by the source MAC, in two ways:
 
@@ -37,14 +48,9 @@ an ACTIVE_ACTIVE cluster:
   newcomer, for the moment before this amphora is told) is copied once more to known peers only,
   and those know the copier: it goes no further.
 
-New flows (SYN) are ``ct state new`` and served where they land; nothing is copied in steady
-state. The ruleset is one table per IP family, ``cohort_second_chance``, replaced atomically; the
-VIPs of both kinds are in it, and :class:`SecondChance` is its one owner in the agent.
-
-Only the VIP's flows need conntrack for this. HAProxy's own TCP connections to members (and the
-agent's management traffic) are ``notrack``ed, so the amphora does not pay conntrack on every one of
-its back-end packets: that was a measurable part of an L3 amphora's CPU next to an L2 one's. UDP
-and SCTP are left tracked: their listeners' DNAT needs conntrack on both sides.
+New flows (SYN) are served where they land; nothing is copied in steady state. The ruleset is
+one table per IP family, ``cohort_second_chance``, replaced atomically; the VIPs of both kinds are
+in it, and :class:`SecondChance` is its one owner in the agent, and the BPF program's.
 """
 
 from __future__ import annotations
@@ -60,8 +66,8 @@ from typing import Any
 
 from cohort import validation
 from cohort.agents.common.files import atomic_write
-from cohort.agents.common.net import set_sysctl
 from cohort.agents.common.nftables import nft as run_nft
+from cohort.agents.common.proc import CommandFailed, run
 
 LOG = logging.getLogger(__name__)
 TABLE = "cohort_second_chance"
@@ -69,6 +75,11 @@ INTERFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
 MAX_PEERS = 64
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # as haproxy.check_id, newline refused
 _MAC = "0123456789abcdef:"
+UNOWNED_MARK = 0x40000000  # what the BPF program marks; as its UNOWNED_MARK
+BPF_OBJECT = Path(__file__).with_name("second_chance.bpf.o")
+# The filter's place on the port's ingress hook: replaced in place, removed by it.
+TC_FILTER = ("pref", "49", "handle", "0xc0", "bpf")
+_UNOWNED = f"meta mark {UNOWNED_MARK:#x}"
 
 
 def _mac(value: str) -> str:
@@ -96,7 +107,7 @@ class Cluster:
 
 
 def _copy_rule(family: str, vip: str, cluster: Cluster, others: list[str]) -> str | None:
-    """The rule copying invalid packets of ``vip`` from upstream to ``others``, or None (no copy)."""
+    """The rule copying ``vip``'s unowned packets from upstream to ``others``, or None (no copy)."""
     if not INTERFACE.match(cluster.interface):
         raise ValueError(f"interface {cluster.interface!r} is invalid")
     if cluster.peer_macs is not None:
@@ -116,38 +127,37 @@ def _copy_rule(family: str, vip: str, cluster: Cluster, others: list[str]) -> st
         return None
     copies = " ".join(f'dup to {peer} device "{cluster.interface}"' for peer in others)
     # The counter shows how many packets took the detour (``nft list table ip cohort_second_chance``).
-    return f"    {family} daddr {vip} ct state invalid {source} counter {copies} drop"
+    return f"    {family} daddr {vip} {_UNOWNED} {source} counter {copies} drop"
 
 
 def render(vips: Mapping[str, Cluster]) -> str:
     """The tables for ``vips`` (VIP -> its cluster), one per IP family; ValueError on a bad value."""
     rules: dict[str, list[str]] = {"ip": [], "ip6": []}
-    addresses: dict[str, set[str]] = {"ip": set(), "ip6": set()}
     for vip, cluster in sorted(vips.items()):
         address = validation.ip_address(vip, "VIP")
         family = "ip" if address.version == 4 else "ip6"
-        addresses[family].add(address.compressed)
         others = sorted({validation.canonical_ip(p, "peer address") for p in cluster.peers} - {address.compressed})
         others = [peer for peer in others if validation.ip_address(peer).version == address.version]
         copy = _copy_rule(family, address.compressed, cluster, others)
         if copy is not None:
             rules[family].append(copy)
-        rules[family].append(f"    {family} daddr {address.compressed} ct state invalid drop")
+        rules[family].append(f"    {family} daddr {address.compressed} {_UNOWNED} drop")
     lines: list[str] = []
     for family, family_rules in rules.items():
         lines += [f"add table {family} {TABLE}", f"delete table {family} {TABLE}"]
         if family_rules:
-            tracked = ", ".join(sorted(addresses[family]))
             lines += [f"table {family} {TABLE} {{",
-                      # Before conntrack (-200): TCP that is not the VIP's is never tracked.
-                      "  chain untracked_in {", "    type filter hook prerouting priority raw; policy accept;",
-                      f"    meta l4proto tcp {family} daddr != {{ {tracked} }} notrack", "  }",
-                      "  chain untracked_out {", "    type filter hook output priority raw; policy accept;",
-                      f"    meta l4proto tcp {family} saddr != {{ {tracked} }} notrack", "  }",
-                      # After conntrack, which tells a flow this amphora owns from one it never saw.
-                      "  chain prerouting {",
-                      "    type filter hook prerouting priority filter; policy accept;", *family_rules, "  }", "}"]
+                      # Before conntrack (-200): no TCP packet is tracked.
+                      "  chain prerouting {", "    type filter hook prerouting priority raw; policy accept;",
+                      "    meta l4proto tcp notrack", *family_rules, "  }",
+                      "  chain output {", "    type filter hook output priority raw; policy accept;",
+                      "    meta l4proto tcp notrack", "  }", "}"]
     return "\n".join(lines) + "\n"
+
+
+def interfaces(vips: Mapping[str, Cluster]) -> set[str]:
+    """The ports the BPF program must watch: each VIP's."""
+    return {cluster.interface for cluster in vips.values()}
 
 
 def switched_record(vip: str, lb_id: str, interface: str, peers: Sequence[Any]) -> tuple[str, dict[str, Any]]:
@@ -178,11 +188,22 @@ def switched_cluster(record: Mapping[str, Any]) -> Cluster:
                    peer_macs=tuple(p["mac_address"] for p in peers))
 
 
-def load(text: str) -> None:
-    """Load a rendered ruleset into this network namespace's kernel."""
-    # A mid-flow packet of a connection this amphora never saw must be invalid, not adopted.
-    set_sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")
+def load(text: str, watched: set[str], unwatched: set[str]) -> None:
+    """Watch ``watched`` ports with the BPF program, load a rendered ruleset, then stop watching
+    ``unwatched``; all in this network namespace. The program goes first: the rules act on its mark."""
+    for port in sorted(watched):
+        if not INTERFACE.match(port):
+            raise ValueError(f"interface {port!r} is invalid")
+        run(["tc", "qdisc", "replace", "dev", port, "clsact"])
+        run(["tc", "filter", "replace", "dev", port, "ingress", *TC_FILTER, "direct-action",
+             "object-file", str(BPF_OBJECT), "section", "tc"])
     run_nft("-f", "-", stdin=text)
+    for port in sorted(unwatched - watched):
+        if INTERFACE.match(port):
+            try:
+                run(["tc", "filter", "del", "dev", port, "ingress", *TC_FILTER])
+            except CommandFailed as exc:  # the port is gone with its filter
+                LOG.info("no second chance filter to remove on %s: %s", port, exc)
 
 
 class SecondChance:
@@ -190,13 +211,15 @@ class SecondChance:
     knows the routers) and the switched ones (L2, told by the controller, kept in ``record`` so a
     restarted agent renders the same table)."""
 
-    def __init__(self, record: Path | None = None, apply: Callable[[str], None] = load) -> None:
+    def __init__(self, record: Path | None = None,
+                 apply: Callable[[str, set[str], set[str]], None] = load) -> None:
         self._record = record
         self._apply_text = apply
         self._lock = threading.Lock()
         self._routed: dict[str, Cluster] = {}
         self._switched: dict[str, dict[str, Any]] = self._load()
         self._applied: str | None = None
+        self._watched: set[str] = set()
 
     def _load(self) -> dict[str, dict[str, Any]]:
         if self._record is None:
@@ -222,15 +245,16 @@ class SecondChance:
     def _apply(self, routed: Mapping[str, Cluster], switched: dict[str, dict[str, Any]]) -> None:
         """Make ``routed`` and ``switched`` the state and apply its table; ValueError (nothing kept) on a
         bad value. A failed ``nft`` raises but keeps the state, so the next call applies it again."""
-        text = render({**{vip: switched_cluster(rec) for vip, rec in switched.items()}, **routed})
+        clusters = {**{vip: switched_cluster(rec) for vip, rec in switched.items()}, **routed}
+        text, watched = render(clusters), interfaces(clusters)
         if switched != self._switched:
             self._switched = switched
             self._save()
         self._routed = dict(routed)
-        if text == self._applied:
+        if text == self._applied and watched == self._watched:
             return
-        self._apply_text(text)
-        self._applied = text
+        self._apply_text(text, watched, self._watched)
+        self._applied, self._watched = text, watched
 
     def resume(self) -> None:
         """Apply what a previous agent was told (the routed VIPs come from the BGP manager)."""

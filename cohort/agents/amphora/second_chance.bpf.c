@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The second chance's question, asked of every TCP packet an ACTIVE_ACTIVE amphora receives on
+ * its front-end port (tc ingress): does a connection of this amphora own it? If not, the packet
+ * is marked (UNOWNED_MARK) and the nftables table cohort_second_chance copies it to the cluster's
+ * other amphorae (when it came from upstream) and drops it here. See second_chance.py.
+ *
+ * Owned: a packet whose four-tuple finds an established or closing connection, or a handshake
+ * in progress, and the ACK that completes a SYN-cookie handshake of a listener here. Not owned:
+ * one that finds only a listener, nothing, or a TIME-WAIT socket. A TIME-WAIT socket may be an
+ * earlier connection with the same four-tuple while the router has just moved the live one here:
+ * it would answer the packet itself, and the owner would never see it. Its own connection has
+ * ended; at worst a retransmitted FIN goes unanswered. A SYN is a new flow, served where it lands.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#define UNOWNED_MARK 0x40000000
+#define IP_FRAGMENTED 0x3fff /* more fragments, or an offset */
+
+static __always_inline int owned(struct __sk_buff *skb, struct bpf_sock_tuple *tuple, __u32 tuple_len,
+                                 void *iph, __u32 iph_len, struct tcphdr *tcp)
+{
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, tuple, tuple_len, BPF_F_CURRENT_NETNS, 0);
+	int mine = 0;
+
+	if (!sk)
+		return 0;
+	if (sk->state == BPF_TCP_LISTEN)
+		/* 0: a valid cookie of this listener (only checked while it sends cookies). */
+		mine = bpf_tcp_check_syncookie(sk, iph, iph_len, tcp, sizeof(*tcp)) == 0;
+	else
+		mine = sk->state != BPF_TCP_TIME_WAIT;
+	bpf_sk_release(sk);
+	return mine;
+}
+
+SEC("tc")
+int second_chance(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct bpf_sock_tuple tuple = {};
+	struct tcphdr *tcp;
+
+	if ((void *)(eth + 1) > end)
+		return TC_ACT_OK;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		/* Options and fragments are rare: such a packet goes on as it came. */
+		if ((void *)(ip + 1) > end || ip->ihl != 5 || ip->protocol != IPPROTO_TCP ||
+		    (ip->frag_off & bpf_htons(IP_FRAGMENTED)))
+			return TC_ACT_OK;
+		tcp = (void *)(ip + 1);
+		if ((void *)(tcp + 1) > end)
+			return TC_ACT_OK;
+		if (tcp->syn && !tcp->ack)
+			return TC_ACT_OK;
+		tuple.ipv4.saddr = ip->saddr;
+		tuple.ipv4.daddr = ip->daddr;
+		tuple.ipv4.sport = tcp->source;
+		tuple.ipv4.dport = tcp->dest;
+		if (!owned(skb, &tuple, sizeof(tuple.ipv4), ip, sizeof(*ip), tcp))
+			skb->mark = UNOWNED_MARK;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > end || ip6->nexthdr != IPPROTO_TCP)
+			return TC_ACT_OK;
+		tcp = (void *)(ip6 + 1);
+		if ((void *)(tcp + 1) > end)
+			return TC_ACT_OK;
+		if (tcp->syn && !tcp->ack)
+			return TC_ACT_OK;
+		__builtin_memcpy(tuple.ipv6.saddr, &ip6->saddr, sizeof(tuple.ipv6.saddr));
+		__builtin_memcpy(tuple.ipv6.daddr, &ip6->daddr, sizeof(tuple.ipv6.daddr));
+		tuple.ipv6.sport = tcp->source;
+		tuple.ipv6.dport = tcp->dest;
+		if (!owned(skb, &tuple, sizeof(tuple.ipv6), ip6, sizeof(*ip6), tcp))
+			skb->mark = UNOWNED_MARK;
+	}
+	return TC_ACT_OK;
+}
+
+char _license[] SEC("license") = "GPL";
