@@ -98,7 +98,7 @@ def test_udp_on_active_standby_fails_over_to_the_backup(env: Env) -> None:
     holder = subprocess.Popen(["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", HOLD, vip, str(PORT)],
                               stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.0)
+        early = answered_once(holder)
         killed = time.time()
         kill_like_a_dead_vm(roles["MASTER"])
         # The BACKUP's kernel takes the flow (a new flow there) and new ones once keepalived gives it the VIP.
@@ -113,7 +113,7 @@ def test_udp_on_active_standby_fails_over_to_the_backup(env: Env) -> None:
         wait_for(lambda: set(send(lab, vip, 6)) == {"v1", "v2"} or None, timeout=30, interval=0.5)
         time.sleep(1.0)
         holder.terminate()
-        lines = [line.split() for line in holder.communicate(timeout=10)[0].splitlines()]
+        lines = early + [line.split() for line in holder.communicate(timeout=10)[0].splitlines()]
     finally:
         if holder.poll() is None:
             holder.kill()
@@ -124,6 +124,22 @@ def test_udp_on_active_standby_fails_over_to_the_backup(env: Env) -> None:
     assert api.delete(f"/v2/lbaas/loadbalancers/{lb['id']}?cascade=true")[0] == 204
     wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb['id']}")[0] == 404 or None, timeout=30)
     echoes.close()
+
+
+def answered_once(prober: subprocess.Popen[str], timeout: float = 20.0) -> list[list[str]]:
+    """The prober's lines up to its first answer: the outage is measured from an answer before the
+    kill, so the kill waits for one (a prober slow to start on a busy machine had none)."""
+    assert prober.stdout is not None
+    lines: list[list[str]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = prober.stdout.readline().split()
+        if not line:
+            break
+        lines.append(line)
+        if line[1] != "-":
+            return lines
+    raise AssertionError(f"the prober got no answer before the fault: {lines[-5:]}")
 
 
 def _outages(samples: list[tuple[float, bool]]) -> list[float]:

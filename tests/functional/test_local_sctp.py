@@ -34,7 +34,7 @@ import pytest
 from cohort import netns
 from cohort.lab import Lab, sctp_setup
 from tests.functional.test_local_l4 import amphorae, flows
-from tests.functional.test_local_l4_topologies import _outages, kill_like_a_dead_vm, new_flows
+from tests.functional.test_local_l4_topologies import _outages, answered_once, kill_like_a_dead_vm, new_flows
 from tests.support import Api, local_cohort, wait_for
 
 pytestmark = pytest.mark.root
@@ -307,7 +307,7 @@ def test_sctp_on_active_standby_fails_over_to_the_backup(env: Env) -> None:
         assert new_flows(roles["BACKUP"], lb["id"]) == before["BACKUP"]
         prober = subprocess.Popen(netns.in_ns(lab.client_ns, [sys.executable, "-c", PROBE, vip, str(PORT)]),
                                   stdout=subprocess.PIPE, text=True)
-        time.sleep(1.0)
+        early = answered_once(prober)
         # The MASTER dies as a VM dies; new associations go through the BACKUP's kernel once keepalived gives it
         # the VIP (an association open then is lost: conntrack is not replicated; its client opens a new one).
         killed = time.time()
@@ -326,7 +326,7 @@ def test_sctp_on_active_standby_fails_over_to_the_backup(env: Env) -> None:
         time.sleep(2.0)
         by_backup = new_flows(roles["BACKUP"], lb["id"]) - before["BACKUP"]
         prober.terminate()
-        lines = [line.split() for line in prober.communicate(timeout=10)[0].splitlines()]
+        lines = early + [line.split() for line in prober.communicate(timeout=10)[0].splitlines()]
     finally:
         if prober is not None and prober.poll() is None:
             prober.kill()
