@@ -50,11 +50,13 @@ int second_chance(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 	struct bpf_sock_tuple tuple = {};
 	struct tcphdr *tcp;
+	void *iph = eth + 1;
+	__u32 iph_len, tuple_len;
 
 	if ((void *)(eth + 1) > end)
 		return TC_ACT_OK;
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
+		struct iphdr *ip = iph;
 
 		/* Options and fragments are rare: such a packet goes on as it came. */
 		if ((void *)(ip + 1) > end || ip->ihl != 5 || ip->protocol != IPPROTO_TCP ||
@@ -63,31 +65,31 @@ int second_chance(struct __sk_buff *skb)
 		tcp = (void *)(ip + 1);
 		if ((void *)(tcp + 1) > end)
 			return TC_ACT_OK;
-		if (tcp->syn && !tcp->ack)
-			return TC_ACT_OK;
 		tuple.ipv4.saddr = ip->saddr;
 		tuple.ipv4.daddr = ip->daddr;
 		tuple.ipv4.sport = tcp->source;
 		tuple.ipv4.dport = tcp->dest;
-		if (!owned(skb, &tuple, sizeof(tuple.ipv4), ip, sizeof(*ip), tcp))
-			skb->mark = UNOWNED_MARK;
+		iph_len = sizeof(*ip);
+		tuple_len = sizeof(tuple.ipv4);
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		struct ipv6hdr *ip6 = iph;
 
 		if ((void *)(ip6 + 1) > end || ip6->nexthdr != IPPROTO_TCP)
 			return TC_ACT_OK;
 		tcp = (void *)(ip6 + 1);
 		if ((void *)(tcp + 1) > end)
 			return TC_ACT_OK;
-		if (tcp->syn && !tcp->ack)
-			return TC_ACT_OK;
 		__builtin_memcpy(tuple.ipv6.saddr, &ip6->saddr, sizeof(tuple.ipv6.saddr));
 		__builtin_memcpy(tuple.ipv6.daddr, &ip6->daddr, sizeof(tuple.ipv6.daddr));
 		tuple.ipv6.sport = tcp->source;
 		tuple.ipv6.dport = tcp->dest;
-		if (!owned(skb, &tuple, sizeof(tuple.ipv6), ip6, sizeof(*ip6), tcp))
-			skb->mark = UNOWNED_MARK;
+		iph_len = sizeof(*ip6);
+		tuple_len = sizeof(tuple.ipv6);
+	} else {
+		return TC_ACT_OK;
 	}
+	if (!(tcp->syn && !tcp->ack) && !owned(skb, &tuple, tuple_len, iph, iph_len, tcp))
+		skb->mark = UNOWNED_MARK;
 	return TC_ACT_OK;
 }
 
