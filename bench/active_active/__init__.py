@@ -26,6 +26,12 @@ In one run, on a private lab with Cohort on local drivers (see ``bench.common``)
    the amphorae the limit on a 2-vCPU machine; the same throughput is then measured again,
    fewer and shorter runs, at ``--compare-cap`` (0.25) on fresh load balancers, where the
    machine is.
+1b. efficiency (``efficiency``): the per-amphora scaling efficiency against the load-matched
+   baselines, with each cluster run right beside its baseline (per N: L2 cluster, SINGLExN, L3
+   cluster, the clusters swapping places every other repetition), ``--efficiency-repetitions``
+   (12) times in each mode; per cluster the median of its rate over the adjacent baseline's,
+   with a bootstrap 95% interval. The throughput rotation puts a cluster and its baseline up to
+   a minute apart, and on this shared machine that alone moves a rate by 10-20%.
 2. latency the distributor adds, at low load, on the N=4 cluster of the last set: one
    sampler (SCHED_FIFO, in a namespace of the benchmark on the lab's front-end bridge)
    alternates sample by sample between two source addresses; from one the VIP is on-link
@@ -68,7 +74,7 @@ the lab's namespaces (``ss``, ``nft``, cgroups); never through Cohort's database
 
 Modules: ``cli`` (arguments, console), ``tools`` (what runs inside the lab's namespaces),
 ``setup`` (load balancers and baselines under test, the distributor), ``census`` (whose CPU
-it was), ``throughput``, ``latency``, ``scaling``, ``l3`` (router, speakers, L3 load
+it was), ``throughput``, ``efficiency``, ``latency``, ``scaling``, ``l3`` (router, speakers, L3 load
 balancers, speaker memory), ``l3_scaling``, ``failover``, ``l3_run`` (the L3 parts in order),
 ``report`` and ``report_l3`` (tables, plot); ``__main__`` runs them in order.
 """

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from bench.active_active.cli import COMMAND, console, parse_args
+from bench.active_active.efficiency import efficiency
 from bench.active_active.l3_run import l3_parts, setup_l3
 from bench.active_active.latency import latency
 from bench.active_active.report import plot, print_report
@@ -24,6 +25,7 @@ from bench.active_active.setup import (
     config_report,
     distributor_of,
     member_names,
+    member_pids_of,
     prepare_lab,
 )
 from bench.active_active.throughput import compare_cap, runs_json, summarise, throughput
@@ -68,14 +70,17 @@ def run(args: argparse.Namespace, report: dict[str, Any], started: float) -> Non
                 "what the measured amphorae send is processed in kernel threads of their switch ports, as a "
                 "virtual machine's NIC would; see bench.common.amphora_nic_kthreads" if args.amphora_kthread
                 else "processed in the amphora's context (the receivers' work billed to the capped amphora)")
-            runs, quiet = throughput(env, measured, args, [lab.member_ns(n) for n in names], dist,
-                                     args.repetitions)
+            runs, quiet = throughput(env, measured, args, member_pids_of(lab, names), dist, args.repetitions)
             report["throughput"] = summarise(runs, measured)
             report["quiet_waits"] = quiet
             others = [r.processes["other"] for r in runs]
             report["other_processes_cpu"] = {"median": median(others), "max": max(others),
                                              "runs_above_0.25": sum(1 for o in others if o > 0.25), "runs": len(others)}
             report["runs"] = runs_json(runs)
+        if "efficiency" not in args.skip:
+            console.print("efficiency (each cluster beside its load-matched baseline):")
+            report["efficiency"] = efficiency(env, [c for c in measured if isinstance(c, Config) and c.size > 1],
+                                              baselines, args, member_pids_of(lab, names), dist)
         if "scaling" not in args.skip:
             console.print("scaling:")
             report["scaling"] = scaling(env, by_name["AA3"], dist, args)

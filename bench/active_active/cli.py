@@ -15,7 +15,8 @@ console = make_console(140)
 
 # --quick: every part once, small and short (the README's figures come from the defaults).
 QUICK: dict[str, Any] = {
-    "repetitions": 1, "seconds": 1, "latency_rounds": 1, "latency_samples": 100, "long_lived": 10,
+    "repetitions": 1, "efficiency_repetitions": 2, "seconds": 1, "latency_rounds": 1, "latency_samples": 100,
+    "long_lived": 10,
     "probe_ports": 200, "settle": 0.5, "compare_cap": 0.0, "quiet_wait": 0.0, "failover_repeats": 1,
     "output": Path(tempfile.gettempdir()) / "cohort-bench" / "active_active-quick.json",
 }
@@ -30,6 +31,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      description=(bench.active_active.__doc__ or "").splitlines()[0])
     parser.add_argument("--cap", type=float, default=0.05, help="CPU quota of every amphora (compute_flavor cpu)")
     parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--efficiency-repetitions", type=int, default=12,
+                        help="repetitions of the efficiency part: each cluster beside its load-matched baseline")
     parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=64)
@@ -73,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "throughput part saturates the machine and throttles every amphora, and with the "
                              "defaults (5 s / 3 s) late heartbeats got amphorae and distributors replaced "
                              "mid-measurement; deaths are still seen at once (instance death, BFD, probes)")
-    parser.add_argument("--skip", choices=("throughput", "latency", "scaling", "failover", "l3-scaling"),
+    parser.add_argument("--skip", choices=("throughput", "efficiency", "latency", "scaling", "failover", "l3-scaling"),
                         action="append", default=[])
     parser.add_argument("--output", type=Path, default=RESULTS / "active_active.json")
     parser.add_argument("--quick", action="store_true",
@@ -84,13 +87,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         parser.set_defaults(**QUICK)
         args = parser.parse_args(argv)
-    if not (1 <= args.seconds <= 30 and 1 <= args.repetitions <= 10 and 0 < args.cap <= 1
+    if not (1 <= args.seconds <= 30 and 1 <= args.repetitions <= 10 and 1 <= args.efficiency_repetitions <= 30
+            and 0 < args.cap <= 1
             and 1 <= args.probe_ports <= 5000 and 1 <= args.latency_rounds <= 50 and args.connections <= 1000
             and 0 <= args.compare_cap <= 1 and 1 <= args.compare_repetitions <= 10 and 1 <= args.compare_seconds <= 30
             and 1 <= args.failover_repeats <= 10 and 0 < args.failover_lead <= 10 and 1 <= args.failover_workers <= 8
             and 0.001 <= args.failover_pause <= 1 and 10 <= args.replace_timeout <= 300
             and 1 <= args.silence_timeout <= 120):
-        parser.error("keep the run bounded: --seconds 1-30, --repetitions 1-10, --cap (0, 1], --probe-ports <= 5000, "
+        parser.error("keep the run bounded: --seconds 1-30, --repetitions 1-10, --efficiency-repetitions 1-30, "
+                     "--cap (0, 1], --probe-ports <= 5000, "
                      "--failover-repeats 1-10, --failover-workers 1-8, --failover-pause >= 0.001, "
                      "--replace-timeout 10-300, --silence-timeout 1-120")
     return args

@@ -48,6 +48,26 @@ def throughput_tables(figures: dict[str, Any], cap: float, runs: str, nproc: int
     return [table, cpu]
 
 
+def efficiency_table(eff: dict[str, Any]) -> Table:
+    """Each cluster over the N SINGLEs run right beside it: median, 95% interval, range."""
+    figures = eff["figures"]
+    names = sorted({name for per in figures.values() for name in per}, key=lambda n: (n.startswith("L3"), n))
+    table = Table(title=f"Scaling efficiency against N SINGLEs loaded at once, in adjacent runs (medians of "
+                        f"{eff['repetitions']} x {eff['seconds']} s; [95% interval]; target {eff['target']})")
+    table.add_column("mode")
+    for name in names:
+        table.add_column(name, justify="right")
+    for mode, per in figures.items():
+        cells = []
+        for name in names:
+            f = per.get(name)
+            cells.append("-" if f is None else
+                         f"{f['median']:.2f} [{f['interval_95'][0]:.2f}-{f['interval_95'][1]:.2f}]"
+                         f" ({f['min']:.2f}-{f['max']:.2f})")
+        table.add_row(mode, *cells)
+    return table
+
+
 def latency_table(lat: dict[str, Any]) -> Table:
     table = Table(title=f"Latency the distributor adds (one request at a time; {lat['load_balancer']}, "
                         f"amphorae capped at {lat['cap_cpu']} CPU)")
@@ -95,6 +115,8 @@ def print_report(report: dict[str, Any]) -> None:
                       "requests (HAProxy counters); "
                       "*unattributed: busy time charged to no process seen at both ends of the run (softirq: "
                       "forwarding, bridges; processes that started and ended within it)")
+    if "efficiency" in report:
+        console.print(efficiency_table(report["efficiency"]))
     if "compare" in report:
         c = report["compare"]
         for table in throughput_tables(c["throughput"], c["cap_cpu"], f"{c['repetitions']} x {c['seconds']} s",

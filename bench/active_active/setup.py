@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,13 @@ def prepare_lab(env: BenchEnv, members: int, workers: int, client_kthread: bool)
     addresses = [lab.add_member(name, workers=workers) for name in names]
     return {"client_packets": packets, "members": {
         "count": members, "workers": workers, "addresses": addresses, "server": "cohort.lab_member"}}
+
+
+def member_pids_of(lab: Lab, names: list[str]) -> Callable[[], set[int]]:
+    """The processes of the members' namespaces, asked afresh at each call (for a run's CPU census)."""
+    def pids() -> set[int]:
+        return set().union(*(netns.netns_pids(lab.member_ns(name)) for name in names))
+    return pids
 
 
 def member_names(count: int) -> list[str]:

@@ -29,6 +29,7 @@ from bench.active_active.setup import (
     all_load_balancers,
     build_configs,
     config_report,
+    member_pids_of,
 )
 from bench.common import (
     MODES,
@@ -144,19 +145,23 @@ def measure(env: BenchEnv, cfg: Measured, mode: str, rep: int, args: argparse.Na
                None if buckets0 is None or not isinstance(cfg, Config) else dist.buckets(cfg) != buckets0, processes)
 
 
-def throughput(env: BenchEnv, configs: list[Measured], args: argparse.Namespace, member_ns: list[str],
-               dist: Distributor, repetitions: int) -> tuple[list[Run], list[dict[str, float]]]:
-    def member_pids() -> set[int]:
-        return set().union(*(netns.netns_pids(ns) for ns in member_ns))
-
+def prepare_measured(env: BenchEnv, configs: list[Measured], args: argparse.Namespace) -> None:
+    """The amphorae's sends in kernel threads (``--amphora-kthread``), and a warm-up run on each VIP
+    (ARP, HAProxy's connections to the members), not recorded; repeating it changes nothing."""
     if args.amphora_kthread:
         for cfg in configs:
             for ns in cfg.amphorae:
                 amphora_nic_kthreads(env.lab, ns)
-    for cfg in configs:  # warm-up: ARP, HAProxy's connections to the members; not recorded
+    for cfg in configs:
         for vip in cfg.vips:
             run_wrk(env.lab.client_ns, f"http://{vip}/", threads=args.threads, connections=args.connections,
                     seconds=1, close=False)
+
+
+def throughput(env: BenchEnv, configs: list[Measured], args: argparse.Namespace,
+               member_pids: Callable[[], set[int]], dist: Distributor,
+               repetitions: int) -> tuple[list[Run], list[dict[str, float]]]:
+    prepare_measured(env, configs, args)
     runs, quiet = [], []
     for rep in range(repetitions):
         quiet.append(wait_quiet(env.lab, args.quiet_wait, args.quiet_threshold))
@@ -243,8 +248,7 @@ def compare_cap(env: BenchEnv, configs: list[Config], baselines: list[Baseline],
     others, other_baselines = build_configs(env, members, set(names), args.compare_cap, args.matched)
     measured: list[Measured] = [*others, *other_baselines]
     quick = argparse.Namespace(**{**vars(args), "seconds": args.compare_seconds})
-    runs, quiet = throughput(env, measured, quick, [env.lab.member_ns(n) for n in names], dist,
-                             args.compare_repetitions)
+    runs, quiet = throughput(env, measured, quick, member_pids_of(env.lab, names), dist, args.compare_repetitions)
     return {"cap_cpu": args.compare_cap, "repetitions": args.compare_repetitions, "seconds": args.compare_seconds,
             "configs": config_report(others, other_baselines),
             "throughput": summarise(runs, measured), "quiet_waits": quiet,
