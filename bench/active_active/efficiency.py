@@ -45,20 +45,17 @@ def sequences(clusters: list[Config], baselines: list[Baseline], rep: int) -> li
     return out
 
 
-def paired_ratios(runs: list[Run], clusters: list[Config]) -> dict[str, dict[str, list[float]]]:
-    """mode -> cluster -> its rate over the baseline's in each repetition where both ran."""
-    baseline: dict[tuple[str, int, int], float] = {
-        (r.mode, r.repetition, r.size): r.wrk.rps for r in runs if r.config.startswith("SINGLEx")}
+def paired_ratios(runs: list[Run], clusters: list[Config],
+                  baselines: list[Baseline]) -> dict[str, dict[str, list[float]]]:
+    """mode -> cluster -> its rate over its baseline's in each repetition where both ran."""
+    names = {b.name for b in baselines}
+    base = {(r.mode, r.repetition, r.size): r.wrk.rps for r in runs if r.config in names}
+    wanted = {c.name for c in clusters}
     out: dict[str, dict[str, list[float]]] = {mode: {} for mode in MODES}
-    for cfg in clusters:
-        for mode in MODES:
-            ratios = []
-            for r in runs:
-                base = baseline.get((mode, r.repetition, cfg.size))
-                if r.config == cfg.name and r.mode == mode and base:
-                    ratios.append(r.wrk.rps / base)
-            if ratios:
-                out[mode][cfg.name] = ratios
+    for r in runs:
+        rate = base.get((r.mode, r.repetition, r.size))
+        if r.config in wanted and rate:
+            out[r.mode].setdefault(r.config, []).append(r.wrk.rps / rate)
     return out
 
 
@@ -73,10 +70,11 @@ def median_interval(values: list[float], level: float = 0.95, resamples: int = R
     return medians[int(tail * resamples)], medians[min(resamples - 1, int((1 - tail) * resamples))]
 
 
-def summarise_efficiency(runs: list[Run], clusters: list[Config], target: float) -> dict[str, Any]:
+def summarise_efficiency(runs: list[Run], clusters: list[Config], baselines: list[Baseline],
+                         target: float) -> dict[str, Any]:
     """mode -> cluster -> median, 95% interval, spread and the ratios; and whether each meets ``target``."""
     out: dict[str, Any] = {}
-    for mode, per in paired_ratios(runs, clusters).items():
+    for mode, per in paired_ratios(runs, clusters, baselines).items():
         out[mode] = {}
         for name, ratios in per.items():
             low, high = median_interval(ratios)
@@ -107,6 +105,5 @@ def efficiency(env: BenchEnv, clusters: list[Config], baselines: list[Baseline],
     return {"repetitions": args.efficiency_repetitions, "seconds": args.seconds, "target": EFFICIENCY_TARGET,
             "order": "per N: cluster, N SINGLEs, the other cluster (L2 first on even repetitions)",
             "interval": f"percentile bootstrap of the median, {RESAMPLES} resamples, seed {SEED}",
-            "figures": summarise_efficiency(runs, clusters, EFFICIENCY_TARGET), "quiet_waits": quiet,
+            "figures": summarise_efficiency(runs, clusters, baselines, EFFICIENCY_TARGET), "quiet_waits": quiet,
             "runs": runs_json(runs)}
-

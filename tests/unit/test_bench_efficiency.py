@@ -48,7 +48,7 @@ def test_a_cluster_is_divided_by_the_baseline_of_its_own_size_mode_and_repetitio
             run("SINGLEx3", 3, "new_connection", 0, 3000.0), run("AA3", 3, "new_connection", 0, 1500.0),
             run("SINGLEx2", 2, "keepalive", 0, 2000.0), run("AA2", 2, "keepalive", 0, 2100.0),
             run("AA2", 2, "keepalive", 1, 9999.0)]  # its baseline never ran: no ratio
-    ratios = paired_ratios(runs, CLUSTERS)
+    ratios = paired_ratios(runs, CLUSTERS, BASELINES)
     assert ratios["new_connection"]["AA2"] == pytest.approx([0.95, 0.9])
     assert ratios["new_connection"]["AA3"] == pytest.approx([0.5])
     assert ratios["keepalive"] == {"AA2": pytest.approx([1.05])}
@@ -71,7 +71,7 @@ def test_the_target_is_met_by_the_median_and_the_interval_says_how_surely() -> N
     for rep, (base, aa, l3) in enumerate([(100, 95, 88), (100, 92, 86), (100, 99, 91), (100, 93, 84)]):
         runs += [run("SINGLEx2", 2, "new_connection", rep, base), run("AA2", 2, "new_connection", rep, aa),
                  run("L3AA2", 2, "new_connection", rep, l3)]
-    figures = summarise_efficiency(runs, CLUSTERS, 0.9)["new_connection"]
+    figures = summarise_efficiency(runs, CLUSTERS, BASELINES, 0.9)["new_connection"]
     assert figures["AA2"]["median"] == pytest.approx(0.94) and figures["AA2"]["meets_target"]
     assert figures["AA2"]["interval_above_target"] and figures["AA2"]["repetitions"] == 4
     assert figures["L3AA2"]["median"] == pytest.approx(0.87) and not figures["L3AA2"]["meets_target"]
