@@ -98,10 +98,16 @@ class Settings(BaseModel):
     # A distributor serves every L2 load balancer: it is declared failed (and rebuilt) sooner.
     distributor_stale_after: float = Field(default=3.0, gt=0)
     # An L2 amphora that every live distributor's probes have found down this long (its front-end link
-    # is down while it still heartbeats over management), or an L3 one whose BGP sessions have been down
-    # this long while other amphorae reach those routers, is replaced like a silent one. Longer than a
-    # HAProxy restart (0.2 s), a heartbeat interval or BGP's reconnection (1-2 s), so none triggers it.
+    # is down while it still heartbeats over management) is replaced like a silent one. Longer than a
+    # HAProxy restart (0.2 s) or a heartbeat interval, so neither triggers it.
     frontend_unreachable_after: float = Field(default=3.0, gt=0)
+    # An L3 amphora whose BGP sessions have been down this long while other amphorae reach those
+    # routers is replaced like a silent one. Its route left the router within BFD's detection time;
+    # this only decides when N+1 is restored. Longer than a session's return after a BFD blip: BIRD
+    # waits 1 s after an error (2 s when errors follow each other), BFD's slow start sends one packet
+    # a second until it is up, and BGP connects 1 s later (a 0.5 s blip: back after 2.2-5.1 s).
+    # At 3 s, repeated blips replaced a healthy amphora and broke its connections.
+    bgp_sessions_down_after: float = Field(default=10.0, gt=0)
     # VRRP advertisement interval of the distributor pair (VRRPv3: 10 ms units); a silent MASTER is
     # replaced by its BACKUP after about three intervals (0.13-0.16 s at 0.05 here).
     distributor_advert_int: float = Field(default=0.05, ge=0.01, le=1.0)

@@ -3,8 +3,8 @@
 An amphora is dead when its compute instance reports ERROR (a process crashed), when it has
 heartbeated before and then stayed silent longer than ``heartbeat_stale_after`` (and its agent no
 longer answers over management, or the silence has lasted ``ANSWERING_SILENCE_FACTOR`` times
-that), when an L3 amphora has had no BGP session that long with routers other amphorae still
-reach, or when every live distributor has found an L2 amphora's front end unreachable for
+that), when an L3 amphora has had no BGP session for ``bgp_sessions_down_after`` with routers
+other amphorae still reach, or when every live distributor has found an L2 amphora's front end unreachable for
 ``frontend_unreachable_after`` (``cohort.controller.reachability``: its link is down while its
 agent still heartbeats over management). A distributor's silence is judged the same way
 (``dead_distributors``). Its load balancer is taken with the same lock the API uses, so a
@@ -109,7 +109,7 @@ class FailoverWatcher(Periodic):
                 self._note_answering("amphora", amphora.id, silence)
             # Its data path is lost while it heartbeats, as when the distributors cannot reach an L2 one.
             down = self._bgp_down_for(amphora.id, health, now, routers_up)
-            if down is not None and down > self.settings.frontend_unreachable_after:
+            if down is not None and down > self.settings.bgp_sessions_down_after:
                 found.append((amphora, f"its BGP sessions have been down for {down:.1f}s"))
                 continue
             down = unreachable.get(amphora.id)

@@ -271,6 +271,63 @@ def test_scaling_breaks_no_open_connection_with_a_plain_router(env: tuple[harnes
     lab.remove_member("l3m3")
 
 
+BLIP_TABLE = "cohort_test_bfd_blip"
+
+
+def test_bfd_blips_take_an_amphora_out_briefly_and_never_replace_it(env: tuple[harness.Instance, Api, Lab]) -> None:
+    """An amphora whose BFD packets are lost for 0.5 s, four times in a row, leaves the route and comes
+    back each time, well within ``bgp_sessions_down_after``: it is not replaced, and no open connection
+    breaks (the flows the router moves meanwhile reach it through the other amphora's second chance).
+    Before BIRD's wait after errors was capped at 2 s, the third blip kept it out 4.7 s and the
+    controller, then patient for 3 s, replaced it and broke its connections."""
+    cohort, api, lab = env
+    member = lab.add_member("l3m4", workers=2)
+    speaker_id = _speaker(api, "blip", PASSWORD)
+    lb_id = _create(api, "l3blip", api.flavor("l3blip", _l3(speaker_id, size=2)), member)["id"]
+    vip = api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer", timeout=120)["vip_address"]
+    amphorae = _amphorae(api, lb_id)
+    wait_for(lambda: lab.router.routes().get(vip) == sorted(a["vrrp_ip"] for a in amphorae), timeout=30, interval=0.2)
+    blipped = amphorae[0]
+    namespace = lab.instance_ns(blipped["id"], "amphora")
+
+    def bfd_up() -> bool:
+        return any(line.split()[-1] == "up" and blipped["vrrp_ip"] in line.split()
+                   for line in lab.router.vtysh("show bfd peers brief").splitlines())
+
+    client = subprocess.Popen(["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", KEEPALIVE_CLIENT, vip,
+                               "40", "28"], stdout=subprocess.PIPE, text=True)
+    returns = []
+    try:
+        time.sleep(1)
+        for _ in range(4):
+            # BGP comes up before BFD does, and a BFD session that is not up cannot go down.
+            wait_for(bfd_up, timeout=10, interval=0.1)
+            started = time.monotonic()
+            netns.run_in(namespace, ["nft", f"add table inet {BLIP_TABLE}; add chain inet {BLIP_TABLE} out "
+                                     "{ type filter hook output priority 0; }; "
+                                     f"add rule inet {BLIP_TABLE} out udp dport 3784 drop"])
+            wait_for(lambda: blipped["vrrp_ip"] not in lab.router.routes().get(vip, []), timeout=2, interval=0.02)
+            time.sleep(max(0.0, 0.5 - (time.monotonic() - started)))
+            netns.run_in(namespace, ["nft", f"delete table inet {BLIP_TABLE}"])
+            wait_for(lambda: blipped["vrrp_ip"] in lab.router.routes().get(vip, []),
+                     timeout=cohort.settings.bgp_sessions_down_after, interval=0.05)
+            returns.append(round(time.monotonic() - started, 2))
+        print(f"back in the route after each BFD blip of 0.5 s: {returns} s")
+        out, _ = client.communicate(timeout=60)
+    finally:
+        netns.run_in(namespace, ["nft", f"delete table inet {BLIP_TABLE}"], check=False)
+        if client.poll() is None:
+            client.kill()
+    # Back sooner each time than the controller waits, with a margin for a heartbeat and a scan.
+    assert max(returns) < cohort.settings.bgp_sessions_down_after - 2, returns
+    time.sleep(2 * cohort.settings.heartbeat_interval + 1)
+    assert {a["id"] for a in _amphorae(api, lb_id)} == {a["id"] for a in amphorae}  # none replaced
+    assert json.loads(out.strip().splitlines()[-1]) == {"broken": 0, "alive": 40}
+    assert api.delete(f"/v2/lbaas/loadbalancers/{lb_id}?cascade=true")[0] == 204
+    wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 404, timeout=60)
+    lab.remove_member("l3m4")
+
+
 def test_wrong_password_never_comes_online(env: tuple[harness.Instance, Api, Lab]) -> None:
     _cohort, api, lab = env
     member = lab.add_member("l3m2")

@@ -28,7 +28,7 @@ def test_render_announces_only_what_is_wanted_and_bird_parses_it(tmp_path: Path)
     assert 'password "s3cret";' in text and "ttl security on;" in text and "direct;" in text
     assert "bfd { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };" in text
     # A new or recovered amphora is in the router's next hops within about a second, not BIRD's 5 s.
-    assert "connect delay time 1;" in text and "error wait time 1, 10;" in text
+    assert "connect delay time 1;" in text and "error wait time 1, 2;" in text
     if shutil.which("bird") is None:
         pytest.skip("BIRD is not installed")
     path = tmp_path / "bird.conf"

@@ -45,10 +45,12 @@ def test_an_amphora_that_lost_the_router_others_reach_is_replaced(cluster: tuple
     assert dead_ids(watcher, sessions) == []
     report(sessions, {**dict.fromkeys(ids, "Established"), ids[0]: "Active"}, now)
     assert dead_ids(watcher, sessions) == []  # down since now: not yet
-    watcher._bgp_down_since[ids[0]] -= 3.5  # frontend_unreachable_after (3 s) later
+    watcher._bgp_down_since[ids[0]] -= settings.bgp_sessions_down_after - 0.5
+    assert dead_ids(watcher, sessions) == []  # a BFD blip's return takes up to about 5 s: not yet
+    watcher._bgp_down_since[ids[0]] -= 1.0  # bgp_sessions_down_after (10 s) later
     with sessions() as session:
         found = [(a.id, reason) for a, reason in watcher.dead(session)]
-    assert [a for a, _ in found] == [ids[0]] and "BGP sessions have been down for 3." in found[0][1]
+    assert [a for a, _ in found] == [ids[0]] and "BGP sessions have been down for 10." in found[0][1]
 
 
 def test_the_time_down_counts_from_when_the_speaker_lost_its_session(cluster: tuple[Settings, Any, Any, str]) -> None:
@@ -59,10 +61,10 @@ def test_the_time_down_counts_from_when_the_speaker_lost_its_session(cluster: tu
     now = time.time()
     report(sessions, dict.fromkeys(ids, "Established"), now)
     assert dead_ids(watcher, sessions) == []
-    report(sessions, {**dict.fromkeys(ids, "Established"), ids[0]: "Active"}, now, down_for=3.2)
+    report(sessions, {**dict.fromkeys(ids, "Established"), ids[0]: "Active"}, now, down_for=10.2)
     with sessions() as session:
         found = [(a.id, reason) for a, reason in watcher.dead(session)]
-    assert [a for a, _ in found] == [ids[0]] and "BGP sessions have been down for 3." in found[0][1]
+    assert [a for a, _ in found] == [ids[0]] and "BGP sessions have been down for 10." in found[0][1]
     # A speaker that says nothing of it: counted from this scan, as before.
     report(sessions, {**dict.fromkeys(ids, "Established"), ids[1]: "Active"}, now)
     assert ids[1] not in dead_ids(watcher, sessions)
@@ -88,7 +90,7 @@ def test_a_router_nobody_reaches_gets_no_amphora_replaced(cluster: tuple[Setting
     # A silent amphora's Established session is no evidence that the router is reachable.
     report(sessions, {ids[0]: "Established"}, now - 60)
     report(sessions, {ids[1]: "Connect"}, now)
-    watcher._bgp_down_since[ids[2]] -= 6.0
+    watcher._bgp_down_since[ids[2]] -= settings.bgp_sessions_down_after + 3.0
     with sessions() as session:
         assert watcher.routers_up(session, now) == set()
         found = {a.id for a, _reason in watcher.dead(session)}

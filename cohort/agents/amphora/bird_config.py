@@ -23,6 +23,8 @@ from cohort import validation
 MAX_ASN = 2**32 - 1
 _PASSWORD = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,80}$")  # printable ASCII but '"', '\\', blank
 INTERFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+# Ceiling of BIRD's wait before a failed session starts again (see render).
+ERROR_WAIT_MAX_S = 2
 
 
 @dataclass(frozen=True)
@@ -153,9 +155,15 @@ def render(speaker: Speaker, vips: dict[str, bool], log_path: str) -> str:
                   f"  keepalive time {peer.keepalive_interval};" if peer.hold_time else "",
                   # A session that failed comes back within seconds, not BIRD's default minutes,
                   # and a new or recovered amphora connects after 1 s, not 5: it is not in the
-                  # router's next hops, so not carrying traffic, until it does.
+                  # router's next hops, so not carrying traffic, until it does. The wait after an
+                  # error doubles with each error that follows another within 5 minutes (BIRD's
+                  # error forget time), so its ceiling bounds how long a BFD blip keeps a healthy
+                  # amphora out. With 10 s, four blips of 0.5 s kept one out 2.2, 2.8, 4.7 and
+                  # 7.9 s, and the controller (then patient for 3 s) replaced it, breaking its
+                  # connections. BFD then needs its slow start (1 s packets) and BGP its connect delay, so
+                  # even at 2 s a blip's return took 2.2-5.1 s, within ``bgp_sessions_down_after``.
                   "  connect delay time 1;",
-                  "  error wait time 1, 10;",
+                  f"  error wait time 1, {ERROR_WAIT_MAX_S};",
                   "  connect retry time 2;"]
         if peer.password is not None:
             lines.append(f'  password "{peer.password}";')
