@@ -27,6 +27,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -39,7 +40,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 from rich.console import Console
@@ -68,8 +69,15 @@ def make_console(width: int) -> Console:
     return Console(width=None if sys.stdout.isatty() else width)
 
 
+def _terminated(_signum: int, _frame: Any) -> NoReturn:
+    raise SystemExit(143)  # unwinds through the teardown
+
+
 def run_main(main: Callable[[], int], console: Console) -> int:
-    """A benchmark's exit status: ``main()``'s, or 1 with the reason when it raised BenchError."""
+    """A benchmark's exit status: ``main()``'s, or 1 with the reason when it raised BenchError.
+    A SIGTERM unwinds through every teardown, as an error does: without this, a stopped run left
+    its lab (namespaces, agents, FRR) behind."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         return main()
     except BenchError as exc:

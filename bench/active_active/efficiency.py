@@ -93,10 +93,12 @@ def efficiency(env: BenchEnv, clusters: list[Config], baselines: list[Baseline],
     prepare_measured(env, [*clusters, *baselines], args)
     runs: list[Run] = []
     quiet = []
+    replaced: list[dict[str, Any]] = []
     for rep in range(args.efficiency_repetitions):
         quiet.append(wait_quiet(env.lab, args.quiet_wait, args.quiet_threshold))
         for mode in MODES:
             for sequence in sequences(clusters, baselines, rep):
+                replaced += replacements(env, sequence, rep, mode, args)
                 done = [measure(env, cfg, mode, rep, args, member_pids, dist) for cfg in sequence]
                 runs += done
                 base = done[1].wrk.rps
@@ -106,4 +108,23 @@ def efficiency(env: BenchEnv, clusters: list[Config], baselines: list[Baseline],
             "order": "per N: cluster, N SINGLEs, the other cluster (L2 first on even repetitions)",
             "interval": f"percentile bootstrap of the median, {RESAMPLES} resamples, seed {SEED}",
             "figures": summarise_efficiency(runs, clusters, baselines, EFFICIENCY_TARGET), "quiet_waits": quiet,
-            "runs": runs_json(runs)}
+            "replaced_amphorae": replaced, "runs": runs_json(runs)}
+
+
+def replacements(env: BenchEnv, sequence: list[Measured], rep: int, mode: str,
+                 args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Amphorae the controller replaced since the last look (a failover during the part), reported;
+    the newcomers are prepared as their predecessors were, since an amphora left without its kernel
+    threads pays for the client's and the router's work and slows its whole cluster."""
+    found = []
+    for cfg in sequence:
+        for part in cfg.parts if isinstance(cfg, Baseline) else [cfg]:
+            before = set(part.amphorae.values())
+            part.refresh(env)
+            if set(part.amphorae.values()) != before:
+                gone, new = sorted(before - set(part.amphorae.values())), sorted(set(part.amphorae.values()) - before)
+                console.print(f"  [yellow]{cfg.name}: amphorae {gone} replaced by {new} before repetition "
+                              f"{rep + 1} ({mode})[/yellow]")
+                found.append({"config": cfg.name, "repetition": rep, "mode": mode, "gone": gone, "new": new})
+                prepare_measured(env, [part], args)
+    return found

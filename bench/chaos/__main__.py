@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 from bench.active_active.setup import member_names, prepare_lab
 from bench.chaos.cli import COMMAND, console, parse_args
@@ -80,14 +79,9 @@ def run(args: argparse.Namespace, report: dict[str, Any], started: float) -> Non
         report["targets"] = targets(report["rows"])
 
 
-def _terminated(_signum: int, _frame: Any) -> NoReturn:
-    raise SystemExit(143)  # unwinds through the teardown
-
-
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     require_root_and_tools("haproxy", "ip", "nft", "ss", "curl", *(("vtysh", "bird") if args.l3 else ()))
-    signal.signal(signal.SIGTERM, _terminated)
     started = time.monotonic()
     report: dict[str, Any] = {"benchmark": "chaos", "timestamp": utc_now(), "command": " ".join([COMMAND, *argv]),
                               "machine": machine_facts(), "parameters": parameters(args)}

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+from typing import Any
+
 import pytest
 
+from bench.active_active import efficiency
 from bench.active_active.efficiency import median_interval, paired_ratios, sequences, summarise_efficiency
 from bench.active_active.setup import Baseline, Config
 from bench.active_active.throughput import Run
@@ -76,3 +80,29 @@ def test_the_target_is_met_by_the_median_and_the_interval_says_how_surely() -> N
     assert figures["AA2"]["interval_above_target"] and figures["AA2"]["repetitions"] == 4
     assert figures["L3AA2"]["median"] == pytest.approx(0.87) and not figures["L3AA2"]["meets_target"]
     assert figures["L3AA2"]["min"] == pytest.approx(0.84) and figures["L3AA2"]["max"] == pytest.approx(0.91)
+
+
+class Amphorae:
+    """What the admin API lists per load balancer: namespace -> amphora id."""
+
+    def __init__(self, live: dict[str, dict[str, str]]) -> None:
+        self.live = live
+
+    def amphorae_of(self, lb_id: str) -> dict[str, str]:
+        return dict(self.live.get(lb_id, {}))
+
+
+def test_a_replaced_amphora_is_reported_and_its_successor_prepared(monkeypatch: pytest.MonkeyPatch) -> None:
+    l3 = Config("L3AA2", 2, "lb-L3AA2", "203.0.113.100", {"ns-a": "a", "ns-b": "b"}, "cluster", l3=True)
+    single = Config("S0", 1, "lb-S0", "203.0.113.101", {"ns-s": "s"}, None)
+    base = Baseline("SINGLEx2", [single])
+    prepared: list[list[str]] = []
+    monkeypatch.setattr(efficiency, "prepare_measured",
+                        lambda _env, cfgs, _args: prepared.append([c.name for c in cfgs]))
+    env: Any = Amphorae({"lb-L3AA2": {"ns-a": "a", "ns-b": "b"}, "lb-S0": {"ns-s": "s"}})
+    assert efficiency.replacements(env, [l3, base], 0, "keepalive", argparse.Namespace()) == []
+    assert prepared == []
+    env.live["lb-L3AA2"] = {"ns-a": "a", "ns-c": "c"}  # b failed over
+    found = efficiency.replacements(env, [l3, base], 3, "new_connection", argparse.Namespace())
+    assert found == [{"config": "L3AA2", "repetition": 3, "mode": "new_connection", "gone": ["b"], "new": ["c"]}]
+    assert prepared == [["L3AA2"]] and l3.amphorae == {"ns-a": "a", "ns-c": "c"}
