@@ -158,8 +158,16 @@ class FailoverWatcher(Periodic):
         # Down since the last of its sessions went down, as its speaker said in that heartbeat (the
         # speaker's status is up to two seconds old when it is sent); else since this scan saw it.
         said = _down_for(health)
-        went_down = min(now, health.last_update - min(said.values())) if said and set(said) >= set(sessions) else now
-        return now - self._bgp_down_since.setdefault(amphora_id, went_down)
+        if not said or not set(said) >= set(sessions):
+            return now - self._bgp_down_since.setdefault(amphora_id, now)
+        went_down = min(now, health.last_update - min(said.values()))
+        # A later moment than the one recorded means the sessions were up in between, though no
+        # heartbeat showed it (BIRD's "since" moves only when a protocol goes up or down, not while
+        # it retries): a blip that followed a blip is not one long outage. Counted as one, four
+        # 0.5 s blips in a row got a healthy amphora replaced "down for 10.3s".
+        since = max(self._bgp_down_since.get(amphora_id, went_down), went_down)
+        self._bgp_down_since[amphora_id] = since
+        return now - since
 
     def dead_distributors(self, session: Session) -> list[tuple[str, str]]:
         """Distributors whose instance failed, or that heartbeated and then went silent: silence is failure.

@@ -72,6 +72,9 @@ def bgpd_config(settings: RouterSettings) -> str:
         "hostname cohort-lab-router",
         f"router bgp {settings.asn}",
         f" bgp router-id {PUBLIC_GATEWAY}",
+        # When each session went up and down, in bgpd.log: a false failover under load once left
+        # nothing there to say when the session had dropped.
+        " bgp log-neighbor-changes",
         " no bgp ebgp-requires-policy",
         " no bgp default ipv4-unicast",
         " bgp bestpath as-path multipath-relax",

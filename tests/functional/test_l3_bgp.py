@@ -323,6 +323,10 @@ def test_bfd_blips_take_an_amphora_out_briefly_and_never_replace_it(env: tuple[h
     time.sleep(2 * cohort.settings.heartbeat_interval + 1)
     assert {a["id"] for a in _amphorae(api, lb_id)} == {a["id"] for a in amphorae}  # none replaced
     assert json.loads(out.strip().splitlines()[-1]) == {"broken": 0, "alive": 40}
+    # The router's log says when each session dropped.
+    log = (lab.router.dir / "bgpd.log").read_text()
+    downs = [line for line in log.splitlines() if "ADJCHANGE" in line and blipped["vrrp_ip"] in line and "Down" in line]
+    assert len(downs) >= 4, log[-3000:]
     assert api.delete(f"/v2/lbaas/loadbalancers/{lb_id}?cascade=true")[0] == 204
     wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[0] == 404, timeout=60)
     lab.remove_member("l3m4")

@@ -73,6 +73,7 @@ def test_lab_router_config() -> None:
     assert "bgp listen range 203.0.113.0/24 peer-group AMPHORAE" in text
     assert "neighbor AMPHORAE password pw" in text and "ttl-security hops 1" in text
     assert "maximum-paths 64" in text and "neighbor AMPHORAE bfd" in text
+    assert " bgp log-neighbor-changes" in text  # why a session dropped, in bgpd.log
     with pytest.raises(LabError):
         RouterSettings(password="has space").check()
     with pytest.raises(LabError):

@@ -6,6 +6,8 @@ import json
 import time
 from typing import Any
 
+import pytest
+
 from cohort.config import Settings
 from cohort.controller.failover import FailoverWatcher
 from cohort.db import models as m
@@ -68,6 +70,27 @@ def test_the_time_down_counts_from_when_the_speaker_lost_its_session(cluster: tu
     # A speaker that says nothing of it: counted from this scan, as before.
     report(sessions, {**dict.fromkeys(ids, "Established"), ids[1]: "Active"}, now)
     assert ids[1] not in dead_ids(watcher, sessions)
+
+
+def test_a_blip_after_a_blip_is_not_one_long_outage(cluster: tuple[Settings, Any, Any, str]) -> None:
+    """The session came back between two blips, but no heartbeat showed it Established (the speaker's
+    status is cached): the speaker's later "down since" says it was up in between."""
+    settings, sessions, drivers, lb_id = cluster
+    ids = [a.id for a in amphorae(sessions, lb_id)]
+    watcher = FailoverWatcher(settings, sessions, drivers, on_change=lambda: None)
+    now = time.time()
+    report(sessions, dict.fromkeys(ids, "Established"), now)
+    assert dead_ids(watcher, sessions) == []
+    # The first blip began longer ago than the controller waits; the second began 0.5 s ago.
+    watcher._bgp_was_up.add(ids[0])
+    watcher._bgp_down_since[ids[0]] = now - settings.bgp_sessions_down_after - 1
+    report(sessions, {**dict.fromkeys(ids, "Established"), ids[0]: "Active"}, now, down_for=0.5)
+    assert ids[0] not in dead_ids(watcher, sessions)
+    assert watcher._bgp_down_since[ids[0]] == pytest.approx(now - 0.5, abs=0.01)
+    # A speaker that says it went down earlier than recorded does not move the moment back.
+    report(sessions, {**dict.fromkeys(ids, "Established"), ids[0]: "Active"}, now, down_for=30.0)
+    assert ids[0] not in dead_ids(watcher, sessions)
+    assert watcher._bgp_down_since[ids[0]] == pytest.approx(now - 0.5, abs=0.01)
 
 
 def test_a_router_nobody_reaches_gets_no_amphora_replaced(cluster: tuple[Settings, Any, Any, str]) -> None:
