@@ -105,7 +105,7 @@ class Settings(BaseModel):
     # routers is replaced like a silent one. Its route left the router within BFD's detection time;
     # this only decides when N+1 is restored. Longer than a session's return after a BFD blip: BIRD
     # waits 1 s after an error (2 s when errors follow each other), BFD's slow start sends one packet
-    # a second until it is up, and BGP connects 1 s later (a 0.5 s blip: back after 2.2-5.1 s).
+    # a second until it is up, and BGP connects 1 s later (a 0.5 s blip: back after 2.3-4.3 s).
     # At 3 s, repeated blips replaced a healthy amphora and broke its connections.
     bgp_sessions_down_after: float = Field(default=10.0, gt=0)
     # VRRP advertisement interval of the distributor pair (VRRPv3: 10 ms units); a silent MASTER is

@@ -4,9 +4,9 @@ An amphora is dead when its compute instance reports ERROR (a process crashed), 
 heartbeated before and then stayed silent longer than ``heartbeat_stale_after`` (and its agent no
 longer answers over management, or the silence has lasted ``ANSWERING_SILENCE_FACTOR`` times
 that), when an L3 amphora has had no BGP session for ``bgp_sessions_down_after`` with routers
-other amphorae still reach, or when every live distributor has found an L2 amphora's front end unreachable for
-``frontend_unreachable_after`` (``cohort.controller.reachability``: its link is down while its
-agent still heartbeats over management). A distributor's silence is judged the same way
+other amphorae still reach, or when every live distributor has found an L2 amphora's front end
+unreachable for ``frontend_unreachable_after`` (``cohort.controller.reachability``: its link is
+down while its agent still heartbeats over management). A distributor's silence is judged the same way
 (``dead_distributors``). Its load balancer is taken with the same lock the API uses, so a
 failover never races a tenant change; a load balancer that is busy is simply looked at again on
 the next scan.

@@ -160,8 +160,8 @@ def render(speaker: Speaker, vips: dict[str, bool], log_path: str) -> str:
                   # error forget time), so its ceiling bounds how long a BFD blip keeps a healthy
                   # amphora out. With 10 s, four blips of 0.5 s kept one out 2.2, 2.8, 4.7 and
                   # 7.9 s, and the controller (then patient for 3 s) replaced it, breaking its
-                  # connections. BFD then needs its slow start (1 s packets) and BGP its connect delay, so
-                  # even at 2 s a blip's return took 2.2-5.1 s, within ``bgp_sessions_down_after``.
+                  # connections. BFD's slow start (a packet a second) and BGP's connect delay come
+                  # on top: at 2 s a blip's return took 2.3-4.3 s, within ``bgp_sessions_down_after``.
                   "  connect delay time 1;",
                   f"  error wait time 1, {ERROR_WAIT_MAX_S};",
                   "  connect retry time 2;"]
