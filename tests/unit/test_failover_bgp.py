@@ -38,13 +38,19 @@ def dead_ids(watcher: FailoverWatcher, sessions: Any) -> list[str]:
         return [a.id for a, _reason in watcher.dead(session)]
 
 
-def test_an_amphora_that_lost_the_router_others_reach_is_replaced(cluster: tuple[Settings, Any, Any, str]) -> None:
+def all_established(cluster: tuple[Settings, Any, Any, str]) -> tuple[Settings, Any, list[str], FailoverWatcher, float]:
+    """A watcher that has seen every amphora of the cluster with its session up, just now."""
     settings, sessions, drivers, lb_id = cluster
     ids = [a.id for a in amphorae(sessions, lb_id)]
     watcher = FailoverWatcher(settings, sessions, drivers, on_change=lambda: None)
     now = time.time()
     report(sessions, dict.fromkeys(ids, "Established"), now)
     assert dead_ids(watcher, sessions) == []
+    return settings, sessions, ids, watcher, now
+
+
+def test_an_amphora_that_lost_the_router_others_reach_is_replaced(cluster: tuple[Settings, Any, Any, str]) -> None:
+    settings, sessions, ids, watcher, now = all_established(cluster)
     report(sessions, {**dict.fromkeys(ids, "Established"), ids[0]: "Active"}, now)
     assert dead_ids(watcher, sessions) == []  # down since now: not yet
     watcher._bgp_down_since[ids[0]] -= settings.bgp_sessions_down_after - 0.5
@@ -57,12 +63,7 @@ def test_an_amphora_that_lost_the_router_others_reach_is_replaced(cluster: tuple
 
 def test_the_time_down_counts_from_when_the_speaker_lost_its_session(cluster: tuple[Settings, Any, Any, str]) -> None:
     # Its status was cached 2 s when the heartbeat left: counting from the heartbeat would add that.
-    settings, sessions, drivers, lb_id = cluster
-    ids = [a.id for a in amphorae(sessions, lb_id)]
-    watcher = FailoverWatcher(settings, sessions, drivers, on_change=lambda: None)
-    now = time.time()
-    report(sessions, dict.fromkeys(ids, "Established"), now)
-    assert dead_ids(watcher, sessions) == []
+    settings, sessions, ids, watcher, now = all_established(cluster)
     report(sessions, {**dict.fromkeys(ids, "Established"), ids[0]: "Active"}, now, down_for=10.2)
     with sessions() as session:
         found = [(a.id, reason) for a, reason in watcher.dead(session)]
@@ -75,12 +76,7 @@ def test_the_time_down_counts_from_when_the_speaker_lost_its_session(cluster: tu
 def test_a_blip_after_a_blip_is_not_one_long_outage(cluster: tuple[Settings, Any, Any, str]) -> None:
     """The session came back between two blips, but no heartbeat showed it Established (the speaker's
     status is cached): the speaker's later "down since" says it was up in between."""
-    settings, sessions, drivers, lb_id = cluster
-    ids = [a.id for a in amphorae(sessions, lb_id)]
-    watcher = FailoverWatcher(settings, sessions, drivers, on_change=lambda: None)
-    now = time.time()
-    report(sessions, dict.fromkeys(ids, "Established"), now)
-    assert dead_ids(watcher, sessions) == []
+    settings, sessions, ids, watcher, now = all_established(cluster)
     # The first blip began longer ago than the controller waits; the second began 0.5 s ago.
     watcher._bgp_was_up.add(ids[0])
     watcher._bgp_down_since[ids[0]] = now - settings.bgp_sessions_down_after - 1
@@ -96,12 +92,7 @@ def test_a_blip_after_a_blip_is_not_one_long_outage(cluster: tuple[Settings, Any
 def test_a_router_nobody_reaches_gets_no_amphora_replaced(cluster: tuple[Settings, Any, Any, str]) -> None:
     """The router restarts (maintenance): every amphora loses its session at once; replacing them
     would not help and would rebuild every L3 cluster at the same time."""
-    settings, sessions, drivers, lb_id = cluster
-    ids = [a.id for a in amphorae(sessions, lb_id)]
-    watcher = FailoverWatcher(settings, sessions, drivers, on_change=lambda: None)
-    now = time.time()
-    report(sessions, dict.fromkeys(ids, "Established"), now)
-    assert dead_ids(watcher, sessions) == []
+    settings, sessions, ids, watcher, now = all_established(cluster)
     report(sessions, dict.fromkeys(ids, "Connect"), now)
     for _ in range(3):
         assert dead_ids(watcher, sessions) == []
