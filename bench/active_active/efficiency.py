@@ -121,8 +121,9 @@ def replacements(env: BenchEnv, sequence: list[Measured], rep: int, mode: str,
         for part in cfg.parts if isinstance(cfg, Baseline) else [cfg]:
             before = set(part.amphorae.values())
             part.refresh(env)
-            if set(part.amphorae.values()) != before:
-                gone, new = sorted(before - set(part.amphorae.values())), sorted(set(part.amphorae.values()) - before)
+            after = set(part.amphorae.values())
+            if after != before:
+                gone, new = sorted(before - after), sorted(after - before)
                 console.print(f"  [yellow]{cfg.name}: amphorae {gone} replaced by {new} before repetition "
                               f"{rep + 1} ({mode})[/yellow]")
                 found.append({"config": cfg.name, "repetition": rep, "mode": mode, "gone": gone, "new": new})

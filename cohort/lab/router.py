@@ -199,6 +199,14 @@ class LabRouter:
             return {}
         return {peer: str(info.get("state", "")) for peer, info in data.get("peers", {}).items()}
 
+    def bfd_sessions(self) -> dict[str, str]:
+        """Peer address -> BFD session status (``up``, ``down``, ``init``)."""
+        try:
+            data = json.loads(self.vtysh("show bfd peers json") or "[]")
+        except ValueError:
+            return {}
+        return {str(s.get("peer", "")): str(s.get("status", "")) for s in data if isinstance(s, dict)}
+
     def routes(self) -> dict[str, list[str]]:
         """VIP -> the next hops the router's kernel has installed for it (what traffic really takes)."""
         done = netns.run_in(self.lab.gw_ns, ["ip", "-j", "-4", "route", "show", "proto", "bgp"], check=False)

@@ -122,9 +122,7 @@ def test_l3_cluster_announces_spreads_fails_over_and_refuses_deletes(env: tuple[
     # The router installs one route with a next hop per amphora, learnt over MD5 + GTSM + BFD sessions.
     wait_for(lambda: lab.router.routes().get(vip) == fronts, timeout=30, interval=0.2)
     assert all(state == "Established" for state in lab.router.neighbors().values())
-    bfd = lab.router.vtysh("show bfd peers brief")
-    wait_for(lambda: [line.split()[-1] for line in lab.router.vtysh("show bfd peers brief").splitlines()
-                      if line.strip().startswith(tuple("0123456789"))] == ["up"] * 3, timeout=10), bfd
+    wait_for(lambda: lab.router.bfd_sessions() == dict.fromkeys(fronts, "up"), timeout=10)
     wait_for(lambda: api.get(f"/v2/lbaas/loadbalancers/{lb_id}")[1]["loadbalancer"]["operating_status"]
              == "ONLINE", timeout=20)
     cluster = api.get(f"/v2/octavia/clusters?loadbalancer_id={lb_id}")[1]["clusters"][0]
@@ -290,10 +288,6 @@ def test_bfd_blips_take_an_amphora_out_briefly_and_never_replace_it(env: tuple[h
     blipped = amphorae[0]
     namespace = lab.instance_ns(blipped["id"], "amphora")
 
-    def bfd_up() -> bool:
-        return any(line.split()[-1] == "up" and blipped["vrrp_ip"] in line.split()
-                   for line in lab.router.vtysh("show bfd peers brief").splitlines())
-
     client = subprocess.Popen(["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", KEEPALIVE_CLIENT, vip,
                                "40", "28"], stdout=subprocess.PIPE, text=True)
     returns = []
@@ -301,7 +295,7 @@ def test_bfd_blips_take_an_amphora_out_briefly_and_never_replace_it(env: tuple[h
         time.sleep(1)
         for _ in range(4):
             # BGP comes up before BFD does, and a BFD session that is not up cannot go down.
-            wait_for(bfd_up, timeout=10, interval=0.1)
+            wait_for(lambda: lab.router.bfd_sessions().get(blipped["vrrp_ip"]) == "up", timeout=10, interval=0.1)
             started = time.monotonic()
             netns.run_in(namespace, ["nft", f"add table inet {BLIP_TABLE}; add chain inet {BLIP_TABLE} out "
                                      "{ type filter hook output priority 0; }; "
