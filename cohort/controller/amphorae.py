@@ -42,6 +42,22 @@ def wanted_slots(topology: d.Topology) -> list[Slot]:
     return [Slot("STANDALONE")]
 
 
+def promote_survivor(keep: list[m.Amphora], slots: list[Slot]) -> None:
+    """ACTIVE_STANDBY: when the MASTER is being replaced, its surviving BACKUP becomes the MASTER.
+
+    The BACKUP's keepalived already holds (or is about to take) the VIP; the replacement joins as
+    BACKUP, whose ``nopreempt`` keeps it from taking the VIP back. Rebuilt as MASTER it would
+    preempt a working survivor moments after the takeover: a second outage for every open
+    connection (Octavia fixed the same by never preempting). The roles stay true to who serves.
+    """
+    roles = {slot.role: slot for slot in slots}
+    if set(roles) != {"MASTER", "BACKUP"} or any(row.role == "MASTER" for row in keep):
+        return
+    survivors = [row for row in keep if row.role == "BACKUP"]
+    if survivors:
+        survivors[0].role, survivors[0].vrrp_priority = "MASTER", roles["MASTER"].vrrp_priority
+
+
 def vip_mode(topology: d.Topology) -> str:
     return {"ACTIVE_STANDBY": "keepalived", "ACTIVE_ACTIVE": "loopback"}.get(topology.name, "interface")
 
@@ -79,6 +95,7 @@ class AmphoraManager:
             lb = session.get(m.LoadBalancer, lb_id)
             assert lb is not None
             slots = wanted_slots(topology)
+            promote_survivor(keep, slots)
             cluster = session.scalar(select(m.AmphoraCluster).where(m.AmphoraCluster.load_balancer_id == lb_id))
             for slot in slots:
                 taken = [row for row in keep if row.role == slot.role]
@@ -175,6 +192,13 @@ class AmphoraManager:
         with self.sessions() as session:
             pending = [amp for amp in peers
                        if (row := session.get(m.Amphora, amp.id)) is None or row.applied_generation < generation]
+        if lb.topology.name == "ACTIVE_STANDBY":
+            # Oldest first (``ids`` is in creation order): the survivor advertises to a replacement's
+            # address before the replacement's keepalived starts listening, so the newcomer hears a
+            # MASTER and stays BACKUP instead of taking the VIP when its own timer runs out.
+            for amp in pending:
+                update(amp)
+            return
         fanout.each(pending, update, "configure")
 
     def failed_instances(self, lb_id: str) -> list[tuple[str, str]]:

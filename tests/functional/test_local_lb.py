@@ -130,6 +130,8 @@ def test_active_standby_survives_master_death(local: LocalCohort) -> None:
     # The controller notices and rebuilds the dead amphora (N+1).
     wait_for(lambda: master.id not in {a.id for a in local.amphorae(lb["id"])}, timeout=60)
     wait_for(lambda: len([a for a in local.amphorae(lb["id"]) if a.status == "ALLOCATED"]) == 2, timeout=60)
+    # The survivor is the MASTER now; the replacement joined as its BACKUP.
+    assert {a.role: a.id for a in local.amphorae(lb["id"])}["MASTER"] == amps["BACKUP"].id
     assert local.curl(f"http://{vip}/") == "a1"
     local.api.delete(f"/v2/lbaas/loadbalancers/{lb['id']}?cascade=true")
     wait_for(lambda: local.api.get(f"/v2/lbaas/loadbalancers/{lb['id']}")[0] == 404, timeout=30)

@@ -904,7 +904,9 @@ def test_keepalived_master_and_backup(tmp_path: Path) -> None:
         assert f"    {line}\n" in master
     assert "nopreempt" not in master
     backup = render_keepalived(balancer, BACKUP, [MASTER, BACKUP], interface="eth7")
-    assert "    state BACKUP\n" in backup and "    priority 90\n" in backup and "dev eth7\n" in backup
+    # A BACKUP that joins (a replacement) never takes the VIP from a working MASTER.
+    assert "    state BACKUP\n    nopreempt\n" in backup and "    priority 90\n" in backup and "dev eth7\n" in backup
+    keepalived_check(render_keepalived(balancer, BACKUP, [MASTER, BACKUP]), tmp_path)
     assert "    unicast_src_ip 203.0.113.12\n" in backup and "        203.0.113.11\n" in backup
     custom = render_keepalived(balancer, dataclasses.replace(BACKUP, vrrp_priority=95), [MASTER])
     assert "    priority 95\n" in custom

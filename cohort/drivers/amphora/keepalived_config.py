@@ -7,8 +7,11 @@ the load balancer's HAProxy is gone: ``pgrep -F {state_dir}/{lb.id}.pid``
 succeeds only while the pid in HAProxy's pid file is alive (no shell, nothing
 for keepalived's ``$`` expansion to touch).
 
-Preemption stays on (no ``nopreempt``): the MASTER (priority 100) takes the VIP
-back when it returns, so the role the controller assigned is the one serving.
+The MASTER starts ``MASTER`` and takes the VIP at once; the BACKUP starts ``BACKUP``
+with ``nopreempt``, so a BACKUP that joins (a replacement) never takes the VIP from a
+working MASTER, whatever the priorities. When the MASTER is replaced, the controller makes
+the surviving BACKUP the MASTER and the replacement the BACKUP (``amphorae.promote_survivor``):
+the role shown is the one serving, and a failover moves the VIP once, not twice.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ def render_keepalived(
         "",
         f"vrrp_instance cohort_{lb.id} {{",
         f"    state {amphora.role}",
+        *(["    nopreempt"] if amphora.role == "BACKUP" else []),
         f"    interface {dev}",
         f"    virtual_router_id {amphora.vrrp_id}",
         f"    priority {priority}",
