@@ -1,5 +1,6 @@
 """The second chance in real namespaces: a moved flow reaches its owner even where it meets a
-TIME-WAIT socket of an earlier connection with the same four-tuple.
+TIME-WAIT socket of an earlier connection with the same four-tuple, and when its packets carry IP
+options.
 
 A client reuses a source port; the amphora that served the earlier connection closed first, so it
 holds that four-tuple in TIME-WAIT for a minute. When a router then moves the new connection to it,
@@ -7,6 +8,8 @@ that amphora must still hand the packets to their owner. A TIME-WAIT socket take
 (it answers with its own ACK), so a second chance that asks only "is there a socket here?" loses
 them (nftables' ``socket`` expression: it broke open connections on surviving amphorae in the chaos
 benchmark, 5 of 9 L3 episodes, 2-6 of 24 connections). The BPF program reads the socket's state.
+It finds TCP after the IP header's options too: it once let such packets through unasked, and the
+amphora a moved flow reached answered them with a reset.
 
 One router namespace with a bridge, two amphora namespaces (``b`` and ``o``) with the VIP on ``lo``
 and the real ruleset (``second_chance.render`` and ``load``), and a client; the router's route to the
@@ -28,15 +31,32 @@ from tests.functional.conftest import IS_ROOT
 
 pytestmark = pytest.mark.root
 
-VIP = "203.0.113.100"
-ROUTER_FE, ROUTER_CLIENT, CLIENT = "203.0.113.1", "198.51.100.1", "198.51.100.2"
-AMPHORAE = {"b": "203.0.113.11", "o": "203.0.113.12"}
 CLIENT_PORT = 41234
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The fabric's addresses in one IP family."""
+
+    vip: str
+    router_fe: str
+    router_client: str
+    client: str
+    amphorae: dict[str, str]
+    prefix: int
+    host: int  # the VIP's prefix length
+
+
+IPV4 = Plan("203.0.113.100", "203.0.113.1", "198.51.100.1", "198.51.100.2",
+            {"b": "203.0.113.11", "o": "203.0.113.12"}, 24, 32)
+IPV6 = Plan("2001:db8:1::100", "2001:db8:1::1", "2001:db8:2::1", "2001:db8:2::2",
+            {"b": "2001:db8:1::11", "o": "2001:db8:1::12"}, 64, 128)
+VIP, CLIENT, AMPHORAE = IPV4.vip, IPV4.client, IPV4.amphorae
 
 SERVER = """
 import socket, sys, threading
 name, vip = sys.argv[1], sys.argv[2]
-listener = socket.socket()
+listener = socket.socket(socket.AF_INET6 if ":" in vip else socket.AF_INET)
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 listener.bind((vip, 80))
 listener.listen(16)
@@ -58,13 +78,19 @@ while True:
 CLIENT_LOOP = """
 import socket, sys
 vip, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ip_options = bytes.fromhex(sys.argv[4]) if len(sys.argv) > 4 else b""
+family = socket.AF_INET6 if ":" in vip else socket.AF_INET
 sock = None
 for line in sys.stdin:
     command, _, word = line.strip().partition(" ")
     try:
         if command == "connect":
-            sock = socket.socket()
+            sock = socket.socket(family)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if ip_options and family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, ip_options)
+            elif ip_options:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, ip_options)
             sock.bind((address, port))
             sock.settimeout(5)
             sock.connect((vip, 80))
@@ -95,42 +121,49 @@ class Fabric:
     router: str
     client: str
     amphorae: dict[str, str]  # name -> namespace
+    plan: Plan = IPV4
 
     def route_vip_to(self, name: str) -> None:
-        netns.run_in(self.router, ["ip", "route", "replace", f"{VIP}/32", "via", AMPHORAE[name]])
+        netns.run_in(self.router, ["ip", "route", "replace", f"{self.plan.vip}/{self.plan.host}",
+                                   "via", self.plan.amphorae[name]])
 
 
 @pytest.fixture
-def fabric() -> Iterator[Fabric]:
+def fabric(request: pytest.FixtureRequest) -> Iterator[Fabric]:
     if not IS_ROOT:
         pytest.skip("needs root (network namespaces)")
+    plan: Plan = getattr(request, "param", IPV4)
     prefix = private_prefix("sc")
     found = Fabric(router=f"{prefix}-r", client=f"{prefix}-c",
-                   amphorae={name: f"{prefix}-{name}" for name in AMPHORAE})
+                   amphorae={name: f"{prefix}-{name}" for name in plan.amphorae}, plan=plan)
     made = [found.router, found.client, *found.amphorae.values()]
     try:
         for ns in made:
             netns.add_netns(ns)
+            if plan is IPV6:  # addresses usable at once, not after duplicate detection
+                for scope in ("all", "default"):
+                    netns.sysctl(ns, f"net.ipv6.conf.{scope}.accept_dad", 0)
         netns.add_veth("c0", found.client, "rc", found.router)
-        netns.add_addr("c0", found.client, f"{CLIENT}/24")
-        netns.add_addr("rc", found.router, f"{ROUTER_CLIENT}/24")
+        netns.add_addr("c0", found.client, f"{plan.client}/{plan.prefix}")
+        netns.add_addr("rc", found.router, f"{plan.router_client}/{plan.prefix}")
         netns.set_link("c0", found.client)
         netns.set_link("rc", found.router)
-        netns.add_route(found.client, "default", ROUTER_CLIENT)
+        netns.add_route(found.client, "default", plan.router_client)
         netns.add_bridge("br0", found.router)
-        netns.add_addr("br0", found.router, f"{ROUTER_FE}/24")
-        netns.sysctl(found.router, "net.ipv4.ip_forward", 1)
+        netns.add_addr("br0", found.router, f"{plan.router_fe}/{plan.prefix}")
+        netns.sysctl(found.router, "net.ipv6.conf.all.forwarding" if plan is IPV6 else "net.ipv4.ip_forward", 1)
         for name, ns in found.amphorae.items():
             netns.add_veth("fe0", ns, f"r{name}", found.router)
             netns.set_link(f"r{name}", found.router, master="br0")
-            netns.add_addr("fe0", ns, f"{AMPHORAE[name]}/24")
+            netns.add_addr("fe0", ns, f"{plan.amphorae[name]}/{plan.prefix}")
             netns.set_link("fe0", ns)
-            netns.add_addr("lo", ns, f"{VIP}/32")
-            netns.add_route(ns, "default", ROUTER_FE)
+            netns.add_addr("lo", ns, f"{plan.vip}/{plan.host}")
+            netns.add_route(ns, "default", plan.router_fe)
         router_mac = netns.link_mac("br0", found.router)
         for name, ns in found.amphorae.items():
-            peer = next(address for other, address in AMPHORAE.items() if other != name)
-            loaded = netns.run(netns.in_ns(ns, [sys.executable, "-c", LOAD, VIP, peer, router_mac]), check=False)
+            peer = next(address for other, address in plan.amphorae.items() if other != name)
+            loaded = netns.run(netns.in_ns(ns, [sys.executable, "-c", LOAD, plan.vip, peer, router_mac]),
+                               check=False)
             assert loaded.returncode == 0, loaded.stderr[-2000:]
         yield found
     finally:
@@ -174,4 +207,39 @@ def test_a_moved_flow_meeting_a_time_wait_socket_still_reaches_its_owner(fabric:
     finally:
         for proc in (client, *servers.values()):
             proc.kill()
+            proc.wait()
+
+
+# IPv4: three no-operation options and an end of list (a header of six 32-bit words). IPv6: a
+# destination options header holding one 4-byte padding option, between the IPv6 header and TCP.
+OPTIONS = {"ipv4": ("01010100", "tcp and ip[0] & 0xf = 6", "options (NOP,NOP,NOP,EOL)"),
+           "ipv6": ("0000010400000000", "ip6 and ip6[6] = 60", "DSTOPT")}
+
+
+@pytest.mark.parametrize("fabric", [IPV4, IPV6], ids=["ipv4", "ipv6"], indirect=True)
+def test_a_moved_flow_whose_packets_carry_ip_options_still_reaches_its_owner(fabric: Fabric) -> None:
+    plan = fabric.plan
+    options, capture, shown = OPTIONS["ipv6" if plan is IPV6 else "ipv4"]
+    servers = {name: _start(ns, SERVER, name, plan.vip) for name, ns in fabric.amphorae.items()}
+    client = _start(fabric.client, CLIENT_LOOP, plan.vip, plan.client, str(CLIENT_PORT + 1), options)
+    dump = subprocess.Popen(netns.in_ns(fabric.amphorae["b"], ["tcpdump", "-c", "1", "-nn", "-v", "-i", "fe0",
+                                                               capture]),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for server in servers.values():
+            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        fabric.route_vip_to("o")
+        assert _ask(client, "connect") == "connected"
+        assert _ask(client, "send 1") == "o:1"
+        # The router moves it to b, which has no socket for it: b hands it to o instead of resetting it.
+        fabric.route_vip_to("b")
+        assert _ask(client, "send 2") == "o:2"
+        assert _ask(client, "send 3") == "o:3"
+        # The packets b got did carry the options.
+        seen, _ = dump.communicate(timeout=5)
+        assert shown in seen, seen
+    finally:
+        for proc in (client, dump, *servers.values()):
+            if proc.poll() is None:
+                proc.kill()
             proc.wait()

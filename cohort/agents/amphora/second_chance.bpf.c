@@ -24,6 +24,7 @@
 
 #define UNOWNED_MARK 0x40000000
 #define IP_FRAGMENTED 0x3fff /* more fragments, or an offset */
+#define IPV6_EXTENSIONS 4   /* extension headers skipped before TCP, at most */
 
 static __always_inline int owned(struct __sk_buff *skb, struct bpf_sock_tuple *tuple, __u32 tuple_len,
                                  void *iph, __u32 iph_len, struct tcphdr *tcp)
@@ -58,25 +59,48 @@ int second_chance(struct __sk_buff *skb)
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = iph;
 
-		/* Options and fragments are rare: such a packet goes on as it came. */
-		if ((void *)(ip + 1) > end || ip->ihl != 5 || ip->protocol != IPPROTO_TCP ||
+		/* A fragment carries no whole TCP header to look up: it goes on as it came (the kernel
+		 * reassembles it; TCP sets DF, so only a broken path sends one). */
+		if ((void *)(ip + 1) > end || ip->ihl < 5 || ip->protocol != IPPROTO_TCP ||
 		    (ip->frag_off & bpf_htons(IP_FRAGMENTED)))
 			return TC_ACT_OK;
-		tcp = (void *)(ip + 1);
+		/* Options: TCP starts after them, at the header's own length (at most 60 bytes). The
+		 * SYN-cookie check reads only the fixed header (the addresses). */
+		tcp = iph + ip->ihl * 4;
+		iph_len = sizeof(*ip);
 		if ((void *)(tcp + 1) > end)
 			return TC_ACT_OK;
 		tuple.ipv4.saddr = ip->saddr;
 		tuple.ipv4.daddr = ip->daddr;
 		tuple.ipv4.sport = tcp->source;
 		tuple.ipv4.dport = tcp->dest;
-		iph_len = sizeof(*ip);
 		tuple_len = sizeof(tuple.ipv4);
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = iph;
+		__u8 next;
+		void *at;
 
-		if ((void *)(ip6 + 1) > end || ip6->nexthdr != IPPROTO_TCP)
+		if ((void *)(ip6 + 1) > end)
 			return TC_ACT_OK;
-		tcp = (void *)(ip6 + 1);
+		/* Extension headers (hop-by-hop, routing, destination options) come before TCP; each
+		 * says what follows and its length in 8-byte units beyond the first 8. A fragment, or
+		 * more of them than a real path sends, goes on as it came. */
+		next = ip6->nexthdr;
+		at = ip6 + 1;
+#pragma unroll
+		for (int i = 0; i < IPV6_EXTENSIONS; i++) {
+			__u8 *ext = at;
+
+			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS)
+				break;
+			if ((void *)(ext + 2) > end)
+				return TC_ACT_OK;
+			next = ext[0];
+			at = ext + (ext[1] + 1) * 8;
+		}
+		if (next != IPPROTO_TCP)
+			return TC_ACT_OK;
+		tcp = at;
 		if ((void *)(tcp + 1) > end)
 			return TC_ACT_OK;
 		__builtin_memcpy(tuple.ipv6.saddr, &ip6->saddr, sizeof(tuple.ipv6.saddr));
