@@ -54,6 +54,7 @@ from bench.common import (  # noqa: E402
     bench_env,
     cgroup_quota,
     cgroup_throttling,
+    command_line,
     fmt,
     haproxy_pids,
     haproxy_server_counters,
@@ -313,7 +314,7 @@ def print_report(report: dict[str, Any]) -> None:
                   f"CPU quota: {amp['capped_cpu_quota']}; member server workers: {report['member']['workers']}; "
                   f"machine busy before the run (other load): {report['machine']['busy_cpu_before_run']:.2f} "
                   f"of {nproc} CPUs")
-    console.print(f"Reproduce (as root, in {REPO}): [bold]{COMMAND}[/bold]")
+    console.print(f"Reproduce (as root, in {REPO}): [bold]{report.get('command', COMMAND)}[/bold]")
 
 
 def haproxy_worker_threads(amphora_ns: str) -> int:
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     require_root_and_tools("wrk", "haproxy", "ip")
     started = time.monotonic()
-    report: dict[str, Any] = {"benchmark": "amphora", "timestamp": utc_now(), "command": COMMAND,
+    report: dict[str, Any] = {"benchmark": "amphora", "timestamp": utc_now(), "command": command_line(COMMAND, argv),
                               "machine": machine_facts(), "parameters": parameters(args)}
     with bench_env("b") as env:
         lab = env.lab

@@ -68,6 +68,7 @@ from typing import Any
 
 import httpx
 
+from bench.common import command_line
 from cohort import harness
 from cohort.harness import free_port
 
@@ -474,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     document = {
         "benchmark": "api",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, "-m", "bench.api", *(argv or sys.argv[1:])]),
+        "command": command_line(" ".join([Path(sys.executable).name, "-m", "bench.api"]), argv),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": {"nproc": os.cpu_count(), "python": platform.python_version(),
                     "loadavg_at_end": list(os.getloadavg())},

@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -138,6 +139,13 @@ def machine_facts() -> dict[str, Any]:
 def parameters(args: argparse.Namespace) -> dict[str, Any]:
     """The command's arguments as JSON values (paths as strings), for the results file."""
     return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
+def command_line(base: str, argv: Sequence[str] | None) -> str:
+    """The command as run, with its options (``argv``, or this process's), for the results file: the
+    figures it holds are reproduced by this line, not by the bare command."""
+    given = sys.argv[1:] if argv is None else argv
+    return " ".join([base, *(shlex.quote(arg) for arg in given)])
 
 
 def utc_now() -> str:

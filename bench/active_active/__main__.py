@@ -34,6 +34,7 @@ from bench.common import (
     BenchError,
     bench_env,
     cgroup_quota,
+    command_line,
     machine_facts,
     median,
     parameters,
@@ -99,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     require_root_and_tools("wrk", "haproxy", "ip", "nft", "ss", "curl", "chrt", "ethtool",
                            *(("vtysh", "bird") if args.l3 else ()))
     started = time.monotonic()
-    report: dict[str, Any] = {"benchmark": "active_active", "timestamp": utc_now(), "command": COMMAND,
-                              "machine": machine_facts(), "cap_cpu": args.cap, "parameters": parameters(args)}
+    report: dict[str, Any] = {"benchmark": "active_active", "timestamp": utc_now(),
+                              "command": command_line(COMMAND, argv), "machine": machine_facts(),
+                              "cap_cpu": args.cap, "parameters": parameters(args)}
     try:
         run(args, report, started)
     except BenchError as exc:  # what was measured so far is kept beside the results file

@@ -143,7 +143,7 @@ def print_report(report: dict[str, Any]) -> None:
         console.print(f"Packets: the client's {report['client_packets']}; the amphorae's {report['amphora_packets']}")
     console.print(f"Machine: {nproc} vCPUs ({mach['cpu_model']}), busy {mach['busy_cpu_before_run']:.2f} CPU before "
                   f"the run; members: {mem['count']} x {mem['workers']} workers")
-    console.print(f"Reproduce (as root, in {REPO}): [bold]{COMMAND}[/bold]")
+    console.print(f"Reproduce (as root, in {REPO}): [bold]{report.get('command', COMMAND)}[/bold]")
 
 
 def plot(report: dict[str, Any], path: Path) -> Path:

@@ -16,7 +16,16 @@ from bench.chaos.measure import row, targets
 from bench.chaos.plane import chaos_env
 from bench.chaos.report import print_report
 from bench.chaos.topologies import build_targets
-from bench.common import BenchError, machine_facts, parameters, require_root_and_tools, run_main, utc_now, write_json
+from bench.common import (
+    BenchError,
+    command_line,
+    machine_facts,
+    parameters,
+    require_root_and_tools,
+    run_main,
+    utc_now,
+    write_json,
+)
 
 
 def episodes(targets_: list[Target], faults: list[str], repeats: int, kinds: list[str] | None = None
@@ -83,7 +92,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     require_root_and_tools("haproxy", "ip", "nft", "ss", "curl", *(("vtysh", "bird") if args.l3 else ()))
     started = time.monotonic()
-    report: dict[str, Any] = {"benchmark": "chaos", "timestamp": utc_now(), "command": " ".join([COMMAND, *argv]),
+    report: dict[str, Any] = {"benchmark": "chaos", "timestamp": utc_now(), "command": command_line(COMMAND, argv),
                               "machine": machine_facts(), "parameters": parameters(args)}
     try:
         run(args, report, started)

@@ -22,6 +22,7 @@ from bench.common import (
     BenchError,
     bench_env,
     client_nic_kthread,
+    command_line,
     machine_facts,
     parameters,
     require_root_and_tools,
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     require_root_and_tools("haproxy", "ip", "nft", "ethtool", "chrt")
     started = time.monotonic()
     machine = machine_facts()
-    report: dict[str, Any] = {"benchmark": "udp", "timestamp": utc_now(), "command": COMMAND, "machine": machine,
+    report: dict[str, Any] = {"benchmark": "udp", "timestamp": utc_now(), "command": command_line(COMMAND, argv),
+                              "machine": machine,
                               "cap_cpu": args.cap, "kernel_cap_cpu": args.kernel_cap, "parameters": parameters(args),
                               "runs": [], "quiet_waits": []}
     try:

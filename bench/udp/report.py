@@ -195,4 +195,4 @@ def print_report(report: dict[str, Any]) -> None:
     mach = report["machine"]
     console.print(f"Machine: {nproc} vCPUs ({mach['cpu_model']}), busy {mach['busy_cpu_before_run']:.2f} CPU before "
                   f"the run; kernel {mach['kernel']}")
-    console.print(f"Reproduce (as root, in {REPO}): [bold]{COMMAND}[/bold]")
+    console.print(f"Reproduce (as root, in {REPO}): [bold]{report.get('command', COMMAND)}[/bold]")
