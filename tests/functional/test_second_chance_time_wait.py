@@ -176,6 +176,32 @@ def _start(ns: str, code: str, *args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, text=True)
 
 
+def _servers(fabric: Fabric) -> dict[str, subprocess.Popen[str]]:
+    """A server on the VIP in each amphora, each listening once this returns."""
+    servers = {name: _start(ns, SERVER, name, fabric.plan.vip) for name, ns in fabric.amphorae.items()}
+    try:
+        for server in servers.values():
+            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+    except BaseException:
+        for server in servers.values():
+            server.kill()
+            server.wait()
+        raise
+    return servers
+
+
+def _capture(ns: str, expression: str) -> subprocess.Popen[str]:
+    """tcpdump of the first packet matching ``expression`` on ``ns``'s fe0, capturing once this returns."""
+    dump = subprocess.Popen(netns.in_ns(ns, ["tcpdump", "-c", "1", "-nn", "-v", "-i", "fe0", expression]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert dump.stderr is not None
+    if "listening on" not in dump.stderr.readline():
+        dump.kill()
+        dump.wait()
+        raise AssertionError("tcpdump did not start capturing")
+    return dump
+
+
 def _ask(client: subprocess.Popen[str], command: str) -> str:
     assert client.stdin is not None and client.stdout is not None
     client.stdin.write(command + "\n")
@@ -184,11 +210,9 @@ def _ask(client: subprocess.Popen[str], command: str) -> str:
 
 
 def test_a_moved_flow_meeting_a_time_wait_socket_still_reaches_its_owner(fabric: Fabric) -> None:
-    servers = {name: _start(ns, SERVER, name, VIP) for name, ns in fabric.amphorae.items()}
+    servers = _servers(fabric)
     client = _start(fabric.client, CLIENT_LOOP, VIP, CLIENT, str(CLIENT_PORT))
     try:
-        for server in servers.values():
-            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         # An earlier connection from the same port, served by b, which closes first.
         fabric.route_vip_to("b")
         assert _ask(client, "connect") == "connected"
@@ -220,14 +244,10 @@ OPTIONS = {"ipv4": ("01010100", "tcp and ip[0] & 0xf = 6", "options (NOP,NOP,NOP
 def test_a_moved_flow_whose_packets_carry_ip_options_still_reaches_its_owner(fabric: Fabric) -> None:
     plan = fabric.plan
     options, capture, shown = OPTIONS["ipv6" if plan is IPV6 else "ipv4"]
-    servers = {name: _start(ns, SERVER, name, plan.vip) for name, ns in fabric.amphorae.items()}
+    servers = _servers(fabric)
     client = _start(fabric.client, CLIENT_LOOP, plan.vip, plan.client, str(CLIENT_PORT + 1), options)
-    dump = subprocess.Popen(netns.in_ns(fabric.amphorae["b"], ["tcpdump", "-c", "1", "-nn", "-v", "-i", "fe0",
-                                                               capture]),
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    dump = _capture(fabric.amphorae["b"], capture)
     try:
-        for server in servers.values():
-            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         fabric.route_vip_to("o")
         assert _ask(client, "connect") == "connected"
         assert _ask(client, "send 1") == "o:1"
