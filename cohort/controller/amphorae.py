@@ -190,11 +190,12 @@ class AmphoraManager:
                 row.applied_generation = generation
 
         with self.sessions() as session:
-            pending = [amp for amp in peers
-                       if (row := session.get(m.Amphora, amp.id)) is None or row.applied_generation < generation]
-        if lb.topology.name == "ACTIVE_STANDBY":
-            # Oldest first (``ids`` is in creation order): the survivor advertises to a replacement's
-            # address before the replacement's keepalived starts listening, so the newcomer hears a
+            applied = {amp.id: row.applied_generation if (row := session.get(m.Amphora, amp.id)) else 0
+                       for amp in peers}
+        pending = [amp for amp in peers if applied[amp.id] < generation]
+        if lb.topology.name == "ACTIVE_STANDBY" and any(applied[amp.id] == 0 for amp in pending):
+            # An amphora joins: oldest first (``ids`` is in creation order), so the survivor advertises
+            # to the newcomer's address before the newcomer's keepalived starts listening; it hears a
             # MASTER and stays BACKUP instead of taking the VIP when its own timer runs out.
             for amp in pending:
                 update(amp)
