@@ -202,6 +202,14 @@ def _capture(ns: str, expression: str) -> subprocess.Popen[str]:
     return dump
 
 
+def _stop(procs: list[subprocess.Popen[str]]) -> None:
+    """End what a test started, whether it passed or not."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 def _ask(client: subprocess.Popen[str], command: str) -> str:
     assert client.stdin is not None and client.stdout is not None
     client.stdin.write(command + "\n")
@@ -210,9 +218,11 @@ def _ask(client: subprocess.Popen[str], command: str) -> str:
 
 
 def test_a_moved_flow_meeting_a_time_wait_socket_still_reaches_its_owner(fabric: Fabric) -> None:
-    servers = _servers(fabric)
-    client = _start(fabric.client, CLIENT_LOOP, VIP, CLIENT, str(CLIENT_PORT))
+    started: list[subprocess.Popen[str]] = []
     try:
+        started += _servers(fabric).values()
+        client = _start(fabric.client, CLIENT_LOOP, VIP, CLIENT, str(CLIENT_PORT))
+        started.append(client)
         # An earlier connection from the same port, served by b, which closes first.
         fabric.route_vip_to("b")
         assert _ask(client, "connect") == "connected"
@@ -229,9 +239,7 @@ def test_a_moved_flow_meeting_a_time_wait_socket_still_reaches_its_owner(fabric:
         assert _ask(client, "send 3") == "o:3"
         assert _ask(client, "send 4") == "o:4"
     finally:
-        for proc in (client, *servers.values()):
-            proc.kill()
-            proc.wait()
+        _stop(started)
 
 
 # IPv4: three no-operation options and an end of list (a header of six 32-bit words). IPv6: a
@@ -244,10 +252,13 @@ OPTIONS = {"ipv4": ("01010100", "tcp and ip[0] & 0xf = 6", "options (NOP,NOP,NOP
 def test_a_moved_flow_whose_packets_carry_ip_options_still_reaches_its_owner(fabric: Fabric) -> None:
     plan = fabric.plan
     options, capture, shown = OPTIONS["ipv6" if plan is IPV6 else "ipv4"]
-    servers = _servers(fabric)
-    client = _start(fabric.client, CLIENT_LOOP, plan.vip, plan.client, str(CLIENT_PORT + 1), options)
-    dump = _capture(fabric.amphorae["b"], capture)
+    started: list[subprocess.Popen[str]] = []
     try:
+        started += _servers(fabric).values()
+        client = _start(fabric.client, CLIENT_LOOP, plan.vip, plan.client, str(CLIENT_PORT + 1), options)
+        started.append(client)
+        dump = _capture(fabric.amphorae["b"], capture)
+        started.append(dump)
         fabric.route_vip_to("o")
         assert _ask(client, "connect") == "connected"
         assert _ask(client, "send 1") == "o:1"
@@ -259,7 +270,4 @@ def test_a_moved_flow_whose_packets_carry_ip_options_still_reaches_its_owner(fab
         seen, _ = dump.communicate(timeout=5)
         assert shown in seen, seen
     finally:
-        for proc in (client, dump, *servers.values()):
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+        _stop(started)
