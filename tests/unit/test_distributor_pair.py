@@ -111,6 +111,10 @@ def test_a_member_whose_instance_died_is_replaced(cohort_lb: tuple[Any, Api, str
     cohort.drivers.compute.delete(standby["compute_id"])  # its processes were killed
     wait_for(lambda: len(pair := live(api)) == 2 and standby["id"] not in {d["id"] for d in pair}, timeout=10)
     api.wait_active(f"/v2/lbaas/loadbalancers/{lb_id}", "loadbalancer")
+    # The failed member stays ERROR until the failover scan destroys it, which may come after the
+    # pair is whole again (the reconciler completes it in its own thread).
+    wait_for(lambda: api.get(f"/v2/octavia/distributors/{standby['id']}")[1]["distributor"]["status"] == "DELETED",
+             timeout=10)
     status = api.get(f"/v2/octavia/distributors/{standby['id']}")[1]["distributor"]
     assert status["status"] == "DELETED" and status["status_reason"] == "its compute instance failed"
 
